@@ -1,0 +1,29 @@
+"""Per-volume intensity normalisation, identical in training (stage 03) and inference.
+
+T1w intensities are arbitrary between scanners and sites, so each volume is scaled by robust
+percentiles of its foreground (voxels > 0, i.e. inside the field of view of the registered, defaced
+scan): the 0.5th percentile maps to 0 and the 99.5th to 1, then values are clipped to [0, 1.5]
+(bright fat/vessels stay distinguishable without letting outliers dominate). Background (<= 0) stays 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOW_PERCENTILE = 0.5
+HIGH_PERCENTILE = 99.5
+CLIP_MAX = 1.5
+
+
+def normalise(volume: np.ndarray) -> np.ndarray:
+    """Return the volume as float32 scaled by its foreground percentiles (see module docstring)."""
+    vol = np.asarray(volume, dtype=np.float32)
+    fg = vol > 0
+    if not fg.any():
+        return np.zeros_like(vol)
+    lo, hi = np.percentile(vol[fg], [LOW_PERCENTILE, HIGH_PERCENTILE])
+    scale = float(hi - lo) if hi > lo else 1.0
+    out = (vol - float(lo)) / scale
+    np.clip(out, 0.0, CLIP_MAX, out=out)
+    out[~fg] = 0.0
+    return out

@@ -1,0 +1,71 @@
+"""The MNI152NLin2009a templates that ship inside nilearn's wheel, on the ATLAS grid.
+
+ATLAS v2.0 images are 197x233x189 at 1 mm in MNI152NLin2009aSym with the affine below (origin at
+(-98, -134, -72) mm, RAS+); nilearn's 2009a symmetric T1/GM/WM templates and brain mask are on exactly
+this grid, and its ``resolution=2`` versions give the same field of view at 2 mm (99x117x95). Nothing
+is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import nibabel as nib
+import numpy as np
+
+#: The real ATLAS v2.0 1 mm affine (identical to nilearn's MNI152 2009a template at resolution 1).
+ATLAS_AFFINE = np.array(
+    [[1.0, 0.0, 0.0, -98.0], [0.0, 1.0, 0.0, -134.0], [0.0, 0.0, 1.0, -72.0], [0.0, 0.0, 0.0, 1.0]]
+)
+ATLAS_SHAPE = (197, 233, 189)
+
+TEMPLATE_KINDS = ("t1", "gm", "wm", "brain_mask")
+
+
+def grid(spacing: int = 1) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of the ATLAS field of view at ``spacing`` mm (1 or 2)."""
+    img = template("brain_mask", spacing)
+    return tuple(int(s) for s in img.shape), img.affine.copy()  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=16)
+def template(kind: str, spacing: int = 1) -> nib.Nifti1Image:
+    """One of ``t1``, ``gm``, ``wm`` (probabilities 0..1) or ``brain_mask`` on the ATLAS grid.
+
+    The returned image holds float32 data (``brain_mask`` 0/1) and must not be modified in place.
+    """
+    from nilearn import datasets
+
+    if spacing not in (1, 2):
+        raise ValueError(f"spacing must be 1 or 2 mm, got {spacing}")
+    loaders = {
+        "t1": datasets.load_mni152_template,
+        "gm": datasets.load_mni152_gm_template,
+        "wm": datasets.load_mni152_wm_template,
+        "brain_mask": datasets.load_mni152_brain_mask,
+    }
+    if kind not in loaders:
+        raise ValueError(f"unknown template {kind!r}; expected one of {', '.join(TEMPLATE_KINDS)}")
+    img = loaders[kind](resolution=spacing)
+    data = np.asarray(img.get_fdata(), dtype=np.float32)
+    if kind == "brain_mask":
+        data = (data > 0.5).astype(np.float32)
+    out = nib.Nifti1Image(data, img.affine)
+    out.set_qform(img.affine, code=4)  # 4 = MNI152
+    out.set_sform(img.affine, code=4)
+    return out
+
+
+def template_data(kind: str, spacing: int = 1) -> np.ndarray:
+    """Read-only float32 array of :func:`template` (cached)."""
+    data = np.asarray(template(kind, spacing).dataobj)
+    data.setflags(write=False)
+    return data
+
+
+def spacing_of(affine: np.ndarray) -> int | None:
+    """1 or 2 if ``affine`` is the ATLAS field of view at that spacing, else None."""
+    for s in (1, 2):
+        if np.allclose(affine, grid(s)[1], atol=1e-3):
+            return s
+    return None
