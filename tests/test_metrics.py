@@ -1,0 +1,156 @@
+"""raxnet.metrics: tiny hand-built volumes with hand-computed answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from raxnet import metrics as M
+
+
+def vol(shape=(6, 6, 6), *voxels):
+    a = np.zeros(shape, dtype=np.uint8)
+    for v in voxels:
+        a[v] = 1
+    return a
+
+
+# --- overlap metrics -------------------------------------------------------------------------------
+
+
+def test_dice_iou_precision_recall_known_overlap():
+    # truth: 4 voxels, prediction: 6 voxels, 3 shared.
+    t = np.zeros((4, 4, 4), np.uint8)
+    p = np.zeros((4, 4, 4), np.uint8)
+    t[0, 0, 0:4] = 1
+    p[0, 0, 1:4] = 1
+    p[1, 1, 0:3] = 1
+    assert M.dice(p, t) == pytest.approx(2 * 3 / (6 + 4))  # 0.6
+    assert M.iou(p, t) == pytest.approx(3 / 7)
+    assert M.precision(p, t) == pytest.approx(3 / 6)
+    assert M.recall(p, t) == pytest.approx(3 / 4)
+    vox, mm3 = M.volume_difference(p, t, spacing=(1.0, 2.0, 0.5))
+    assert vox == 2 and mm3 == pytest.approx(2.0)
+    vox, mm3 = M.volume_difference(t, p, spacing=(2.0, 2.0, 2.0))
+    assert vox == 2 and mm3 == pytest.approx(16.0)
+
+
+def test_empty_conventions():
+    empty = np.zeros((5, 5, 5), np.uint8)
+    one = vol((5, 5, 5), (2, 2, 2))
+    # both empty: perfect
+    for f in (M.dice, M.iou, M.precision, M.recall, M.lesion_f1):
+        assert f(empty, empty) == 1.0
+    assert M.hd95(empty, empty) == 0.0
+    assert M.lesion_count_difference(empty, empty) == 0
+    assert M.volume_difference(empty, empty) == (0, 0.0)
+    # exactly one empty: failure, HD95 undefined
+    for p, t in ((empty, one), (one, empty)):
+        for f in (M.dice, M.iou, M.precision, M.recall, M.lesion_f1):
+            assert f(p, t) == 0.0, f.__name__
+        assert math.isnan(M.hd95(p, t))
+        assert M.lesion_count_difference(p, t) == 1
+    r = M.evaluate(empty, empty, spacing=(1, 1, 1))
+    assert r["dice"] == 1.0 and r["hd95_mm"] == 0.0 and r["lesion_voxels"] == 0
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="shape"):
+        M.dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+# --- connectivity and lesion-wise detection -------------------------------------------------------
+
+
+def test_diagonal_voxels_depend_on_connectivity():
+    edge = vol((4, 4, 4), (1, 1, 1), (2, 2, 1))  # share an edge
+    corner = vol((4, 4, 4), (1, 1, 1), (2, 2, 2))  # share a corner only
+    assert M.label(edge, 6)[1] == 2 and M.label(edge, 18)[1] == 1 and M.label(edge, 26)[1] == 1
+    assert M.label(corner, 6)[1] == 2 and M.label(corner, 18)[1] == 2 and M.label(corner, 26)[1] == 1
+    single = vol((4, 4, 4), (1, 1, 1))
+    # prediction = the two corner voxels, truth = one of them.
+    assert M.lesion_count_difference(corner, single, connectivity=6) == 1
+    assert M.lesion_count_difference(corner, single, connectivity=26) == 0
+    # 6-connectivity: the second voxel is its own predicted component touching no lesion -> 1 FP.
+    assert M.lesion_f1(corner, single, connectivity=6) == pytest.approx(1 / (1 + 0.5))
+    assert M.lesion_f1(corner, single, connectivity=26) == 1.0
+    # default is 6 (ATLAS scorer = scipy.ndimage.label's default structure)
+    assert M.lesion_f1(corner, single) == M.lesion_f1(corner, single, connectivity=6)
+    with pytest.raises(ValueError, match="connectivity"):
+        M.label(single, 8)
+
+
+def test_one_missed_one_spurious_lesion_f1_half():
+    shape = (10, 10, 10)
+    t = vol(shape, (1, 1, 1), (1, 1, 2), (7, 7, 7))  # two lesions
+    p = vol(shape, (1, 1, 2), (4, 8, 1))  # hits lesion 1, misses lesion 2, one spurious blob
+    c = M.lesion_detection(p, t)
+    assert c == {"tp": 1, "fn": 1, "fp": 1, "n_truth": 2, "n_pred": 2}
+    assert M.lesion_f1(p, t) == pytest.approx(0.5)  # 1 / (1 + (1 + 1) / 2)
+    assert M.lesion_count_difference(p, t) == 0
+
+
+def test_one_prediction_touching_two_lesions_counts_both():
+    t = vol((8, 8, 8), (1, 1, 1), (1, 1, 3))
+    p = np.zeros((8, 8, 8), np.uint8)
+    p[1, 1, 1:4] = 1  # bridges both lesions
+    assert M.lesion_detection(p, t) == {"tp": 2, "fn": 0, "fp": 0, "n_truth": 2, "n_pred": 1}
+    assert M.lesion_f1(p, t) == 1.0
+    assert M.lesion_count_difference(p, t) == 1
+
+
+# --- HD95 ------------------------------------------------------------------------------------------
+
+
+def test_hd95_anisotropic_spacing_hand_computed():
+    t = vol((6, 6, 6), (1, 1, 1))
+    p = vol((6, 6, 6), (2, 1, 3))  # offset (1, 0, 2) voxels
+    assert M.hd95(p, t) == pytest.approx(math.sqrt(1 + 4))
+    # spacing (3, 1, 2) mm -> offset (3 mm, 0, 4 mm) -> 5 mm
+    assert M.hd95(p, t, spacing=(3.0, 1.0, 2.0)) == pytest.approx(5.0)
+    # anisotropy changes which truth voxel is nearest: truth at x=0 and z=4 around prediction (0,0,2)->
+    t2 = vol((6, 6, 6), (2, 0, 0), (0, 0, 4))
+    p2 = vol((6, 6, 6), (0, 0, 0))
+    # spacing (1, 1, 3): p->t distances min(2, 12)=2 mm; t->p: 2 mm and 12 mm. Pooled [2, 2, 12]:
+    # 95th percentile (linear) = 2 + 0.9 * (12 - 2) = 11.
+    assert M.hd95(p2, t2, spacing=(1.0, 1.0, 3.0)) == pytest.approx(11.0)
+    d_pt, d_tp = M.surface_distances(p2, t2, spacing=(1.0, 1.0, 3.0))
+    assert sorted(d_pt) == [pytest.approx(2.0)] and sorted(d_tp) == [pytest.approx(2.0), pytest.approx(12.0)]
+
+
+def test_hd95_is_a_percentile_not_the_maximum():
+    # identical 5x5x5 cubes (98 surface voxels each) + one far-away spurious voxel:
+    # 197 pooled distances, one of them 10 mm -> 95th percentile 0, Hausdorff (max) would be 10.
+    t = np.zeros((20, 20, 20), np.uint8)
+    t[2:7, 2:7, 2:7] = 1
+    p = t.copy()
+    p[16, 4, 4] = 1  # nearest cube surface voxel (6, 4, 4): 10 voxels away
+    d_pt, d_tp = M.surface_distances(p, t)
+    assert d_pt.size == 99 and d_tp.size == 98 and d_pt.max() == pytest.approx(10.0)
+    assert M.hd95(p, t) == 0.0
+
+
+def test_hd95_surface_uses_whole_array_border():
+    # a full slab touching the array border: its border voxels are surface, so equal masks give 0
+    t = np.ones((4, 4, 4), np.uint8)
+    assert M.hd95(t, t) == 0.0
+    p = t.copy()
+    p[:, :, 3] = 0  # prediction one slice short along z (spacing 2 mm)
+    # the 16 truth surface voxels on z=3 lie 2 mm from the prediction's top; 4 prediction-only surface
+    # voxels lie 1 mm from the truth's side; 80 shared ones 0 mm -> 16 of 100 at 2 mm -> 95th pct = 2.
+    assert M.hd95(p, t, spacing=(1, 1, 2)) == pytest.approx(2.0)
+
+
+def test_evaluate_keys_and_values():
+    t = np.zeros((4, 4, 4), np.uint8)
+    t[0, 0, 0:4] = 1
+    p = np.zeros((4, 4, 4), np.uint8)
+    p[0, 0, 1:4] = 1
+    r = M.evaluate(p, t, spacing=(1.0, 1.0, 2.0), connectivity=26)
+    assert tuple(r) == M.METRIC_KEYS
+    assert r["dice"] == pytest.approx(6 / 7)
+    assert r["lesion_f1"] == 1.0 and r["lesion_count_diff"] == 0
+    assert r["volume_diff_voxels"] == 1 and r["volume_diff_mm3"] == pytest.approx(2.0)
+    assert r["lesion_voxels"] == 4 and r["pred_voxels"] == 3
+    # truth line z 0..3 (2 mm steps) vs prediction z 1..3: all surface, distances 2,0,0,0 and 0,0,0
+    assert r["hd95_mm"] == pytest.approx(np.percentile([2, 0, 0, 0, 0, 0, 0], 95))
