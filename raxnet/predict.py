@@ -1,0 +1,245 @@
+"""``raxnet predict``: lesion masks for T1w scans in MNI152NLin2009aSym space, with shipped weights.
+
+For each input scan: validate it, bring it to the grid the weights were trained on (resampling an image
+that is in MNI space on another grid, refusing one that is not), normalise it exactly as in training,
+predict every slice with each plane model (batched, one model load per run), fuse the three probability
+volumes, bring the mask back to the input grid, and write the mask (uint8, the input's affine and header),
+optional probability map, a per-lesion CSV, a one-row summary CSV and a QC overlay PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from raxnet.errors import InputError, RaxnetError
+from raxnet.intensity import normalise
+from raxnet.io import read_volume, save_csv, save_nifti
+from raxnet.log import get_logger
+from raxnet.planes import PLANES
+from raxnet.weights import default_weights_dir, read_manifest
+
+log = get_logger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "weights": "",  # weight-set folder; "" = $RAXNET_WEIGHTS or weights/demo
+    "fusion": "mean",  # mean (mean probability >= threshold) | vote (2 of 3 planes)
+    "threshold": 0.5,
+    "tta": False,  # average with left-right flipped slices (axial, coronal)
+    "batch_size": 32,
+    "save_probabilities": False,
+    "qc": True,  # write <name>_qc.png
+}
+
+FUSIONS = ("mean", "vote")
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+#: Fraction of the template brain's bounding box an MNI-space scan's field of view must cover.
+MIN_FOV_COVERAGE = 0.9
+
+
+def output_stem(path: str | Path) -> str:
+    """BIDS-style stem: ``sub-01_ses-1_space-X_T1w.nii.gz`` -> ``sub-01_ses-1_space-X``."""
+    name = _NIFTI.sub("", Path(path).name)
+    return re.sub(r"_T1w$", "", name)
+
+
+def find_inputs(path: str | Path) -> list[Path]:
+    """One NIfTI file, or every T1w-looking NIfTI under a folder (masks and our own outputs skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: input not found")
+    skip = re.compile(r"(_mask|_label-|_desc-lesion|_probability|_dseg)", re.IGNORECASE)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _NIFTI.search(p.name) and not skip.search(p.name))
+    if not files:
+        raise InputError(f"{path}: no .nii or .nii.gz scans found in this folder")
+    return files
+
+
+def _fov_coverage(img_affine: np.ndarray, img_shape: tuple[int, ...], ref_affine: np.ndarray, ref_shape) -> float:
+    """Fraction of the reference grid's bounding box (in mm) inside the image's field of view."""
+    def box(affine, shape):
+        corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+        mm = corners @ affine.T
+        return mm[:, :3].min(0), mm[:, :3].max(0)
+
+    (a0, a1), (b0, b1) = box(img_affine, img_shape), box(ref_affine, ref_shape)
+    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)
+    return float(np.prod(inter) / np.prod(b1 - b0))
+
+
+def _is_oblique(affine: np.ndarray) -> bool:
+    rot = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool((np.abs(rot).max(axis=0) < 0.999).any())
+
+
+def to_model_grid(data: np.ndarray, img: nib.Nifti1Image, manifest: dict[str, Any], path: Path) -> tuple[np.ndarray, bool]:
+    """The image on the weights' grid: as is, or resampled when it is in MNI space on another grid."""
+    shape = tuple(manifest["grid_shape"])
+    affine = np.asarray(manifest["affine"], dtype=float)
+    if data.shape == shape and np.allclose(img.affine, affine, atol=1e-3):
+        return data, False
+    if _is_oblique(img.affine):
+        raise InputError(f"{path}: oblique affine; the scan is not in MNI152NLin2009aSym space (register it first)")
+    coverage = _fov_coverage(img.affine, data.shape, affine, shape)
+    if coverage < MIN_FOV_COVERAGE:
+        raise InputError(
+            f"{path}: not in MNI152NLin2009aSym space (its field of view covers {coverage:.0%} of the template's); "
+            "register the scan to MNI152NLin2009aSym first"
+        )
+    from nilearn.image import resample_img
+
+    src = nib.Nifti1Image(data.astype(np.float32), img.affine)
+    out = resample_img(src, target_affine=affine, target_shape=shape, interpolation="linear",
+                       force_resample=True, copy_header=True)
+    return np.asarray(out.dataobj, dtype=np.float32), True
+
+
+def back_to_input_grid(mask: np.ndarray, manifest: dict[str, Any], img: nib.Nifti1Image, interpolation: str) -> np.ndarray:
+    """Resample a volume on the weights' grid back onto the input image's grid."""
+    from nilearn.image import resample_img
+
+    src = nib.Nifti1Image(mask.astype(np.float32), np.asarray(manifest["affine"], dtype=float))
+    out = resample_img(src, target_affine=img.affine, target_shape=img.shape[:3], interpolation=interpolation,
+                       force_resample=True, copy_header=True)
+    return np.asarray(out.dataobj, dtype=np.float32)
+
+
+class Predictor:
+    """The three plane models of a weight set, loaded once, and the fusion of their predictions."""
+
+    def __init__(self, weights_dir: str | Path | None = None, batch_size: int = 32, tta: bool = False) -> None:
+        from raxnet.inference import load_model
+
+        self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        self.manifest = read_manifest(self.weights_dir)
+        self.batch_size = batch_size
+        self.tta = tta
+        self.models = {p: load_model(self.weights_dir / self.manifest["planes"][p]["file"]) for p in PLANES}
+
+    def probabilities(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-plane probability volumes for a volume already on the weights' grid (not yet normalised)."""
+        from raxnet.inference import predict_plane
+
+        norm = normalise(volume)
+        return {
+            p: predict_plane(m, norm, p, batch_size=self.batch_size, flip_tta=self.tta) for p, m in self.models.items()
+        }
+
+
+def fuse(probs: dict[str, np.ndarray], method: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 mask, float32 fused probability) from the three plane probabilities."""
+    from raxnet.fusion import fuse_mean, fuse_vote
+
+    stack = [probs[p] for p in PLANES]
+    mean = np.mean(stack, axis=0).astype(np.float32)
+    if method == "mean":
+        return fuse_mean(stack, threshold).astype(np.uint8), mean
+    if method == "vote":
+        return fuse_vote(stack, threshold).astype(np.uint8), mean
+    raise ValueError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
+
+
+def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
+    """Segment one scan and write its outputs; returns the summary row."""
+    from raxnet.lesions import component_table
+
+    start = time.perf_counter()
+    data, img = read_volume(path)
+    on_grid, resampled = to_model_grid(data, img, predictor.manifest, path)
+    probs = predictor.probabilities(on_grid)
+    mask, prob = fuse(probs, opts["fusion"], opts["threshold"])
+    if resampled:
+        mask = (back_to_input_grid(mask, predictor.manifest, img, "nearest") > 0.5).astype(np.uint8)
+        prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
+    stem = output_stem(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mask_path = save_nifti(mask, img, out_dir / f"{stem}_desc-lesion_mask.nii.gz", dtype=np.uint8)
+    if opts["save_probabilities"]:
+        save_nifti(prob, img, out_dir / f"{stem}_desc-lesion_probability.nii.gz", dtype=np.float32)
+    lesions = component_table(mask, img.affine)
+    save_csv(lesions, out_dir / f"{stem}_lesions.csv")
+    voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
+    seconds = time.perf_counter() - start
+    summary = {
+        "input": str(path),
+        "mask": str(mask_path),
+        "lesion_voxels": int(mask.sum()),
+        "lesion_volume_mm3": round(float(mask.sum()) * voxel_mm3, 3),
+        "n_lesions": int(len(lesions)),
+        "resampled": resampled,
+        "fusion": opts["fusion"],
+        "threshold": opts["threshold"],
+        "seconds": round(seconds, 2),
+    }
+    save_csv(pd.DataFrame([summary]), out_dir / f"{stem}_summary.csv")
+    if opts["qc"]:
+        from raxnet.qc import qc_overlay
+
+        qc_overlay(data, mask, out_dir / f"{stem}_qc.png", title=f"{stem}: {int(mask.sum())} lesion voxels")
+    log.info("%s: %d lesion voxels in %d components, %.1f s", path.name, mask.sum(), len(lesions), seconds)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raxnet predict",
+        description=(
+            "Segment chronic stroke lesions in T1w scans registered to MNI152NLin2009aSym (the ATLAS v2.0 space).\n"
+            "Writes per scan: <name>_desc-lesion_mask.nii.gz (uint8, the input's affine and header),\n"
+            "<name>_lesions.csv (one row per lesion), <name>_summary.csv and <name>_qc.png.\n"
+            "Exit codes: 0 all scans done; 1 some scans failed (listed at the end); 2 nothing done / bad input."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--input", required=True, help="a T1w NIfTI (.nii/.nii.gz) or a folder of them (searched recursively)")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--weights", help="weight-set folder (default: $RAXNET_WEIGHTS or the shipped weights/demo)")
+    parser.add_argument("--fusion", choices=FUSIONS, help="how the three planes are combined (default mean)")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default 0.5)")
+    parser.add_argument("--tta", action="store_true", default=None, help="left-right flip test-time augmentation")
+    parser.add_argument("--save-probabilities", action="store_true", default=None, help="also write the fused probability map")
+    parser.add_argument("--batch-size", type=int, help="slices per prediction batch (default 32)")
+    parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG")
+    parser.add_argument("--config", help="TOML configuration file; its [predict] section sets the defaults")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``raxnet predict``."""
+    from raxnet.config import load_config, override, section
+
+    args = build_parser().parse_args(argv)
+    opts = section(load_config(args.config), "predict", DEFAULTS)
+    override(opts, weights=args.weights, fusion=args.fusion, threshold=args.threshold, tta=args.tta,
+             save_probabilities=args.save_probabilities, batch_size=args.batch_size, qc=args.qc)
+    inputs = find_inputs(args.input)
+    predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], tta=opts["tta"])
+    out_dir = Path(args.output)
+    done, failed = [], []
+    for path in tqdm(inputs, desc="predict", unit="scan", disable=len(inputs) < 2):
+        try:
+            done.append(predict_file(predictor, path, out_dir, opts))
+        except RaxnetError as exc:
+            if len(inputs) == 1:
+                raise
+            log.error("%s", exc)
+            failed.append((path, str(exc)))
+    if done:
+        print(f"{len(done)} scan(s) segmented into {out_dir}/ "
+              f"({np.mean([d['seconds'] for d in done]):.1f} s per scan)")
+    if failed:
+        print(f"{len(failed)} scan(s) failed:")
+        for path, msg in failed:
+            print(f"  {path}: {msg}")
+        return 2 if not done else 1
+    return 0

@@ -1,0 +1,24 @@
+"""``raxnet export-weights``: package a training run's best fold per plane as a weight set."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from raxnet.weights import export_weights
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="raxnet export-weights",
+        description="Copy <work-dir>/07_train/<model>/<plane>/fold_<k>/model.keras of the fold with the lowest "
+        "inner-validation loss per plane into OUT, with a weights.json manifest that `raxnet predict --weights OUT` reads.",
+    )
+    parser.add_argument("--work-dir", required=True, help="work directory of a training run (stages 01 and 07)")
+    parser.add_argument("--out", required=True, help="weight-set folder to write")
+    parser.add_argument("--model", default="raxnet", help="model name under 07_train/ (default raxnet)")
+    parser.add_argument("--note", default="", help="free text stored in the manifest (provenance)")
+    args = parser.parse_args(argv)
+    out = export_weights(args.work_dir, args.out, model=args.model, note=args.note)
+    print(f"weight set written to {out}/")
+    return 0

@@ -1,0 +1,45 @@
+"""docker/: the compose file parses and runs the same `raxnet predict` the tests exercise."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    match = re.search(rf"^{name}\s+(\[.*\])\s*$", text, re.MULTILINE)
+    assert match, f"no exec-form {name} in the Dockerfile"
+    return json.loads(match.group(1))
+
+
+def test_compose_predict_service():
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    service = compose["services"]["predict"]
+    assert "ports" not in service
+    volumes = service["volumes"]
+    assert any(v.endswith(":/input:ro") for v in volumes), volumes
+    assert any(v.endswith(":/output") for v in volumes), volumes
+    assert (ROOT / "docker" / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+    assert service["command"] == ["--input", "/input", "--output", "/output"]
+
+
+def test_dockerfile_runs_raxnet_predict_as_non_root():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert dockerfile_instruction("ENTRYPOINT") == ["raxnet", "predict"]
+    assert re.search(r"^USER\s+(?!root)\w+", text, re.MULTILINE)
+    assert "tensorflow-cpu" in (ROOT / "requirements.txt").read_text()
+    # the console script the image calls is the one the tests exercise
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'raxnet = "raxnet.cli:main"' in pyproject
+    from raxnet.cli import COMMANDS
+
+    assert COMMANDS["predict"][0] == "raxnet.predict"
+    # the weights the image ships are the ones the manifest points at
+    assert re.search(r"RAXNET_WEIGHTS=/opt/raxnet/weights/demo", text)
+    assert (ROOT / "weights" / "demo" / "weights.json").is_file()
