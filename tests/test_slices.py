@@ -1,0 +1,172 @@
+"""Stage 03 (raxnet.slices): conversion round trip, axis conventions, resumability, bad subjects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet.errors import InputError, StageInputError
+from raxnet.intensity import normalise
+from raxnet.planes import PLANES
+from raxnet.slices import convert, load_volume_from_stacks, open_stack, run
+
+SHAPE = (7, 9, 11)  # three different sizes so any axis mix-up changes a shape
+AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return str(path)
+
+
+def _subject(root: Path, name: str, seed: int) -> tuple[str, str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t1 = rng.uniform(10, 500, SHAPE).astype(np.float32)
+    t1[0] = 0  # background
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[2:4, 3:6, 4:7] = 1
+    return (_write(root / f"{name}_T1w.nii.gz", t1), _write(root / f"{name}_mask.nii.gz", mask), t1)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> tuple[Path, dict, dict]:
+    """A work dir with subjects.csv + split.csv for 3 train subjects and 1 hold-out subject."""
+    data = tmp_path / "data"
+    rows, vols = [], {}
+    for i, name in enumerate(["s01", "s02", "s03", "s04"]):
+        t1, msk, vol = _subject(data, name, i)
+        rows.append({"subject": name, "site": "R001", "t1_path": t1, "mask_path": msk,
+                     "lesion_voxels": 18, "spacing_mm": 1})
+        vols[name] = vol
+    w = tmp_path / "work"
+    (w / "01_dataset").mkdir(parents=True)
+    (w / "02_data_splitting").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(w / "01_dataset" / "subjects.csv", index=False)
+    split = pd.DataFrame({"subject": ["s01", "s02", "s03", "s04"], "site": "R001", "lesion_voxels": 18,
+                          "volume_bin": "b", "set": ["train", "train", "train", "holdout"]})
+    split.to_csv(w / "02_data_splitting" / "split.csv", index=False)
+    run_cfg = {"work_dir": str(w), "data_root": str(data), "seed": 0, "jobs": 1}
+    return w, run_cfg, vols
+
+
+def test_round_trip_and_index(work):
+    w, run_cfg, vols = work
+    index = convert({}, run_cfg)
+    assert sorted(index["subject"].unique()) == ["s01", "s02", "s03"]  # hold-out left out by default
+    assert len(index) == 3 * len(PLANES)
+    row = index[(index.subject == "s02") & (index.plane == "axial")].iloc[0]
+    assert (row.n_slices, row.height, row.width) == (11, 7, 9)
+    row = index[(index.subject == "s02") & (index.plane == "sagittal")].iloc[0]
+    assert (row.n_slices, row.height, row.width) == (7, 9, 11)
+    row = index[(index.subject == "s02") & (index.plane == "coronal")].iloc[0]
+    assert (row.n_slices, row.height, row.width) == (9, 7, 11)
+    assert row.image_path == "coronal/s02_image.npy"
+    assert pd.read_csv(w / "03_moving_converting" / "index.csv").equals(index)
+
+    expected = normalise(vols["s02"])
+    for plane in PLANES:
+        vol, mask = load_volume_from_stacks(w, "s02", plane=plane)
+        # float16 keeps ~11 significant bits: relative error <= 2**-11 on values in [0, 1.5]
+        np.testing.assert_allclose(vol, expected, rtol=2**-11, atol=1e-7)
+        assert mask.sum() == 2 * 3 * 3 and mask[2:4, 3:6, 4:7].all()
+
+    img, msk = open_stack(w, "s02", "axial")
+    assert isinstance(img, np.memmap) and img.dtype == np.float16 and msk.dtype == np.uint8
+    assert img.flags.c_contiguous and img.shape == (11, 7, 9)
+
+
+def test_axis_conventions(work):
+    """A voxel at (x, y, z) is in sagittal slice x, coronal slice y, axial slice z."""
+    w, run_cfg, _ = work
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[5, 2, 8] = 1
+    _write(Path(run_cfg["data_root"]) / "s01_mask.nii.gz", mask)
+    convert({}, run_cfg)
+    for plane, (i, r, c) in {"sagittal": (5, 2, 8), "coronal": (2, 5, 8), "axial": (8, 5, 2)}.items():
+        _, msk = open_stack(w / "03_moving_converting", "s01", plane)
+        assert msk[i, r, c] == 1 and msk.sum() == 1, plane
+
+
+def test_holdout_and_planes_option(work):
+    w, run_cfg, _ = work
+    index = convert({"convert": {"planes": "axial"}}, run_cfg, include_holdout=True)
+    assert set(index["set"]) == {"train", "holdout"} and set(index["plane"]) == {"axial"}
+    assert not (w / "03_moving_converting" / "sagittal").exists()
+
+
+def test_resume_skips_and_redoes_corrupt(work):
+    w, run_cfg, _ = work
+    first = convert({}, run_cfg)
+    stage = w / "03_moving_converting"
+    img = stage / "axial" / "s01_image.npy"
+    other = stage / "axial" / "s03_image.npy"
+    mtime_other = other.stat().st_mtime_ns
+    good = img.read_bytes()
+    img.write_bytes(good[: len(good) // 2])  # truncated .npy: header promises more data than there is
+    second = convert({}, run_cfg)
+    assert other.stat().st_mtime_ns == mtime_other  # untouched subject skipped
+    assert img.read_bytes() == good  # corrupted stack redone, byte-identical
+    assert second.equals(first)
+    wrong = stage / "coronal" / "s02_mask.npy"
+    np.save(wrong, np.zeros((9, 7, 11), np.float32))  # right shape, wrong dtype -> redone
+    convert({}, run_cfg)
+    assert np.load(wrong).dtype == np.uint8
+
+
+def test_bad_subject_goes_to_errors(work):
+    w, run_cfg, _ = work
+    data = Path(run_cfg["data_root"])
+    _write(data / "s02_mask.nii.gz", np.zeros((7, 9, 12), np.uint8))  # wrong grid
+    (data / "s03_T1w.nii.gz").write_bytes(b"not a nifti")  # corrupt
+    summary = run({}, run_cfg)
+    assert summary["subjects"] == 1 and summary["n_errors"] == 2
+    errors = pd.read_csv(w / "03_moving_converting" / "errors.csv")
+    assert list(errors["subject"]) == ["s02", "s03"]
+    assert "s02_mask.nii.gz" in errors.loc[0, "error"] and "s03_T1w.nii.gz" in errors.loc[1, "error"]
+    assert not (w / "03_moving_converting" / "axial" / "s02_image.npy").exists()
+    with pytest.raises(StageInputError):
+        open_stack(w, "s02", "axial")
+
+
+def test_parallel_matches_serial(work, tmp_path):
+    w, run_cfg, _ = work
+    convert({}, run_cfg)
+    serial = {p.name: p.read_bytes() for p in (w / "03_moving_converting" / "axial").glob("*.npy")}
+    par_dir = tmp_path / "work_par"
+    (par_dir).mkdir()
+    for sub in ("01_dataset", "02_data_splitting"):
+        (par_dir / sub).symlink_to(w / sub)
+    convert({}, {**run_cfg, "work_dir": str(par_dir), "jobs": 2})
+    par = {p.name: p.read_bytes() for p in (par_dir / "03_moving_converting" / "axial").glob("*.npy")}
+    assert par == serial
+
+
+def test_missing_inputs_and_cli(work, tmp_path):
+    _, run_cfg, _ = work
+    with pytest.raises(StageInputError, match="split.csv"):
+        convert({}, {**run_cfg, "work_dir": str(tmp_path / "empty")})
+    script = REPO / "03_moving_converting" / "convert_to_2d.py"
+    proc = subprocess.run([sys.executable, str(script), "--work-dir", str(tmp_path / "empty")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "split.csv" in proc.stderr
+    proc = subprocess.run([sys.executable, str(script), "--work-dir", run_cfg["work_dir"], "--all",
+                           "--data-root", run_cfg["data_root"], "--planes", "axial"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 subject(s)" in proc.stdout
+
+
+def test_open_stack_rejects_bad_file(work):
+    w, run_cfg, _ = work
+    convert({"convert": {"planes": "axial"}}, run_cfg)
+    (w / "03_moving_converting" / "axial" / "s01_mask.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="s01_mask.npy"):
+        open_stack(w, "s01", "axial")
