@@ -2,7 +2,7 @@
 
 Architecture (``depth`` down-samplings, ``width`` base filters, level ``i`` has ``width * 2**i`` filters)::
 
-    input (H, W, C)
+    input (H, W, C) -> stem: full 3x3 conv + BN + ReLU to ``width`` channels (separable=True only)
     encoder level i = 0..depth-1:  conv_block (separable 3x3 + BN + ReLU twice, 1x1 residual projection)
                                    -> skip_i, then 2x2 max-pooling
     bottleneck:                    conv_block at width * 2**depth (+ dropout)
@@ -48,6 +48,12 @@ def build_raxnet(
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
+    if separable:
+        # Xception's entry flow starts with full convolutions: a depthwise 3x3 on a 1-channel image is a
+        # single filter, so a full 3x3 stem first gives the separable blocks ``width`` channels to work on.
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(x)
+        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = layers.Activation("relu", name="stem_relu")(x)
     skips = []
     for level in range(depth):
         x = conv_block(x, width * 2**level, separable=separable, residual=residual, name=f"enc{level}")
