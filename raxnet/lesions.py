@@ -1,0 +1,351 @@
+"""Lesion statistics of binary masks: 3D components, volume, centroid, hemisphere, location, per-slice counts.
+
+Pure numpy/scipy (plus the MNI152 templates for the location reference); used by stage 01, stage 08 and
+``raxnet predict``.
+
+Location rule (cortical / subcortical / both)
+---------------------------------------------
+Computed from an anatomical reference on the mask's grid, never hand-entered:
+
+* the MNI152 2009a GM/WM probability maps and brain mask of :mod:`raxnet.templates` (the same grid at 1
+  or 2 mm; any other grid gets them resampled with ``nilearn.image.resample_to_img``);
+* the 300 ROI centres of Seitzman et al. (2018), which ship inside nilearn's wheel with an anatomical
+  label each (cortex left/right/midline, hippocampus, amygdala, basal ganglia, thalamus, cerebellum).
+
+The GM template alone cannot tell cortex from deep grey matter (caudate, putamen, thalamus also have
+high GM probability, and the template's blurred sulci leave no usable cortical surface), so every brain
+voxel takes the anatomical label of its nearest Seitzman ROI centre (a Voronoi parcellation of the
+brain). A reference voxel is **cortical** when it is grey-matter dominated (GM >= ``gm_min`` and
+GM >= WM) *and* its nearest ROI is cortex or hippocampus; every other brain voxel is **subcortical**
+(white matter, basal ganglia, thalamus, amygdala, brainstem, cerebellum). A lesion component is
+classed by where its in-brain voxels lie: with ``f`` its cortical fraction it is ``cortical`` if
+``f >= 1 - span_fraction``, ``subcortical`` if ``f <= span_fraction`` and ``both`` in between (one
+component spanning both substantially). A subject is ``both`` if it has a ``both`` component or
+components of both kinds, else the kind of its components; ``none`` without lesion; a component
+with no voxel inside the brain mask is ``outside``.
+
+Hemisphere: the sign of x in mm (RAS+: x < 0 is left). ``bilateral`` when the minority side holds at
+least ``bilateral_fraction`` of the lesion voxels, else the majority side.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from raxnet.planes import PLANES, check_plane, to_slices
+
+#: Seitzman ROI labels counted as cortex (hippocampus is allocortex; amygdala is a nucleus).
+CORTICAL_REGIONS = frozenset({"cortexL", "cortexR", "cortexMid", "hippocampus"})
+
+#: Default thresholds (the ``[dataset]`` config section overrides them in stage 01).
+GM_MIN = 0.3
+SPAN_FRACTION = 0.25
+BILATERAL_FRACTION = 0.05
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
+    if rank is None:
+        raise ValueError(f"3D connectivity must be 6, 18 or 26, got {connectivity}")
+    return ndi.generate_binary_structure(3, rank)
+
+
+def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of a binary 3D mask.
+
+    Returns ``(labels, sizes)``: labels renumbered so that label 1 is the largest component (ties by
+    first occurrence in C order), 0 background; ``sizes[i]`` is the voxel count of label ``i + 1``,
+    sorted descending.
+    """
+    mask = np.asarray(mask) > 0
+    if mask.ndim != 3:
+        raise ValueError(f"components expects a 3D mask, got {mask.ndim}D")
+    labels, n = ndi.label(mask, structure=_structure(connectivity))
+    if n == 0:
+        return labels.astype(np.int32), np.zeros(0, dtype=np.int64)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-sizes, kind="stable")
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[order + 1] = np.arange(1, n + 1, dtype=np.int32)
+    return remap[labels], sizes[order].astype(np.int64)
+
+
+def voxel_volume(affine: np.ndarray) -> float:
+    """Volume of one voxel in mm³ (|det| of the affine's 3x3 part)."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])))
+
+
+# --------------------------------------------------------------------------------------------- reference
+@dataclass(frozen=True)
+class LocationReference:
+    """Boolean maps on one grid: ``brain`` (template brain mask) and ``cortical`` (cortical zone)."""
+
+    brain: np.ndarray
+    cortical: np.ndarray
+    gm_min: float
+
+
+def _seitzman() -> tuple[np.ndarray, np.ndarray]:
+    from nilearn import datasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bunch = datasets.fetch_coords_seitzman_2018()
+    xyz = bunch.rois[["x", "y", "z"]].to_numpy(dtype=float)
+    regions = np.asarray(bunch.regions, dtype=str)
+    return xyz, regions
+
+
+def _template_on_grid(kind: str, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    from raxnet import templates
+
+    spacing = templates.spacing_of(affine)
+    if spacing is not None and tuple(shape) == templates.grid(spacing)[0]:
+        return np.asarray(templates.template_data(kind, spacing))
+    import nibabel as nib
+    from nilearn.image import resample_to_img
+
+    target = nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
+    src = templates.template(kind, spacing or 1)
+    interp = "nearest" if kind == "brain_mask" else "continuous"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = resample_to_img(src, target, interpolation=interp, force_resample=True, copy_header=True)
+    return np.asarray(out.get_fdata(), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_cached(shape: tuple[int, ...], affine_key: tuple[float, ...], gm_min: float) -> LocationReference:
+    from scipy.spatial import cKDTree
+
+    affine = np.asarray(affine_key, dtype=float).reshape(4, 4)
+    brain = _template_on_grid("brain_mask", shape, affine) > 0.5
+    gm = _template_on_grid("gm", shape, affine)
+    wm = _template_on_grid("wm", shape, affine)
+    candidate = brain & (gm >= gm_min) & (gm >= wm)
+    cortical = np.zeros(shape, dtype=bool)
+    idx = np.argwhere(candidate)
+    if idx.size:
+        xyz, regions = _seitzman()
+        mm = idx @ affine[:3, :3].T + affine[:3, 3]
+        _, nearest = cKDTree(xyz).query(mm, k=1)
+        is_cortex = np.isin(regions, list(CORTICAL_REGIONS))[nearest]
+        keep = idx[is_cortex]
+        cortical[keep[:, 0], keep[:, 1], keep[:, 2]] = True
+    brain.setflags(write=False)
+    cortical.setflags(write=False)
+    return LocationReference(brain=brain, cortical=cortical, gm_min=gm_min)
+
+
+def location_reference(shape: tuple[int, ...], affine: np.ndarray, gm_min: float = GM_MIN) -> LocationReference:
+    """The cortical-zone reference on a grid (cached per grid; ~2-4 s the first time at 1 mm)."""
+    key = tuple(float(v) for v in np.round(np.asarray(affine, dtype=float), 6).ravel())
+    return _reference_cached(tuple(int(s) for s in shape[:3]), key, float(gm_min))
+
+
+# --------------------------------------------------------------------------------------------- classes
+def _hemisphere(n_left: int, n_right: int, bilateral_fraction: float) -> str:
+    total = n_left + n_right
+    if total == 0:
+        return "midline"
+    if min(n_left, n_right) >= bilateral_fraction * total and min(n_left, n_right) > 0:
+        return "bilateral"
+    return "left" if n_left >= n_right else "right"
+
+
+def _component_location(n_cortical: int, n_in_brain: int, span_fraction: float) -> str:
+    if n_in_brain == 0:
+        return "outside"
+    f = n_cortical / n_in_brain
+    if f >= 1.0 - span_fraction:
+        return "cortical"
+    if f <= span_fraction:
+        return "subcortical"
+    return "both"
+
+
+def _subject_location(kinds: list[str]) -> str:
+    kinds_set = set(kinds) - {"outside"}
+    if not kinds:
+        return "none"
+    if not kinds_set:
+        return "outside"
+    if "both" in kinds_set or {"cortical", "subcortical"} <= kinds_set:
+        return "both"
+    return kinds_set.pop()
+
+
+def _per_component(
+    labels: np.ndarray, n: int, affine: np.ndarray, reference: LocationReference | None
+) -> dict[str, np.ndarray]:
+    """Per-label (1..n) voxel counts, centroid in mm, left/right counts, cortical/in-brain counts."""
+    affine = np.asarray(affine, dtype=float)
+    idx = np.nonzero(labels)
+    lab = labels[idx]
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    ijk_mean = np.stack([np.bincount(lab, weights=a, minlength=n + 1)[1:] for a in idx], axis=1) / counts[:, None]
+    centroid = ijk_mean @ affine[:3, :3].T + affine[:3, 3]
+    x_mm = np.stack(idx, axis=1) @ affine[0, :3] + affine[0, 3]
+    left = np.bincount(lab, weights=x_mm < 0, minlength=n + 1)[1:].astype(np.int64)
+    right = np.bincount(lab, weights=x_mm > 0, minlength=n + 1)[1:].astype(np.int64)
+    out = {"voxels": counts.astype(np.int64), "centroid": centroid, "left": left, "right": right}
+    if reference is not None:
+        if reference.brain.shape != labels.shape:
+            raise ValueError(f"reference grid {reference.brain.shape} does not match mask {labels.shape}")
+        out["in_brain"] = np.bincount(lab, weights=reference.brain[idx], minlength=n + 1)[1:].astype(np.int64)
+        out["cortical"] = np.bincount(lab, weights=reference.cortical[idx], minlength=n + 1)[1:].astype(np.int64)
+    return out
+
+
+def _reference_for(mask: np.ndarray, affine: np.ndarray, reference: Any, gm_min: float) -> LocationReference | None:
+    if reference is False:
+        return None
+    if isinstance(reference, LocationReference):
+        return reference
+    return location_reference(mask.shape, affine, gm_min)
+
+
+def subject_lesion_stats(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    connectivity: int = 26,
+    reference: LocationReference | bool | None = None,
+    gm_min: float = GM_MIN,
+    span_fraction: float = SPAN_FRACTION,
+    bilateral_fraction: float = BILATERAL_FRACTION,
+) -> dict[str, Any]:
+    """Lesion statistics of one binary 3D mask (values > 0 are lesion).
+
+    Keys: ``lesion_voxels, lesion_volume_mm3, n_lesions, largest_lesion_voxels, lesion_sizes`` (all
+    component sizes, descending, ``;``-joined), ``centroid_{x,y,z}_mm`` (NaN without lesion),
+    ``hemisphere`` (left/right/bilateral/none) and ``location`` (cortical/subcortical/both/none; see the
+    module docstring). ``reference``: a :class:`LocationReference` for the mask's grid, None to build
+    (cached) from the templates, or False to skip location (``location`` is then ``"n/a"``).
+    """
+    labels, sizes = components(mask, connectivity)
+    n = int(sizes.size)
+    total = int(sizes.sum())
+    stats: dict[str, Any] = {
+        "lesion_voxels": total,
+        "lesion_volume_mm3": round(total * voxel_volume(affine), 3),
+        "n_lesions": n,
+        "largest_lesion_voxels": int(sizes[0]) if n else 0,
+        "lesion_sizes": ";".join(str(int(s)) for s in sizes),
+    }
+    if n == 0:
+        stats.update(centroid_x_mm=np.nan, centroid_y_mm=np.nan, centroid_z_mm=np.nan, hemisphere="none")
+        stats["location"] = "none" if reference is not False else "n/a"
+        return stats
+    ref = _reference_for(labels, affine, reference, gm_min)
+    comp = _per_component(labels, n, affine, ref)
+    centroid = (comp["centroid"] * comp["voxels"][:, None]).sum(axis=0) / total
+    stats.update(
+        centroid_x_mm=round(float(centroid[0]), 3),
+        centroid_y_mm=round(float(centroid[1]), 3),
+        centroid_z_mm=round(float(centroid[2]), 3),
+        hemisphere=_hemisphere(int(comp["left"].sum()), int(comp["right"].sum()), bilateral_fraction),
+    )
+    if ref is None:
+        stats["location"] = "n/a"
+    else:
+        kinds = [
+            _component_location(int(c), int(b), span_fraction) for c, b in zip(comp["cortical"], comp["in_brain"])
+        ]
+        stats["location"] = _subject_location(kinds)
+    return stats
+
+
+COMPONENT_COLUMNS = [
+    "label", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "cortical_fraction", "hemisphere", "location",
+]  # fmt: skip
+
+
+def component_table(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    connectivity: int = 26,
+    reference: LocationReference | bool | None = None,
+    gm_min: float = GM_MIN,
+    span_fraction: float = SPAN_FRACTION,
+    bilateral_fraction: float = BILATERAL_FRACTION,
+) -> pd.DataFrame:
+    """One row per 3D component, largest first (label 1 = largest, as in :func:`components`).
+
+    Columns: ``label, voxels, volume_mm3, centroid_{x,y,z}_mm, cortical_fraction`` (share of its
+    in-brain voxels in the cortical zone; NaN when skipped/outside), ``hemisphere, location``.
+    """
+    labels, sizes = components(mask, connectivity)
+    n = int(sizes.size)
+    if n == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in COMPONENT_COLUMNS})
+    ref = _reference_for(labels, affine, reference, gm_min)
+    comp = _per_component(labels, n, affine, ref)
+    vv = voxel_volume(affine)
+    rows = []
+    for i in range(n):
+        row = {
+            "label": i + 1,
+            "voxels": int(comp["voxels"][i]),
+            "volume_mm3": round(float(comp["voxels"][i]) * vv, 3),
+            "centroid_x_mm": round(float(comp["centroid"][i, 0]), 3),
+            "centroid_y_mm": round(float(comp["centroid"][i, 1]), 3),
+            "centroid_z_mm": round(float(comp["centroid"][i, 2]), 3),
+            "hemisphere": _hemisphere(int(comp["left"][i]), int(comp["right"][i]), bilateral_fraction),
+        }
+        if ref is None:
+            row.update(cortical_fraction=np.nan, location="n/a")
+        else:
+            b, c = int(comp["in_brain"][i]), int(comp["cortical"][i])
+            row.update(
+                cortical_fraction=round(c / b, 4) if b else np.nan,
+                location=_component_location(c, b, span_fraction),
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COMPONENT_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------- slices
+SLICE_COLUMNS = ["slice", "lesion_pixels", "n_lesions", "brain_pixels"]
+
+
+def slice_stats(mask: np.ndarray, plane: str, brain: np.ndarray | None = None, connectivity: int = 8) -> pd.DataFrame:
+    """Per-slice lesion counts for every slice of ``plane`` (lesion-free slices included).
+
+    Columns: ``slice`` (index along the plane's axis: sagittal 0, coronal 1, axial 2), ``lesion_pixels``,
+    ``n_lesions`` (2D components, 8- or 4-connectivity) and ``brain_pixels`` (pixels of ``brain``, a 3D
+    boolean brain mask on the same grid; ``<NA>`` when None). Stage 01 passes the template brain mask
+    on the ATLAS grid (ATLAS T1s are not skull-stripped) and the T1 foreground elsewhere.
+    """
+    check_plane(plane)
+    stack = to_slices(np.asarray(mask) > 0, plane)
+    n = stack.shape[0]
+    lesion = stack.reshape(n, -1).sum(axis=1).astype(np.int64)
+    structure = ndi.generate_binary_structure(2, {8: 2, 4: 1}[int(connectivity)])
+    n_les = np.zeros(n, dtype=np.int64)
+    for i in np.flatnonzero(lesion):
+        n_les[i] = ndi.label(stack[i], structure=structure)[1]
+    if brain is not None:
+        bstack = to_slices(np.asarray(brain) > 0, plane)
+        if bstack.shape != stack.shape:
+            raise ValueError(f"brain mask shape {np.shape(brain)} does not match mask {np.shape(mask)}")
+        brain_px = pd.array(bstack.reshape(n, -1).sum(axis=1).astype(np.int64), dtype="Int64")
+    else:
+        brain_px = pd.array([pd.NA] * n, dtype="Int64")
+    return pd.DataFrame(
+        {"slice": np.arange(n, dtype=np.int64), "lesion_pixels": lesion, "n_lesions": n_les, "brain_pixels": brain_px}
+    )
+
+
+def all_slice_stats(mask: np.ndarray, brain: np.ndarray | None = None, connectivity: int = 8) -> dict[str, pd.DataFrame]:
+    """:func:`slice_stats` for the three planes."""
+    return {p: slice_stats(mask, p, brain, connectivity) for p in PLANES}
