@@ -322,9 +322,12 @@ def plot_split(split_df: pd.DataFrame, stats_df: pd.DataFrame, labels: Sequence[
     ax1.set_ylabel("log10 lesion volume (voxels)")
     ax1.set_xlabel("set")
     t = stats_df[stats_df["row"] == "test"].set_index("name")
-    ax1.set_title(
-        f"KS D={t.loc['kolmogorov_smirnov', 'statistic']:.3f}, p={t.loc['kolmogorov_smirnov', 'p_value']:.3g}\n"
-        f"Mann-Whitney U={t.loc['mann_whitney_u', 'statistic']:.0f}, p={t.loc['mann_whitney_u', 'p_value']:.3g}"
+    ax1.set_title("Lesion volume per set (log scale)")
+    ax1.text(
+        0.5, 0.02, f"KS D={t.loc['kolmogorov_smirnov', 'statistic']:.3f}, p={t.loc['kolmogorov_smirnov', 'p_value']:.3g}\n"
+        f"Mann-Whitney U={t.loc['mann_whitney_u', 'statistic']:.0f}, p={t.loc['mann_whitney_u', 'p_value']:.3g}",
+        transform=ax1.transAxes, ha="center", va="bottom", fontsize=8,
+        bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85},
     )
     fig.suptitle("Train / hold-out split: lesion-volume distribution")
     return save_figure(fig, path)
