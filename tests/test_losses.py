@@ -1,0 +1,139 @@
+"""Losses and the Dice metric: hand-computed values, perfect/monotone/empty behaviour, serialisation."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from raxnet import losses
+from raxnet.losses import LOSS_NAMES, get_loss
+
+# 2x2 hand example: one lesion pixel, predicted 0.5 there and 0.5 on one background pixel.
+T22 = np.array([[1, 0], [0, 0]], np.float32).reshape(1, 2, 2, 1)
+P22 = np.array([[0.5, 0.5], [0, 0]], np.float32).reshape(1, 2, 2, 1)
+LN2 = math.log(2.0)
+# TP = 0.5, FP = 0.5, FN = 0.5, sum t = 1, sum p = 1, smooth = 1.
+DICE_22 = 1 - (2 * 0.5 + 1) / (1 + 1 + 1)  # 1/3
+TVERSKY_22 = 1 - (0.5 + 1) / (0.5 + 0.3 * 0.5 + 0.7 * 0.5 + 1)  # 0.25
+FOCAL_22 = (0.8 * 0.25 * LN2 + 0.2 * 0.25 * LN2) / 4  # lesion pixel + false-positive pixel, mean of 4
+BCE_22 = (LN2 + LN2) / 4
+EXPECTED_22 = {
+    "dice": DICE_22,
+    "tversky": TVERSKY_22,
+    "focal": FOCAL_22,
+    "tversky_focal": TVERSKY_22 + FOCAL_22,
+    "focal_tversky": TVERSKY_22**0.75,
+    "bce_dice": BCE_22 + DICE_22,
+}
+
+
+def _value(loss, t, p) -> float:
+    return float(loss(tf.constant(t), tf.constant(p)))
+
+
+@pytest.fixture(scope="module")
+def mask() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    m = np.zeros((3, 16, 16, 1), np.float32)
+    m[0, 4:9, 5:11] = 1
+    m[2, 10:14, 2:6] = 1
+    m[1] = rng.random((16, 16, 1)) > 0.9
+    return m
+
+
+def test_names_and_default():
+    assert set(LOSS_NAMES) == set(EXPECTED_22)
+    assert losses.DEFAULT_LOSS == "tversky_focal"
+    assert isinstance(get_loss(), losses.TverskyFocalLoss)
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        get_loss("nope")
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_known_value_2x2(name):
+    assert _value(get_loss(name), T22, P22) == pytest.approx(EXPECTED_22[name], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_perfect_prediction_is_zero(name, mask):
+    assert 0 <= _value(get_loss(name), mask, mask) <= 1e-6
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_monotone_in_prediction_quality(name, mask):
+    loss = get_loss(name)
+    values = [_value(loss, mask, mask)]
+    for confidence in (0.9, 0.7, 0.55, 0.5, 0.3):
+        pred = np.where(mask > 0, confidence, 1 - confidence).astype(np.float32)
+        values.append(_value(loss, mask, pred))
+    assert all(a < b for a, b in zip(values, values[1:])), values
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_empty_masks_are_finite(name):
+    empty = np.zeros((2, 8, 8, 1), np.float32)
+    assert 0 <= _value(get_loss(name), empty, empty) <= 1e-6
+    wrong = _value(get_loss(name), empty, np.full_like(empty, 0.3))
+    assert np.isfinite(wrong) and wrong > 1e-3
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_gradient_finite_at_perfect_and_empty(name, mask):
+    loss = get_loss(name)
+    for t in (mask, np.zeros_like(mask)):
+        p = tf.Variable(t.copy())
+        with tf.GradientTape() as tape:
+            value = loss(tf.constant(t), p)
+        grad = tape.gradient(value, p).numpy()
+        assert np.isfinite(grad).all()
+
+
+def test_reduction_is_global_over_the_batch(mask):
+    """One scalar from sums over the whole batch, not the mean of per-slice losses."""
+    loss = get_loss("dice")
+    pred = np.where(mask > 0, 0.8, 0.1).astype(np.float32)
+    batch = _value(loss, mask, pred)
+    flat = _value(loss, mask.reshape(1, -1, 1, 1), pred.reshape(1, -1, 1, 1))
+    per_slice = np.mean([_value(loss, mask[i : i + 1], pred[i : i + 1]) for i in range(len(mask))])
+    assert batch == pytest.approx(flat, abs=1e-6)
+    assert abs(batch - per_slice) > 1e-3
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_serialisation_round_trip(name):
+    loss = get_loss(name)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(again) is type(loss)
+    assert again.get_config() == loss.get_config()
+    assert _value(again, T22, P22) == pytest.approx(_value(loss, T22, P22), abs=1e-7)
+
+
+def test_parameters_are_used_and_serialised():
+    fn_heavy = get_loss("tversky", alpha=0.1, beta=0.9)
+    assert fn_heavy.get_config()["beta"] == 0.9
+    # TP 0.5, FP 0.5, FN 0.5: 1 - 1.5 / (0.5 + 0.05 + 0.45 + 1) = 0.25 as well; use a prediction with FN only.
+    p = np.array([[0.25, 0], [0, 0]], np.float32).reshape(1, 2, 2, 1)  # TP .25, FN .75, FP 0
+    assert _value(fn_heavy, T22, p) == pytest.approx(1 - 1.25 / (0.25 + 0.9 * 0.75 + 1), abs=1e-6)
+    assert _value(get_loss("tversky"), T22, p) == pytest.approx(1 - 1.25 / (0.25 + 0.7 * 0.75 + 1), abs=1e-6)
+    with pytest.raises(TypeError, match="unexpected"):
+        get_loss("dice", alpha=0.5)
+
+
+def test_dice_coefficient_and_metric():
+    # Hard threshold 0.5 (strict): the 0.5 predictions count as background -> TP 0, FN 1.
+    assert float(losses.dice_coefficient(T22, P22)) == pytest.approx(1 / 2)  # (0 + 1) / (1 + 0 + 1)
+    p = np.array([[0.9, 0.6], [0.2, 0]], np.float32).reshape(1, 2, 2, 1)  # TP 1, FP 1
+    assert float(losses.dice_coefficient(T22, p)) == pytest.approx(3 / 4)  # (2 + 1) / (1 + 2 + 1)
+
+    metric = losses.DiceMetric()
+    assert float(metric.result()) == 1.0  # nothing seen yet
+    metric.update_state(T22, p)  # TP 1, FP 1
+    metric.update_state(np.zeros_like(T22), np.zeros_like(p))  # an empty batch changes nothing
+    metric.update_state(T22, np.zeros_like(p))  # FN 1
+    assert float(metric.result()) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    metric.reset_state()
+    assert float(metric.result()) == 1.0
+    again = losses.DiceMetric.from_config(metric.get_config())
+    assert again.threshold == 0.5 and again.name == "dice"
