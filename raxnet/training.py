@@ -1,0 +1,804 @@
+"""Stage 07 — train one 2D model per plane and outer validation fold, evaluate it, compare rivals.
+
+For every (plane, fold k) the model is trained on the stage-05 sets of the subjects outside fold k
+(balanced lesion / normal batches), with early stopping, learning-rate schedule and best checkpoint
+chosen on the INNER validation subjects (~10 % of the training subjects) — fold k itself is never
+looked at during training. Fold k is then used once, for the outer metrics:
+
+* ``lesion_slice_dice`` — mean per-slice Dice over the fold's slices that contain lesion;
+* ``all_slice_dice`` — mean per-slice Dice over all of the fold's validation slices (lesion + normal),
+  an empty prediction on an empty slice counting as 1 (the original RAX-Net's figure);
+* ``dice_3d`` — per subject, every slice of the volume predicted with
+  :func:`raxnet.inference.predict_plane`, restacked, thresholded and compared in 3D.
+
+Run folders are ``<work>/07_train/<run name>/<plane>/fold_<k>/`` where the run name is the model name
+for the default loss (``tversky_focal``) and ``<model>-<loss>`` for any other loss (see :func:`run_name`).
+Each holds ``model.keras`` (the best model, uncompiled: loads with plain ``keras.saving.load_model``),
+``history.csv``, ``metrics.csv`` (one summary row), ``subject_dice.csv`` (one row per validation
+subject), ``run.json`` and the resume checkpoint (``last.keras`` with optimizer state, ``best.weights.h5``,
+``state.json``). An interrupted run continues from ``last.keras``; a finished run (epoch budget reached or
+stopped early) is skipped unless ``force``; asking for more epochs continues a finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from raxnet.cli_common import resolve, stage_parser
+from raxnet.config import override, section, stage_dir
+from raxnet.errors import ConfigError, InputError, RaxnetError, StageInputError
+from raxnet.io import atomic_path, save_csv, save_figure, save_json
+from raxnet.log import get_logger
+from raxnet.planes import from_slices, parse_planes
+
+log = get_logger(__name__)
+
+#: The loss whose runs live in ``<model>/`` (other losses: ``<model>-<loss>/``).
+DEFAULT_LOSS = "tversky_focal"
+
+#: Section ``[train]``.
+DEFAULTS: dict[str, Any] = {
+    "model": "raxnet",  # model(s) to train, comma-separated for compare mode (raxnet.models.MODEL_NAMES)
+    "loss": DEFAULT_LOSS,  # loss(es), comma-separated for compare mode (raxnet.losses.LOSS_NAMES)
+    "epochs": 60,  # maximum epochs (early stopping usually ends sooner)
+    "steps_per_epoch": 0,  # training batches per epoch; 0 = the whole stage-05 training set
+    "validation_steps": 0,  # inner-validation batches per epoch; 0 = all
+    "optimizer": "adamw",  # adam | adamw
+    "learning_rate": 1e-3,  # initial learning rate
+    "weight_decay": 1e-4,  # AdamW decoupled weight decay (ignored by adam)
+    "clipnorm": 1.0,  # gradient norm clipping; 0 = off
+    "schedule": "plateau",  # plateau (ReduceLROnPlateau on inner val loss) | cosine | constant
+    "lr_factor": 0.5,  # plateau: multiply the learning rate by this ...
+    "lr_patience": 4,  # ... after this many epochs without inner val-loss improvement
+    "min_lr": 1e-6,  # plateau floor / cosine final learning rate
+    "patience": 10,  # early stopping: epochs without inner val-loss improvement
+    "min_delta": 1e-4,  # smallest val-loss decrease that counts as an improvement
+    "restore_best": True,  # model.keras = best inner-val epoch (False: last epoch)
+    "planes": "all",  # all | axial,sagittal,coronal
+    "folds": "all",  # all | 1 | 1,3 (outer validation folds from stage 04)
+    "mixed_precision": False,  # mixed_float16 policy (GPU)
+    "xla": False,  # jit_compile=True (GPU); False leaves Keras' default
+    "deterministic": True,  # tf.config.experimental.enable_op_determinism (reproducible re-runs)
+    "predict_batch_size": 32,  # slices per batch for the outer-fold prediction
+    "threshold": 0.5,  # probability > threshold = lesion (outer metrics)
+    "resume": True,  # continue an interrupted run from its last checkpoint
+    "verbose": 2,  # Keras fit verbosity (2 = one line per epoch, for logs)
+}
+
+_SCHEDULES = ("plateau", "cosine", "constant")
+_OPTIMIZERS = ("adam", "adamw")
+#: [train] keys that change what a run computes: a checkpoint made with other values is not resumed.
+_FINGERPRINT_KEYS = (
+    "steps_per_epoch", "validation_steps", "optimizer", "learning_rate", "weight_decay", "clipnorm",
+    "schedule", "lr_factor", "lr_patience", "min_lr", "mixed_precision",
+)
+HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "dice", "val_dice", "lr", "time"]
+METRIC_COLUMNS = ["lesion_slice_dice", "all_slice_dice", "dice_3d_mean"]
+COMPARISON_COLUMNS = [
+    "model", "loss", "plane", "fold", "params", "best_epoch", "time_to_best_s", "predict_ms_per_slice",
+    "lesion_slice_dice", "all_slice_dice", "dice_3d_mean",
+]
+
+
+# ----------------------------------------------------------------------------------------- naming
+
+
+def run_name(model_name: str, loss_name: str) -> str:
+    """Folder name of a (model, loss) run: ``model`` for the default loss, else ``model-loss``."""
+    return model_name if loss_name == DEFAULT_LOSS else f"{model_name}-{loss_name}"
+
+
+def run_dir(work_dir: str | Path, model_name: str, loss_name: str, plane: str, fold: int) -> Path:
+    """``<work>/07_train/<run name>/<plane>/fold_<k>``."""
+    return stage_dir(work_dir, "train") / run_name(model_name, loss_name) / plane / f"fold_{int(fold)}"
+
+
+def model_path(work_dir: str | Path, model_name: str, plane: str, fold: int, loss_name: str = DEFAULT_LOSS) -> Path:
+    """Path of the trained plane model that later stages load."""
+    return run_dir(work_dir, model_name, loss_name, plane, fold) / "model.keras"
+
+
+def _split_names(value: str | Sequence[str]) -> list[str]:
+    if isinstance(value, str):
+        value = value.split(",")
+    names = [str(v).strip() for v in value if str(v).strip()]
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def parse_folds(value: str | int | Sequence[int], available: Sequence[int]) -> list[int]:
+    """'all' -> every fold of stage 04; '1,3' / 2 / [1, 2] -> those folds (must exist)."""
+    available = sorted(int(f) for f in available)
+    if isinstance(value, str):
+        if value.strip() == "all":
+            return available
+        try:
+            folds = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"[train].folds: expected 'all' or fold numbers, got {value!r}") from None
+    elif isinstance(value, (int, np.integer)):
+        folds = [int(value)]
+    else:
+        folds = [int(v) for v in value]
+    missing = [f for f in folds if f not in available]
+    if missing or not folds:
+        raise ConfigError(f"fold(s) {missing or value} not in stage-04 folds {available}")
+    return list(dict.fromkeys(folds))
+
+
+def read_subject_folds(work_dir: str | Path) -> pd.DataFrame:
+    """Stage-04 ``subject_folds.csv`` (subject, fold); StageInputError when missing or malformed."""
+    path = stage_dir(work_dir, "folds") / "subject_folds.csv"
+    if not path.is_file():
+        raise StageInputError(f"{path}: not found (run stage 04 first)")
+    df = pd.read_csv(path)
+    if not {"subject", "fold"} <= set(df.columns) or df.empty:
+        raise StageInputError(f"{path}: expected columns subject, fold and at least one row")
+    return df
+
+
+# --------------------------------------------------------------------------------------- settings
+
+
+def settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Merged and validated ``[train]`` section."""
+    t = section(cfg, "train", DEFAULTS)
+    if t["schedule"] not in _SCHEDULES:
+        raise ConfigError(f"[train].schedule: {t['schedule']!r} not one of {', '.join(_SCHEDULES)}")
+    if str(t["optimizer"]).lower() not in _OPTIMIZERS:
+        raise ConfigError(f"[train].optimizer: {t['optimizer']!r} not one of {', '.join(_OPTIMIZERS)}")
+    for key in ("epochs",):
+        if int(t[key]) < 1:
+            raise ConfigError(f"[train].{key} must be >= 1")
+    for key in ("steps_per_epoch", "validation_steps", "patience", "lr_patience"):
+        if int(t[key]) < 0:
+            raise ConfigError(f"[train].{key} must be >= 0")
+    if not (0.0 < float(t["lr_factor"]) < 1.0):
+        raise ConfigError("[train].lr_factor must be in (0, 1)")
+    if float(t["learning_rate"]) <= 0:
+        raise ConfigError("[train].learning_rate must be > 0")
+    return t
+
+
+def _model_and_arrays(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from raxnet import batches, models
+
+    return section(cfg, "model", models.DEFAULTS), section(cfg, "arrays", batches.DEFAULTS)
+
+
+def model_names(cfg: dict[str, Any]) -> list[str]:
+    """Models to train ([train].model, default [model].name), validated against MODEL_NAMES."""
+    from raxnet import models
+
+    names = _split_names(settings(cfg)["model"]) or [_model_and_arrays(cfg)[0]["name"]]
+    bad = [n for n in names if n not in models.MODEL_NAMES]
+    if bad:
+        raise ConfigError(f"unknown model(s) {', '.join(bad)}; expected {', '.join(models.MODEL_NAMES)}")
+    return names
+
+
+def loss_names(cfg: dict[str, Any]) -> list[str]:
+    """Losses to train with ([train].loss), validated against LOSS_NAMES."""
+    from raxnet import losses
+
+    names = _split_names(settings(cfg)["loss"])
+    bad = [n for n in names if n not in losses.LOSS_NAMES]
+    if bad or not names:
+        raise ConfigError(f"unknown loss(es) {', '.join(bad) or '(none)'}; expected {', '.join(losses.LOSS_NAMES)}")
+    return names
+
+
+def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, loss_name: str, seed: int) -> str:
+    key = {
+        "model_name": model_name,
+        "loss": loss_name,
+        "seed": int(seed),
+        "model": model_cfg,
+        "arrays": arrays,
+        "train": {k: train[k] for k in _FINGERPRINT_KEYS},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ keras bits
+
+
+class _Limited:
+    """A PyDataset view limited to the first ``n`` batches (``steps_per_epoch``)."""
+
+    def __new__(cls, ds: Any, n: int) -> Any:
+        import keras
+
+        if n <= 0 or n >= len(ds):
+            return ds
+
+        class Limited(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__()
+                self.ds = ds
+
+            def __len__(self) -> int:
+                return n
+
+            def __getitem__(self, i: int) -> Any:
+                return self.ds[i]
+
+            def on_epoch_end(self) -> None:
+                if hasattr(self.ds, "on_epoch_end"):
+                    self.ds.on_epoch_end()
+
+        return Limited()
+
+
+def _optimizer(train: dict[str, Any], total_steps: int) -> Any:
+    import keras
+
+    lr: Any = float(train["learning_rate"])
+    if train["schedule"] == "cosine":
+        alpha = min(1.0, float(train["min_lr"]) / lr)
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps), alpha=alpha)
+    clip = {"clipnorm": float(train["clipnorm"])} if float(train["clipnorm"]) > 0 else {}
+    if str(train["optimizer"]).lower() == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=float(train["weight_decay"]), **clip)
+    return keras.optimizers.Adam(learning_rate=lr, **clip)
+
+
+def _current_lr(model: Any) -> float:
+    return float(np.asarray(model.optimizer.learning_rate))
+
+
+def _strategy_scope() -> Any:
+    """MirroredStrategy scope when the TF backend sees more than one GPU, else a no-op."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        log.info("MirroredStrategy over %d GPUs", len(gpus))
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _precision(mixed: bool) -> Iterator[None]:
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _save_keras(model: Any, path: Path) -> None:
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _save_weights(model: Any, path: Path) -> None:
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+
+def _metric_key(logs: dict[str, Any]) -> str | None:
+    for key in logs:
+        if not key.startswith("val_") and key not in ("loss", "learning_rate") and f"val_{key}" in logs:
+            return key
+    return None
+
+
+def _monitor_class() -> type:
+    import keras
+
+    class TrainingMonitor(keras.callbacks.Callback):
+        """Per-epoch bookkeeping that survives interruption.
+
+        Tracks the best inner validation loss (saves ``best.weights.h5``), early stopping and the plateau
+        learning-rate schedule with their counters in ``state.json``, appends ``history.csv`` and saves
+        ``last.keras`` (model + optimizer) — in that order, so ``state.json`` never points past the
+        checkpoint. Keras' own EarlyStopping/ReduceLROnPlateau would forget their counters on resume.
+        """
+
+        def __init__(self, out: Path, state: dict[str, Any], history: list[dict], train: dict[str, Any]):
+            super().__init__()
+            self.out, self.state, self.history, self.train = out, state, history, train
+            self._t0 = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            st, tr = self.state, self.train
+            seconds = time.perf_counter() - self._t0
+            lr = _current_lr(self.model)
+            key = _metric_key(logs)
+            val_loss = float(logs.get("val_loss", np.nan))
+            row = {
+                "epoch": epoch + 1,
+                "loss": float(logs.get("loss", np.nan)),
+                "val_loss": val_loss,
+                "dice": float(logs[key]) if key else np.nan,
+                "val_dice": float(logs[f"val_{key}"]) if key else np.nan,
+                "lr": lr,
+                "time": round(seconds, 3),
+            }
+            self.history.append(row)
+            st["epoch"] = epoch + 1
+            st["train_time_s"] = round(st["train_time_s"] + seconds, 3)
+            delta = float(tr["min_delta"])
+            if np.isfinite(val_loss) and val_loss < st["best_val_loss"] - delta:
+                st.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0, time_to_best_s=st["train_time_s"])
+                _save_weights(self.model, self.out / "best.weights.h5")
+            else:
+                st["wait"] += 1
+            if tr["schedule"] == "plateau":
+                if np.isfinite(val_loss) and val_loss < st["plateau_best"] - delta:
+                    st["plateau_best"], st["plateau_wait"] = val_loss, 0
+                else:
+                    st["plateau_wait"] += 1
+                    if st["plateau_wait"] >= int(tr["lr_patience"]) > 0:
+                        new_lr = max(lr * float(tr["lr_factor"]), float(tr["min_lr"]))
+                        if new_lr < lr:
+                            self.model.optimizer.learning_rate.assign(new_lr)
+                            log.info("epoch %d: learning rate %.3g -> %.3g", epoch + 1, lr, new_lr)
+                        st["plateau_wait"] = 0
+            if int(tr["patience"]) > 0 and st["wait"] >= int(tr["patience"]):
+                st["stopped_early"] = True
+                self.model.stop_training = True
+                log.info("early stop after epoch %d (best epoch %d)", epoch + 1, st["best_epoch"])
+            save_csv(pd.DataFrame(self.history, columns=HISTORY_COLUMNS), self.out / "history.csv")
+            _save_keras(self.model, self.out / "last.keras")
+            save_json(st, self.out / "state.json")
+
+    return TrainingMonitor
+
+
+def _new_state(fingerprint: str) -> dict[str, Any]:
+    return {
+        "epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "plateau_best": math.inf,
+        "plateau_wait": 0, "train_time_s": 0.0, "time_to_best_s": 0.0, "stopped_early": False,
+        "fingerprint": fingerprint,
+    }
+
+
+def _read_state(out: Path) -> dict[str, Any] | None:
+    path = out / "state.json"
+    if not (path.is_file() and (out / "last.keras").is_file()):
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("%s: unreadable, starting the run again", path)
+        return None
+    for key in ("best_val_loss", "plateau_best"):  # json has no infinity: save_json writes Infinity
+        state[key] = float(state[key])
+    return state
+
+
+_RUN_FILES = (
+    "model.keras", "history.csv", "metrics.csv", "subject_dice.csv", "run.json", "last.keras",
+    "best.weights.h5", "state.json", "errors.csv",
+)
+
+
+def _clear_run(out: Path) -> None:
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def slice_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per-slice Dice of binary stacks (n, ...) ; a slice empty in both counts as 1."""
+    p = pred.reshape(len(pred), -1).astype(bool)
+    t = truth.reshape(len(truth), -1).astype(bool)
+    inter = np.logical_and(p, t).sum(axis=1)
+    total = p.sum(axis=1) + t.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
+    return d.astype(np.float64)
+
+
+def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
+    """3D Dice of two binary volumes (empty/empty = 1.0); uses raxnet.metrics.dice when present."""
+    try:
+        from raxnet.metrics import dice  # type: ignore[attr-defined]
+    except ImportError:
+        dice = None
+    if dice is not None:
+        return float(dice(pred, truth))
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total
+
+
+def evaluate_fold(
+    model: Any, cfg: dict[str, Any], run: dict[str, Any], plane: str, fold: int, depth: int,
+    val_subjects: Sequence[str], train: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, str]]]:
+    """Outer-fold metrics of a plane model: (summary, per-subject 3D Dice table, errors)."""
+    from tqdm.auto import tqdm
+
+    from raxnet import batches
+    from raxnet.inference import model_slice_shape, predict_plane
+    from raxnet.slices import open_stack
+
+    thr = float(train["threshold"])
+    ds = batches.outer_validation_slices(cfg, run, plane, fold, depth)
+    dices, has_lesion = [], []
+    for i in tqdm(range(len(ds)), desc=f"{plane} fold {fold} slices", leave=False):
+        x, y = ds[i][:2]
+        p = np.asarray(model.predict_on_batch(np.asarray(x, np.float32)), np.float32)
+        t = np.asarray(y) > 0.5
+        dices.append(slice_dice(p > thr, t))
+        has_lesion.append(t.reshape(len(t), -1).any(axis=1))
+    d = np.concatenate(dices) if dices else np.zeros(0)
+    les = np.concatenate(has_lesion) if has_lesion else np.zeros(0, bool)
+
+    bs = int(train["predict_batch_size"])
+    h, w = model_slice_shape(model)
+    model.predict_on_batch(np.zeros((bs, h, w, 1), np.float32))  # builds the predict graph; not timed
+    rows, errors = [], []
+    seconds, n_pred = 0.0, 0
+    for subject in tqdm(list(val_subjects), desc=f"{plane} fold {fold} 3D", leave=False):
+        try:
+            image, mask = open_stack(run["work_dir"], subject, plane)
+            volume = from_slices(np.asarray(image, np.float32), plane)
+            truth = from_slices(np.asarray(mask) > 0, plane)
+            if volume.shape != truth.shape:
+                raise InputError(f"{subject}: image {volume.shape} and mask {truth.shape} stacks differ")
+        except (RaxnetError, OSError, ValueError) as exc:
+            log.error("%s", exc)
+            errors.append({"subject": subject, "error": str(exc)})
+            continue
+        t0 = time.perf_counter()
+        prob = predict_plane(model, volume, plane, batch_size=bs)
+        seconds += time.perf_counter() - t0
+        n_pred += int((np.asarray(image).reshape(len(image), -1).max(axis=1) > 0).sum())
+        pred = prob > thr
+        rows.append({
+            "subject": subject,
+            "lesion_voxels": int(truth.sum()),
+            "predicted_voxels": int(pred.sum()),
+            "dice_3d": dice_3d(pred, truth),
+        })
+    subj = pd.DataFrame(rows, columns=["subject", "lesion_voxels", "predicted_voxels", "dice_3d"])
+    d3 = subj["dice_3d"].to_numpy(float)
+    summary = {
+        "n_subjects": int(len(subj)),
+        "lesion_slices": int(les.sum()),
+        "all_slices": int(d.size),
+        "lesion_slice_dice": float(d[les].mean()) if les.any() else float("nan"),
+        "all_slice_dice": float(d.mean()) if d.size else float("nan"),
+        "dice_3d_mean": float(d3.mean()) if d3.size else float("nan"),
+        "dice_3d_sd": float(d3.std(ddof=1)) if d3.size > 1 else float("nan"),
+        "dice_3d_median": float(np.median(d3)) if d3.size else float("nan"),
+        "predict_ms_per_slice": 1000.0 * seconds / n_pred if n_pred else float("nan"),
+    }
+    return summary, subj, errors
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def train_one(
+    cfg: dict[str, Any], run: dict[str, Any], plane: str, fold: int, model_name: str, loss_name: str,
+    *, force: bool = False,
+) -> dict[str, Any]:
+    """Train, checkpoint and evaluate one (plane, outer fold, model, loss) run; returns its run.json dict.
+
+    Skips a finished run (reads its run.json) unless ``force``; resumes an unfinished one from
+    ``last.keras`` when ``[train].resume``.
+    """
+    import keras
+
+    from raxnet import batches, losses, models
+
+    train = settings(cfg)
+    model_cfg, arrays = _model_and_arrays(cfg)
+    seed = int(run["seed"])
+    out = run_dir(run["work_dir"], model_name, loss_name, plane, fold)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed)
+    epochs = int(train["epochs"])
+    tag = f"{run_name(model_name, loss_name)}/{plane}/fold_{fold}"
+
+    if force or not train["resume"]:
+        _clear_run(out)
+    state = _read_state(out)
+    if state is not None and state.get("fingerprint") != fp:
+        raise ConfigError(
+            f"{out}: checkpoint was made with other settings (model/loss/arrays/optimizer/seed); "
+            "pass --force to retrain"
+        )
+    done = state is not None and (state["stopped_early"] or state["epoch"] >= epochs)
+    if done and (out / "run.json").is_file() and (out / "model.keras").is_file():
+        log.info("%s: finished (%d epochs), skipped; --force retrains", tag, state["epoch"])
+        return json.loads((out / "run.json").read_text())
+    if state is None:
+        _clear_run(out)
+        state = _new_state(fp)
+        history: list[dict] = []
+    else:
+        hist_path = out / "history.csv"
+        hist = pd.read_csv(hist_path) if hist_path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+        history = hist[hist["epoch"] <= state["epoch"]].to_dict("records")
+        log.info("%s: resuming after epoch %d", tag, state["epoch"])
+    for stale in ("run.json", "metrics.csv", "subject_dice.csv", "model.keras"):
+        (out / stale).unlink(missing_ok=True)
+
+    _seed_everything(seed, bool(train["deterministic"]))
+    depth = int(model_cfg["depth"])
+    sets = batches.build_training_sets(cfg, run, plane, fold, depth)
+    train_ds = _Limited(sets.train, int(train["steps_per_epoch"]))
+    val_ds = _Limited(sets.inner_val, int(train["validation_steps"]))
+    roles = sets.subjects
+    val_subjects = sorted(roles.loc[roles["role"] == "val", "subject"].astype(str))
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise StageInputError(f"{tag}: empty training or inner validation set")
+    input_shape = tuple(int(s) for s in sets.input_shape)
+
+    with _precision(bool(train["mixed_precision"])), _strategy_scope():
+        if state["epoch"] > 0:
+            model = keras.saving.load_model(str(out / "last.keras"), compile=True)
+            if getattr(model, "optimizer", None) is None:
+                raise StageInputError(f"{out / 'last.keras'}: checkpoint has no optimizer state; pass --force")
+        else:
+            model = models.build_model(
+                model_name, input_shape,
+                width=int(model_cfg["width"]), depth=depth, attention=bool(model_cfg["attention"]),
+                residual=bool(model_cfg["residual"]), separable=bool(model_cfg["separable"]),
+                dropout=float(model_cfg["dropout"]),
+            )
+            model.compile(
+                optimizer=_optimizer(train, epochs * len(train_ds)),
+                loss=losses.get_loss(loss_name),
+                metrics=[losses.DiceMetric(name="dice")],
+            )
+        if train["xla"]:
+            model.jit_compile = True
+        remaining = 0 if state["stopped_early"] else max(0, epochs - state["epoch"])
+        log.info(
+            "%s: %d params, input %s, %d train / %d inner-val batches per epoch, epochs %d..%d",
+            tag, model.count_params(), input_shape, len(train_ds), len(val_ds), state["epoch"] + 1, epochs,
+        )
+        if remaining:
+            monitor = _monitor_class()(out, state, history, train)
+            model.fit(
+                train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=state["epoch"],
+                callbacks=[keras.callbacks.TerminateOnNaN(), monitor], verbose=int(train["verbose"]),
+            )
+        if state["best_epoch"] == 0:
+            raise RaxnetError(f"{tag}: no finite inner validation loss in {state['epoch']} epochs (diverged?)")
+        if train["restore_best"] and (out / "best.weights.h5").is_file():
+            model.load_weights(str(out / "best.weights.h5"))
+        # A fresh, uncompiled copy: model.keras then loads anywhere without custom objects.
+        infer = model.__class__.from_config(model.get_config())
+        infer.set_weights(model.get_weights())
+    _save_keras(infer, out / "model.keras")
+
+    summary, subj, errors = evaluate_fold(infer, cfg, run, plane, fold, depth, val_subjects, train)
+    save_csv(subj, out / "subject_dice.csv")
+    if errors:
+        save_csv(pd.DataFrame(errors, columns=["subject", "error"]), out / "errors.csv")
+    metrics = {"model": model_name, "loss": loss_name, "plane": plane, "fold": int(fold), **summary}
+    save_csv(pd.DataFrame([metrics]), out / "metrics.csv")
+
+    try:
+        from raxnet.models.flops import count_flops
+
+        flops = int(count_flops(infer))
+    except Exception as exc:  # FLOP counting is informative only
+        log.warning("%s: FLOP count failed (%s)", tag, exc)
+        flops = None
+    info = {
+        "plane": plane, "fold": int(fold), "model": model_name, "loss": loss_name,
+        "run_name": run_name(model_name, loss_name),
+        "best_epoch": int(state["best_epoch"]), "best_val_loss": float(state["best_val_loss"]),
+        "epochs_run": int(state["epoch"]), "epochs_requested": epochs, "stopped_early": bool(state["stopped_early"]),
+        "train_time_s": float(state["train_time_s"]), "time_to_best_s": float(state["time_to_best_s"]),
+        "params": int(infer.count_params()), "flops_per_slice": flops,
+        "input_shape": list(input_shape), "slice_shape": [int(s) for s in sets.slice_shape],
+        "seed": seed, "fingerprint": fp,
+        "subjects": {r: int((roles["role"] == r).sum()) for r in ("train", "inner_val", "val")},
+        "metrics": metrics, "errors": len(errors),
+        "keras_version": keras.__version__, "backend": keras.backend.backend(),
+        "config": {"train": train, "model": model_cfg, "arrays": arrays},
+    }
+    save_json(info, out / "run.json")
+    log.info(
+        "%s: best epoch %d/%d, lesion-slice Dice %.3f, all-slice Dice %.3f, 3D Dice %.3f",
+        tag, info["best_epoch"], info["epochs_run"], summary["lesion_slice_dice"], summary["all_slice_dice"],
+        summary["dice_3d_mean"],
+    )
+    return info
+
+
+# ---------------------------------------------------------------------------------- aggregation
+
+
+def write_results(work_dir: str | Path, model_name: str, loss_name: str, plane: str) -> Path | None:
+    """``<work>/07_train/<run name>/results_<plane>.csv``: one row per finished fold + mean and sd rows."""
+    base = stage_dir(work_dir, "train") / run_name(model_name, loss_name)
+    rows = []
+    for mpath in sorted((base / plane).glob("fold_*/metrics.csv")):
+        rpath = mpath.parent / "run.json"
+        if not rpath.is_file():
+            continue
+        m = pd.read_csv(mpath).iloc[0].to_dict()
+        r = json.loads(rpath.read_text())
+        rows.append({
+            "fold": str(int(m["fold"])),
+            **{k: float(m[k]) for k in METRIC_COLUMNS + ["dice_3d_median", "predict_ms_per_slice"]},
+            "n_subjects": int(m["n_subjects"]),
+            "best_epoch": int(r["best_epoch"]), "epochs_run": int(r["epochs_run"]),
+            "train_time_s": float(r["train_time_s"]),
+        })
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).sort_values("fold", key=lambda s: s.astype(int))
+    num = df.drop(columns=["fold"])
+    mean = {"fold": "mean", **num.mean().to_dict()}
+    sd = {"fold": "sd", **(num.std(ddof=1) if len(num) > 1 else num.std() * np.nan).to_dict()}
+    df = pd.concat([df, pd.DataFrame([mean, sd])], ignore_index=True)
+    return save_csv(df, base / f"results_{plane}.csv", float_format="%.6g")
+
+
+def comparison_table(infos: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (model, loss, plane, fold) run from run.json dicts (COMPARISON_COLUMNS)."""
+    rows = []
+    for r in infos:
+        m = r["metrics"]
+        rows.append({
+            "model": r["model"], "loss": r["loss"], "plane": r["plane"], "fold": int(r["fold"]),
+            "params": int(r["params"]), "best_epoch": int(r["best_epoch"]),
+            "time_to_best_s": float(r["time_to_best_s"]), "predict_ms_per_slice": float(m["predict_ms_per_slice"]),
+            **{k: float(m[k]) for k in METRIC_COLUMNS},
+        })
+    df = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    return df.sort_values(["plane", "fold", "model", "loss"], kind="stable").reset_index(drop=True)
+
+
+def write_comparison(work_dir: str | Path, infos: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
+    """``comparison.csv`` and ``comparison.png`` (mean ± sd over folds per model/loss and plane)."""
+    from raxnet.plotting import plt
+
+    base = stage_dir(work_dir, "train", create=True)
+    df = comparison_table(infos)
+    csv = save_csv(df, base / "comparison.csv", float_format="%.6g")
+    df = df.assign(run=[run_name(m, l) for m, l in zip(df["model"], df["loss"])])
+    planes = list(dict.fromkeys(df["plane"]))
+    metrics = [("lesion_slice_dice", "lesion-slice Dice"), ("all_slice_dice", "all-slice Dice"),
+               ("dice_3d_mean", "3D Dice")]
+    fig, axes = plt.subplots(1, len(planes), figsize=(4.5 * len(planes) + 1, 3.8), squeeze=False)
+    for ax, plane in zip(axes[0], planes):
+        sub = df[df["plane"] == plane]
+        runs = list(dict.fromkeys(sub["run"]))
+        g = sub.groupby("run")
+        x = np.arange(len(runs))
+        width = 0.8 / len(metrics)
+        for j, (col, label) in enumerate(metrics):
+            mean = g[col].mean().reindex(runs)
+            sd = g[col].std(ddof=1).reindex(runs).fillna(0.0)
+            ax.bar(x + (j - 1) * width, mean, width, yerr=sd, capsize=3, label=label)
+        nfolds = g["fold"].nunique().reindex(runs)
+        ax.set_xticks(x, [f"{r}\n(n={n})" for r, n in zip(runs, nfolds)], rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("model (folds)")
+        ax.set_ylabel("Dice on outer validation fold")
+        ax.set_title(f"{plane}: mean ± sd over folds")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("Stage 07 — rival models / losses, same folds, batches and epoch budget")
+    png = save_figure(fig, base / "comparison.png")
+    return csv, png
+
+
+# ------------------------------------------------------------------------------------ entry points
+
+
+def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
+    """Train every requested (plane, fold, model, loss); returns per-plane mean Dice of each run name.
+
+    ``{"planes": {plane: {"lesion_slice_dice", "dice_3d"}}`` for the first model/loss, ``"results"``
+    (same, per run name), ``"runs"`` (run folders) and ``"comparison"`` (csv path, compare mode only).
+    """
+    import keras
+    from tqdm.auto import tqdm
+
+    train = settings(cfg)
+    models_ = model_names(cfg)
+    losses_ = loss_names(cfg)
+    planes = parse_planes(train["planes"])
+    folds = parse_folds(train["folds"], read_subject_folds(run["work_dir"])["fold"].unique())
+    jobs = [(p, f, m, l) for p in planes for f in folds for m in models_ for l in losses_]
+    compare = len(models_) * len(losses_) > 1
+    infos: list[dict[str, Any]] = []
+    for i, (plane, fold, model_name, loss_name) in enumerate(tqdm(jobs, desc="stage 07 runs", unit="run")):
+        if i:
+            keras.backend.clear_session()
+            gc.collect()
+        infos.append(train_one(cfg, run, plane, fold, model_name, loss_name, force=force))
+        write_results(run["work_dir"], model_name, loss_name, plane)
+        if compare:
+            write_comparison(run["work_dir"], infos)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for model_name in models_:
+        for loss_name in losses_:
+            name = run_name(model_name, loss_name)
+            for plane in planes:
+                mine = [r["metrics"] for r in infos if r["run_name"] == name and r["plane"] == plane]
+                results.setdefault(name, {})[plane] = {
+                    "lesion_slice_dice": float(np.nanmean([m["lesion_slice_dice"] for m in mine])),
+                    "dice_3d": float(np.nanmean([m["dice_3d_mean"] for m in mine])),
+                    "folds": len(mine),
+                }
+    first = run_name(models_[0], losses_[0])
+    summary: dict[str, Any] = {
+        "planes": results[first], "results": results,
+        "runs": [str(run_dir(run["work_dir"], m, l, p, f)) for p, f, m, l in jobs],
+    }
+    if compare:
+        summary["comparison"] = str(stage_dir(run["work_dir"], "train") / "comparison.csv")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stage-07 command line (see ``--help``)."""
+    parser = stage_parser(
+        description="Stage 07 — train one model per plane and outer validation fold; evaluate on the fold.\n"
+        "Several --model or --loss values = compare mode (comparison.csv + comparison.png).",
+    )
+    parser.add_argument("--plane", help="axial | sagittal | coronal | all (or a comma list)")
+    parser.add_argument("--fold", help="outer validation fold: a number, a comma list or all")
+    parser.add_argument("--model", help="model name(s), comma-separated (raxnet, unet, attention_unet, xception_unet)")
+    parser.add_argument("--loss", help="loss name(s), comma-separated (default tversky_focal)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs")
+    parser.add_argument("--steps-per-epoch", type=int, help="training batches per epoch (0 = all)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="continue interrupted runs from their checkpoint (default from config: yes)")
+    parser.add_argument("--force", action="store_true", help="retrain runs that are already finished")
+    parser.add_argument("--mixed-precision", action="store_true", default=None, help="mixed_float16 (GPU)")
+    parser.add_argument("--xla", action="store_true", default=None, help="XLA jit_compile (GPU)")
+    args = parser.parse_args(argv)
+    cfg, run_ = resolve(args)
+    train = section(cfg, "train", DEFAULTS)
+    override(
+        train, planes=args.plane, folds=args.fold, model=args.model, loss=args.loss, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, resume=args.resume, mixed_precision=args.mixed_precision,
+        xla=args.xla,
+    )
+    cfg = {**cfg, "train": train}
+    summary = run(cfg, run_, force=args.force)
+    for name, planes in summary["results"].items():
+        for plane, r in planes.items():
+            print(f"{name} {plane}: lesion-slice Dice {r['lesion_slice_dice']:.3f}, "
+                  f"3D Dice {r['dice_3d']:.3f} ({r['folds']} fold(s))")
+    if "comparison" in summary:
+        print(f"comparison: {summary['comparison']}")
+    return 0

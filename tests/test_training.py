@@ -1,0 +1,315 @@
+"""Stage 07: one tiny end-to-end training (built once per session) and hand-computed unit checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet import training
+from raxnet.errors import ConfigError, StageInputError
+from raxnet.planes import to_slices
+
+SUBJECTS = [f"sub-t{i:02d}" for i in range(1, 7)]
+SHAPE = (16, 16, 12)  # axial slices 16x16, 12 of them
+PLANE = "axial"
+
+
+def _toy_subject(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 'head' of value ~0.5 with one bright cuboid 'lesion' spanning a few axial slices."""
+    vol = np.zeros(SHAPE, np.float32)
+    vol[2:14, 2:14, 1:11] = 0.5 + 0.05 * rng.standard_normal((12, 12, 10))
+    mask = np.zeros(SHAPE, np.uint8)
+    x, y, z = rng.integers(3, 9), rng.integers(3, 9), rng.integers(2, 6)
+    mask[x : x + 4, y : y + 4, z : z + 4] = 1
+    vol[mask > 0] = 1.2
+    return vol, mask
+
+
+def make_work_dir(work: Path, seed: int = 0) -> Path:
+    """Stage-03 stacks + index and stage-02/04 tables written directly, as the earlier stages write them."""
+    rng = np.random.default_rng(seed)
+    conv = work / "03_moving_converting"
+    (conv / PLANE).mkdir(parents=True, exist_ok=True)
+    folds_dir = work / "04_cross_validation"
+    folds_dir.mkdir(parents=True, exist_ok=True)
+    (work / "02_data_splitting").mkdir(parents=True, exist_ok=True)
+    index, slice_rows = [], []
+    fold_of = {s: 1 + i // 2 for i, s in enumerate(SUBJECTS)}  # 3 folds of 2 subjects
+    for subject in SUBJECTS:
+        vol, mask = _toy_subject(rng)
+        img_stack = np.ascontiguousarray(to_slices(vol, PLANE), dtype=np.float16)
+        msk_stack = np.ascontiguousarray(to_slices(mask, PLANE), dtype=np.uint8)
+        np.save(conv / PLANE / f"{subject}_image.npy", img_stack)
+        np.save(conv / PLANE / f"{subject}_mask.npy", msk_stack)
+        n, h, w = img_stack.shape
+        index.append({"subject": subject, "set": "train", "plane": PLANE, "n_slices": n, "height": h, "width": w,
+                      "image_path": f"{PLANE}/{subject}_image.npy", "mask_path": f"{PLANE}/{subject}_mask.npy"})
+        for k in range(n):
+            pixels = int(msk_stack[k].sum())
+            if pixels == 0 and img_stack[k].max() == 0:
+                continue  # empty (outside the head) slices are not listed by stage 04
+            slice_rows.append({"subject": subject, "slice": k, "fold": fold_of[subject],
+                               "kind": "lesion" if pixels else "normal", "lesion_pixels": pixels,
+                               "area_bin": int(pixels > 0)})
+    pd.DataFrame(index).to_csv(conv / "index.csv", index=False)
+    pd.DataFrame({"subject": SUBJECTS, "fold": [fold_of[s] for s in SUBJECTS]}).to_csv(
+        folds_dir / "subject_folds.csv", index=False)
+    pd.DataFrame(slice_rows).to_csv(folds_dir / f"{PLANE}_folds.csv", index=False)
+    pd.DataFrame({"subject": SUBJECTS, "site": "R001", "lesion_voxels": 64, "volume_bin": 0, "set": "train"}).to_csv(
+        work / "02_data_splitting" / "split.csv", index=False)
+    return work
+
+
+def _cfg(epochs: int, **train: object) -> dict:
+    return {
+        "train": {"model": "raxnet", "loss": "tversky_focal", "epochs": epochs, "steps_per_epoch": 3,
+                  "validation_steps": 2, "planes": PLANE, "folds": "1", "optimizer": "adam",
+                  "learning_rate": 3e-3, "patience": 0, "verbose": 0, "predict_batch_size": 8, **train},
+        "model": {"width": 4, "depth": 2},
+        "arrays": {"batch_size": 4},
+    }
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train 1 epoch, then ask for 3 with resume (continues from last.keras), then re-run (skipped)."""
+    pytest.importorskip("raxnet.batches", reason="stage-05 batches module not present")
+    work = make_work_dir(tmp_path_factory.mktemp("train_work"))
+    run = {"work_dir": str(work), "seed": 7, "jobs": 1}
+    first = training.run(_cfg(1), run)
+    out = training.run_dir(work, "raxnet", "tversky_focal", PLANE, 1)
+    history1 = pd.read_csv(out / "history.csv")
+    run1 = json.loads((out / "run.json").read_text())
+    second = training.run(_cfg(3), run)
+    stamp = (out / "run.json").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    third = training.run(_cfg(3), run)
+    skip_s = time.perf_counter() - t0
+    return {"work": work, "run": run, "out": out, "first": first, "second": second, "third": third,
+            "history1": history1, "run1": run1, "stamp": stamp, "skip_s": skip_s}
+
+
+# ------------------------------------------------------------------------------ end-to-end outputs
+
+
+def test_outputs_exist(trained: dict) -> None:
+    out = trained["out"]
+    for name in ("model.keras", "history.csv", "run.json", "metrics.csv", "subject_dice.csv", "last.keras",
+                 "state.json", "best.weights.h5"):
+        assert (out / name).is_file(), name
+    assert out == trained["work"] / "07_train" / "raxnet" / "axial" / "fold_1"
+    info = json.loads((out / "run.json").read_text())
+    for key in ("plane", "fold", "model", "loss", "best_epoch", "best_val_loss", "epochs_run", "train_time_s",
+                "time_to_best_s", "params", "input_shape", "seed", "config"):
+        assert key in info, key
+    assert (info["plane"], info["fold"], info["model"], info["loss"]) == ("axial", 1, "raxnet", "tversky_focal")
+    assert info["input_shape"] == [16, 16, 1] and info["seed"] == 7
+    assert 1 <= info["best_epoch"] <= info["epochs_run"] == 3
+    assert 0 < info["time_to_best_s"] <= info["train_time_s"]
+    assert info["params"] > 0 and info["subjects"]["val"] == 2
+
+
+def test_history_has_epochs_and_loss_goes_down(trained: dict) -> None:
+    hist = pd.read_csv(trained["out"] / "history.csv")
+    assert list(hist.columns) == training.HISTORY_COLUMNS
+    assert hist["epoch"].tolist() == [1, 2, 3]
+    assert np.isfinite(hist[["loss", "val_loss", "dice", "val_dice", "lr", "time"]].to_numpy()).all()
+    assert hist["dice"].between(0, 1).all() and (hist["lr"] > 0).all() and (hist["time"] > 0).all()
+    # 9 steps of Adam at 3e-3 on a bright-blob toy task: the training loss must fall.
+    assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
+
+
+def test_resume_continues_from_checkpoint(trained: dict) -> None:
+    h1, run1 = trained["history1"], trained["run1"]
+    assert run1["epochs_run"] == 1 and len(h1) == 1
+    hist = pd.read_csv(trained["out"] / "history.csv")
+    # The first epoch's row is kept as it was (appended to, not retrained).
+    pd.testing.assert_frame_equal(hist.iloc[:1], h1)
+    state = json.loads((trained["out"] / "state.json").read_text())
+    assert state["epoch"] == 3
+    # The time column sums to the accumulated training time of both invocations.
+    assert hist["time"].sum() == pytest.approx(state["train_time_s"], abs=0.01)
+
+
+def test_finished_run_is_skipped(trained: dict) -> None:
+    assert (trained["out"] / "run.json").stat().st_mtime_ns == trained["stamp"]
+    assert trained["third"]["planes"] == trained["second"]["planes"]
+    assert trained["skip_s"] < 5.0
+
+
+def test_metrics_columns_and_ranges(trained: dict) -> None:
+    m = pd.read_csv(trained["out"] / "metrics.csv")
+    assert len(m) == 1
+    for col in ("model", "loss", "plane", "fold", "n_subjects", "lesion_slices", "all_slices", "lesion_slice_dice",
+                "all_slice_dice", "dice_3d_mean", "dice_3d_sd", "dice_3d_median", "predict_ms_per_slice"):
+        assert col in m.columns, col
+    row = m.iloc[0]
+    for col in ("lesion_slice_dice", "all_slice_dice", "dice_3d_mean", "dice_3d_median"):
+        assert 0.0 <= row[col] <= 1.0, col
+    assert row["n_subjects"] == 2 and 0 < row["lesion_slices"] <= row["all_slices"]
+    assert row["predict_ms_per_slice"] > 0
+    subj = pd.read_csv(trained["out"] / "subject_dice.csv")
+    assert subj["subject"].tolist() == SUBJECTS[:2]  # fold 1
+    assert subj["lesion_voxels"].tolist() == [64, 64]
+    assert subj["dice_3d"].between(0, 1).all()
+    assert row["dice_3d_mean"] == pytest.approx(subj["dice_3d"].mean())
+    summary = trained["second"]["planes"]["axial"]
+    assert summary["lesion_slice_dice"] == pytest.approx(row["lesion_slice_dice"])
+    assert summary["dice_3d"] == pytest.approx(row["dice_3d_mean"])
+
+
+def test_results_csv_aggregates(trained: dict) -> None:
+    res = pd.read_csv(trained["work"] / "07_train" / "raxnet" / "results_axial.csv", dtype={"fold": str})
+    assert res["fold"].tolist() == ["1", "mean", "sd"]
+    m = pd.read_csv(trained["out"] / "metrics.csv").iloc[0]
+    for col in training.METRIC_COLUMNS:
+        assert res.loc[0, col] == pytest.approx(m[col], rel=1e-5)
+        assert res.loc[1, col] == pytest.approx(m[col], rel=1e-5)
+    assert np.isnan(res.loc[2, "dice_3d_mean"])  # sd of one fold is undefined
+
+
+def test_model_reloads_in_fresh_process(trained: dict, tmp_path: Path) -> None:
+    import keras
+
+    path = trained["out"] / "model.keras"
+    x = np.random.default_rng(1).random((3, 16, 16, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    here = keras.saving.load_model(str(path), compile=False).predict_on_batch(x)
+    script = textwrap.dedent(f"""
+        import numpy as np, keras
+        m = keras.saving.load_model({str(path)!r})  # plain load: no raxnet import, no custom_objects
+        np.save({str(tmp_path / 'y.npy')!r}, np.asarray(m.predict_on_batch(np.load({str(tmp_path / 'x.npy')!r}))))
+    """)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    there = np.load(tmp_path / "y.npy")
+    assert there.shape == (3, 16, 16, 1)
+    np.testing.assert_allclose(there, np.asarray(here), rtol=1e-6, atol=1e-6)
+
+
+def test_changed_settings_refuse_to_resume(trained: dict) -> None:
+    with pytest.raises(ConfigError, match="--force"):
+        training.train_one(_cfg(3, learning_rate=1e-2), trained["run"], PLANE, 1, "raxnet", "tversky_focal")
+
+
+# --------------------------------------------------------------------------------- hand-computed
+
+
+def test_slice_dice_hand_computed() -> None:
+    pred = np.zeros((3, 2, 2), bool)
+    truth = np.zeros((3, 2, 2), bool)
+    pred[0, 0, :] = True  # 2 px
+    truth[0, 0, 0] = truth[0, 1, 0] = True  # 2 px, 1 shared -> 2*1/4
+    truth[1, 1, 1] = True  # missed entirely -> 0
+    # slice 2 empty in both -> 1
+    np.testing.assert_allclose(training.slice_dice(pred, truth), [0.5, 0.0, 1.0])
+
+
+def test_dice_3d_semantics() -> None:
+    a = np.zeros((2, 2, 2), bool)
+    assert training.dice_3d(a, a) == 1.0
+    b = a.copy()
+    b[0, 0, 0] = True
+    assert training.dice_3d(a, b) == 0.0
+    c = b.copy()
+    c[1, 1, 1] = True
+    assert training.dice_3d(c, b) == pytest.approx(2 * 1 / 3)
+
+
+def test_run_names_and_folders(tmp_path: Path) -> None:
+    assert training.run_name("raxnet", "tversky_focal") == "raxnet"
+    assert training.run_name("unet", "dice") == "unet-dice"
+    assert training.run_dir(tmp_path, "unet", "dice", "coronal", 3) == tmp_path / "07_train" / "unet-dice" / "coronal" / "fold_3"
+    assert training.model_path(tmp_path, "raxnet", "axial", 2).name == "model.keras"
+
+
+def test_parse_folds() -> None:
+    assert training.parse_folds("all", [3, 1, 2]) == [1, 2, 3]
+    assert training.parse_folds("2,1,2", [1, 2, 3]) == [2, 1]
+    assert training.parse_folds(3, [1, 2, 3]) == [3]
+    with pytest.raises(ConfigError):
+        training.parse_folds("4", [1, 2, 3])
+    with pytest.raises(ConfigError):
+        training.parse_folds("one", [1, 2, 3])
+
+
+def test_settings_validation() -> None:
+    assert training.settings({})["loss"] == "tversky_focal"
+    for bad in ({"schedule": "step"}, {"optimizer": "sgd"}, {"epochs": 0}, {"lr_factor": 1.5}, {"bogus": 1}):
+        with pytest.raises(ConfigError):
+            training.settings({"train": bad})
+    with pytest.raises(ConfigError, match="unknown model"):
+        training.model_names({"train": {"model": "raxnet,resnet"}})
+    with pytest.raises(ConfigError, match="unknown loss"):
+        training.loss_names({"train": {"loss": "dice,l2"}})
+    assert training.model_names({"train": {"model": "unet, raxnet,unet"}}) == ["unet", "raxnet"]
+
+
+def test_cli_rejects_unknown_model_and_missing_folds(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model"):
+        training.main(["--work-dir", str(tmp_path), "--model", "resnet"])
+    with pytest.raises(StageInputError, match="subject_folds.csv"):
+        training.main(["--work-dir", str(tmp_path), "--plane", "axial"])
+
+
+def test_cli_script_exits_nonzero_on_bad_input(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "07_train" / "train.py"
+    proc = subprocess.run([sys.executable, str(script), "--work-dir", str(tmp_path), "--fold", "1"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "subject_folds.csv" in proc.stderr
+
+
+def _info(model: str, loss: str, plane: str, fold: int, dice: float) -> dict:
+    metrics = {"lesion_slice_dice": dice, "all_slice_dice": dice + 0.1, "dice_3d_mean": dice - 0.1,
+               "predict_ms_per_slice": 1.5}
+    return {"model": model, "loss": loss, "plane": plane, "fold": fold, "params": 100, "best_epoch": 2,
+            "time_to_best_s": 3.0, "metrics": metrics, "run_name": training.run_name(model, loss)}
+
+
+def test_comparison_table_and_figure(tmp_path: Path) -> None:
+    infos = [_info("unet", "tversky_focal", "axial", 2, 0.5), _info("raxnet", "tversky_focal", "axial", 1, 0.6),
+             _info("raxnet", "tversky_focal", "axial", 2, 0.8), _info("unet", "tversky_focal", "axial", 1, 0.3),
+             _info("raxnet", "dice", "axial", 1, 0.7)]
+    csv, png = training.write_comparison(tmp_path, infos)
+    df = pd.read_csv(csv)
+    assert list(df.columns) == training.COMPARISON_COLUMNS
+    assert list(zip(df["model"], df["loss"], df["fold"])) == [
+        ("raxnet", "dice", 1), ("raxnet", "tversky_focal", 1), ("unet", "tversky_focal", 1),
+        ("raxnet", "tversky_focal", 2), ("unet", "tversky_focal", 2)]
+    rax = df[(df["model"] == "raxnet") & (df["loss"] == "tversky_focal")]
+    assert rax["lesion_slice_dice"].mean() == pytest.approx(0.7)
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_results_mean_and_sd(tmp_path: Path) -> None:
+    for fold, value in ((1, 0.2), (2, 0.4), (3, 0.9)):
+        out = training.run_dir(tmp_path, "unet", "dice", "sagittal", fold)
+        out.mkdir(parents=True)
+        pd.DataFrame([{"fold": fold, "n_subjects": 2, "lesion_slice_dice": value, "all_slice_dice": value,
+                       "dice_3d_mean": value, "dice_3d_median": value, "predict_ms_per_slice": 1.0}]).to_csv(
+            out / "metrics.csv", index=False)
+        (out / "run.json").write_text(json.dumps({"best_epoch": fold, "epochs_run": 5, "train_time_s": 10.0}))
+    path = training.write_results(tmp_path, "unet", "dice", "sagittal")
+    res = pd.read_csv(path, dtype={"fold": str}).set_index("fold")
+    assert res.index.tolist() == ["1", "2", "3", "mean", "sd"]
+    assert res.loc["mean", "dice_3d_mean"] == pytest.approx(0.5)
+    assert res.loc["sd", "dice_3d_mean"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1), rel=1e-5)
+    assert res.loc["mean", "best_epoch"] == pytest.approx(2.0)
+
+
+def test_strategy_scope_is_noop_without_gpus() -> None:
+    import contextlib
+
+    assert isinstance(training._strategy_scope(), contextlib.nullcontext)
