@@ -1,0 +1,225 @@
+"""Stage 02: volume bins, sparse-stratum merging, the seeded stratified split, stats, CLI and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet import splitting
+from raxnet.cli_common import run_cli
+from raxnet.errors import ConfigError, StageInputError
+from raxnet.splitting import (
+    assign_bins, bin_labels, lesion_volume_mm3, make_strata, merge_sparse_bins, parse_spacing, split_subjects,
+)
+
+EDGES = [0, 5000, 30000, 60000, 100000, 200000]
+
+
+def _subjects(counts_per_bin=(50, 30, 20), sites=None, seed=0) -> pd.DataFrame:
+    """Subjects with volumes inside given bins of EDGES (bin i gets counts_per_bin[i] subjects)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    lo_hi = [(1, 5000), (5001, 30000), (30001, 60000), (60001, 100000), (100001, 200000), (200001, 400000)]
+    i = 0
+    for b, n in enumerate(counts_per_bin):
+        for _ in range(n):
+            site = sites[i % len(sites)] if sites else f"R{i % 3:03d}"
+            rows.append({"subject": f"sub-{i:04d}", "site": site,
+                         "lesion_voxels": int(rng.integers(*lo_hi[b])), "spacing_mm": "1.0x1.0x1.0"})
+            i += 1
+    return pd.DataFrame(rows)
+
+
+def _write_stage01(work, df):
+    d = work / "01_dataset"
+    d.mkdir(parents=True, exist_ok=True)
+    df.to_csv(d / "subjects.csv", index=False)
+
+
+# ---------------------------------------------------------------------------------------- bins
+def test_assign_bins_right_closed_first_bin_holds_zero():
+    v = [0, 1, 5000, 5001, 30000, 30001, 200000, 200001, 10**7]
+    assert assign_bins(v, EDGES).tolist() == [0, 0, 0, 1, 1, 2, 4, 5, 5]
+
+
+def test_assign_bins_rejects_values_below_first_edge():
+    with pytest.raises(ValueError):
+        assign_bins([-1], EDGES)
+
+
+def test_bin_labels():
+    assert bin_labels([0, 5000, 30000]) == ["(0, 5000]", "(5000, 30000]", "(30000, inf)"]
+    assert bin_labels([0, 0.5]) == ["(0, 0.5]", "(0.5, inf)"]
+
+
+@pytest.mark.parametrize("edges", [[], [0, 0], [5, 1], [0, float("inf")], ["a"]])
+def test_bad_edges_are_config_errors(edges):
+    with pytest.raises(ConfigError):
+        splitting.check_edges(edges)
+
+
+def test_merge_sparse_bins_pools_with_smaller_neighbour():
+    # bin 1 (1 subject) ties between neighbours of 10 -> joins the lower; then bin 3 (2) joins bin 2.
+    assert merge_sparse_bins([10, 1, 10, 2], 5) == [0, 0, 1, 1]
+    # bin 1 joins its smaller neighbour (bin 2: 3) -> 4, still < 5 -> joins the smaller of 10 and 20.
+    assert merge_sparse_bins([10, 1, 3, 20], 5) == [0, 0, 0, 1]
+    assert merge_sparse_bins([6, 7], 5) == [0, 1]
+    assert merge_sparse_bins([1, 1], 5) == [0, 0]  # never fails, one group left
+
+
+def test_make_strata_with_sites_pools_sparse_sites():
+    bins = np.array([0] * 12)
+    sites = np.array(["A"] * 6 + ["B"] * 5 + ["C"])
+    s = make_strata(bins, bin_labels(EDGES), sites, 5)
+    # C alone is too small for its own stratum -> joins the smallest large site (B).
+    assert s.tolist() == ["(0, 5000]|A"] * 6 + ["(0, 5000]|B"] * 6
+
+
+# ---------------------------------------------------------------------------------------- volume
+@pytest.mark.parametrize("cell,expected", [
+    (1, (1.0, 1.0, 1.0)), ("2.0", (2.0, 2.0, 2.0)), ("1x1x1.5", (1.0, 1.0, 1.5)),
+    ("(2.0, 2.0, 2.0)", (2.0, 2.0, 2.0)), ("[1.0, 1.0, 1.0]", (1.0, 1.0, 1.0)), (float("nan"), (1.0, 1.0, 1.0)),
+])
+def test_parse_spacing(cell, expected):
+    assert parse_spacing(cell) == expected
+
+
+def test_lesion_volume_mm3_prefers_mm3_then_spacing():
+    df = pd.DataFrame({"subject": ["a", "b"], "lesion_voxels": [100, 10], "spacing_mm": ["2x2x2", "1"]})
+    assert lesion_volume_mm3(df).tolist() == [800.0, 10.0]
+    df["lesion_volume_mm3"] = [5.0, 6.0]
+    assert lesion_volume_mm3(df).tolist() == [5.0, 6.0]
+
+
+def test_two_mm_grid_bins_on_mm3():
+    # 700 voxels at 2 mm = 5600 mm^3 -> second bin although 700 voxels would be in the first.
+    df = pd.DataFrame({"subject": [f"s{i}" for i in range(10)], "site": "R", "lesion_voxels": [700] * 10,
+                       "spacing_mm": ["2.0"] * 10})
+    out = split_subjects(df, 0.2, EDGES, seed=1)
+    assert set(out["volume_bin"]) == {"(5000, 30000]"}
+    assert out["lesion_voxels"].tolist() == [700] * 10  # the table keeps voxel counts
+
+
+# ---------------------------------------------------------------------------------------- split
+def test_split_is_exactly_stratified():
+    df = _subjects((50, 30, 20))
+    out = split_subjects(df, 0.2, EDGES, seed=3)
+    assert list(out.columns[:5]) == splitting.SPLIT_COLUMNS
+    assert len(out) == 100 and out["subject"].is_unique
+    hold = out[out["set"] == "holdout"]
+    assert len(hold) == 20
+    assert hold["volume_bin"].value_counts().to_dict() == {"(0, 5000]": 10, "(5000, 30000]": 6,
+                                                           "(30000, 60000]": 4}
+    assert set(out["set"]) == {"train", "holdout"}
+
+
+def test_split_seeded_order_independent_and_seed_sensitive():
+    df = _subjects((50, 30, 20))
+    a = split_subjects(df, 0.2, EDGES, seed=7)
+    b = split_subjects(df.sample(frac=1, random_state=1), 0.2, EDGES, seed=7)
+    c = split_subjects(df, 0.2, EDGES, seed=8)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["set"].equals(c["set"])
+
+
+def test_sparse_bins_are_merged_not_failing():
+    df = _subjects((20, 1, 0, 0, 0, 1))  # 1 subject in bins 1 and 5
+    out = split_subjects(df, 0.2, EDGES, seed=0)
+    assert (out["set"] == "holdout").sum() == 5
+    assert out["stratum"].nunique() <= 2
+
+
+def test_tiny_dataset_splits():
+    df = _subjects((2, 1))
+    out = split_subjects(df, 0.2, EDGES, seed=0)
+    assert (out["set"] == "holdout").sum() == 1 and (out["set"] == "train").sum() == 2
+
+
+def test_site_stratification_balances_sites():
+    df = _subjects((40, 40), sites=["A", "A", "A", "B"])  # 60 A, 20 B
+    out = split_subjects(df, 0.2, EDGES, seed=5, stratify_site=True)
+    hold = out[out["set"] == "holdout"]
+    assert hold["site"].value_counts().to_dict() == {"A": 12, "B": 4}
+    assert hold["volume_bin"].value_counts().to_dict() == {"(0, 5000]": 8, "(5000, 30000]": 8}
+    assert out["stratum"].nunique() == 4
+
+
+@pytest.mark.parametrize("frac", [0.0, 1.0, -0.1])
+def test_bad_fraction(frac):
+    with pytest.raises(ConfigError):
+        split_subjects(_subjects(), frac, EDGES, seed=0)
+
+
+def test_bad_inputs_name_the_source():
+    df = _subjects()
+    with pytest.raises(StageInputError, match="x.csv: missing column"):
+        split_subjects(df.drop(columns="site"), 0.2, EDGES, 0, source="x.csv")
+    dup = pd.concat([df, df.iloc[:1]])
+    with pytest.raises(StageInputError, match="duplicate subject"):
+        split_subjects(dup, 0.2, EDGES, 0)
+    bad = df.copy()
+    bad.loc[3, "lesion_voxels"] = np.nan
+    with pytest.raises(StageInputError, match="invalid lesion_voxels"):
+        split_subjects(bad, 0.2, EDGES, 0)
+
+
+def test_split_stats_counts_and_tests():
+    df = _subjects((50, 30, 20))
+    out = split_subjects(df, 0.2, EDGES, seed=3)
+    st = splitting.split_stats(out, bin_labels(EDGES))
+    bins = st[st["row"] == "bin"].set_index("name")
+    assert bins.loc["(5000, 30000]", "train_count"] == 24 and bins.loc["(5000, 30000]", "holdout_count"] == 6
+    assert bins.loc["all", "train_count"] == 80 and bins.loc["(0, 5000]", "holdout_fraction"] == 0.5
+    assert bins.loc["(60000, 100000]", "train_count"] == 0
+    tests = st[st["row"] == "test"].set_index("name")
+    from scipy import stats
+
+    tr = out.loc[out["set"] == "train", "lesion_voxels"]
+    ho = out.loc[out["set"] == "holdout", "lesion_voxels"]
+    assert tests.loc["kolmogorov_smirnov", "p_value"] == pytest.approx(stats.ks_2samp(tr, ho).pvalue)
+    assert tests.loc["mann_whitney_u", "statistic"] == pytest.approx(stats.mannwhitneyu(tr, ho).statistic)
+
+
+# ---------------------------------------------------------------------------------------- stage
+def test_run_writes_identical_outputs_for_a_seed(tmp_path):
+    df = _subjects((30, 15, 10, 5))
+    w1, w2 = tmp_path / "a", tmp_path / "b"
+    for w in (w1, w2):
+        _write_stage01(w, df.sample(frac=1, random_state=len(str(w))))  # row order must not matter
+    s1 = splitting.run({}, {"work_dir": str(w1), "seed": 11})
+    out = "02_data_splitting"
+    first = {n: (w1 / out / n).read_bytes() for n in ("split.csv", "split_stats.csv")}
+    splitting.run({}, {"work_dir": str(w1), "seed": 11})  # re-running in place is safe
+    splitting.run({}, {"work_dir": str(w2), "seed": 11})
+    for name, data in first.items():
+        assert (w1 / out / name).read_bytes() == data
+        assert (w2 / out / name).read_bytes() == data
+    assert (w1 / out / "split_distribution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    split = pd.read_csv(s1["split_csv"])
+    assert list(split.columns) == splitting.SPLIT_COLUMNS
+    assert s1["n_holdout"] == 12 and s1["n_train"] == 48
+    assert not list((w1 / out).glob(".*"))  # no temp files left behind
+
+
+def test_cli_flags_and_errors(tmp_path, capsys):
+    _write_stage01(tmp_path, _subjects((30, 20)))
+    with pytest.raises(SystemExit) as e:
+        run_cli(splitting.main, ["--work-dir", str(tmp_path), "--seed", "1", "--holdout-fraction", "0.3",
+                                 "--stratify-site"])
+    assert e.value.code == 0
+    split = pd.read_csv(tmp_path / "02_data_splitting" / "split.csv")
+    assert (split["set"] == "holdout").sum() == 15
+
+    empty = tmp_path / "empty"
+    with pytest.raises(SystemExit) as e:
+        run_cli(splitting.main, ["--work-dir", str(empty)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "subjects.csv" in err
+
+    (tmp_path / "01_dataset" / "subjects.csv").write_text("subject,site\nsub-1,R1\n")
+    with pytest.raises(SystemExit) as e:
+        run_cli(splitting.main, ["--work-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert "missing column(s) lesion_voxels" in capsys.readouterr().err
