@@ -1,0 +1,99 @@
+"""Quality-control overlays: a T1 with lesion contours in three orthogonal views (stage 08, ``raxnet predict``).
+
+Each view cuts through one point: the centroid of the ground truth if it has any lesion, else the
+centroid of the prediction, else the volume centre. Views are drawn in world orientation for the RAS+
+ATLAS grid, neurological convention (axial: left → right across, posterior → anterior up; coronal:
+left → right across, inferior → superior up; sagittal: posterior → anterior across, inferior → superior
+up), with the voxel spacing as aspect ratio. Ground truth is a green contour, prediction a red one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from raxnet.io import save_figure
+
+TRUTH_COLOUR = "#2ca02c"
+PRED_COLOUR = "#d62728"
+
+def focus_point(truth: np.ndarray | None, prediction: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
+    """Voxel the three views cut through: truth centroid, else prediction centroid, else the centre."""
+    for mask in (truth, prediction):
+        if mask is not None and np.any(mask):
+            c = np.argwhere(np.asarray(mask) != 0).mean(axis=0)
+            return tuple(int(round(v)) for v in c)  # type: ignore[return-value]
+    return tuple(int(s) // 2 for s in shape[:3])  # type: ignore[return-value]
+
+
+def _display_range(t1: np.ndarray) -> tuple[float, float]:
+    fg = t1[t1 > 0]
+    if fg.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(fg, [1.0, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def qc_overlay(
+    t1: np.ndarray,
+    pred_mask: np.ndarray,
+    path: str | Path,
+    truth: np.ndarray | None = None,
+    title: str = "",
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    point: Sequence[int] | None = None,
+) -> Path:
+    """Write a PNG with axial, coronal and sagittal views of ``t1`` and lesion contours.
+
+    ``truth`` is optional (inference has none). ``point`` overrides the cut point (see
+    :func:`focus_point`). Returns ``path``.
+    """
+    from matplotlib.lines import Line2D
+
+    from raxnet.plotting import plt
+
+    t1 = np.asarray(t1, dtype=np.float32)
+    pred = np.asarray(pred_mask) != 0
+    if pred.shape != t1.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from T1 shape {t1.shape}")
+    gt = None
+    if truth is not None:
+        gt = np.asarray(truth) != 0
+        if gt.shape != t1.shape:
+            raise ValueError(f"truth shape {gt.shape} differs from T1 shape {t1.shape}")
+    if point is None:
+        point = focus_point(gt, pred, t1.shape)
+    x, y, z = (int(np.clip(v, 0, s - 1)) for v, s in zip(point, t1.shape))
+    sx, sy, sz = (float(s) for s in spacing[:3])
+    vmin, vmax = _display_range(t1)
+
+    # (title, 2D cut as [horizontal, vertical], aspect = vertical mm / horizontal mm, axis labels)
+    views = [
+        (f"axial z={z}", (lambda a: a[:, :, z]), sy / sx, ("x (voxel), left → right", "y (voxel), posterior → anterior")),
+        (f"coronal y={y}", (lambda a: a[:, y, :]), sz / sx, ("x (voxel), left → right", "z (voxel), inferior → superior")),
+        (f"sagittal x={x}", (lambda a: a[x, :, :]), sz / sy, ("y (voxel), posterior → anterior", "z (voxel), inferior → superior")),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 5.0))
+    for ax, (name, cut, aspect, (xlabel, ylabel)) in zip(axes, views):
+        # imshow draws rows downwards; transpose + origin="lower" puts axis 0 across and axis 1 up.
+        ax.imshow(cut(t1).T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, aspect=aspect,
+                  interpolation="nearest")
+        for mask, colour in ((gt, TRUTH_COLOUR), (pred, PRED_COLOUR)):
+            if mask is None:
+                continue
+            m = cut(mask)
+            if m.any():  # contour() warns on an all-zero slice
+                ax.contour(m.T.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2, origin="lower")
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    handles = [Line2D([], [], color=PRED_COLOUR, lw=2, label=f"prediction ({int(pred.sum())} voxels)")]
+    if gt is not None:
+        handles.insert(0, Line2D([], [], color=TRUTH_COLOUR, lw=2, label=f"ground truth ({int(gt.sum())} voxels)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title or "lesion segmentation QC", fontsize=12)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    return save_figure(fig, path)

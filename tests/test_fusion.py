@@ -1,0 +1,375 @@
+"""raxnet.fusion: pure fusion functions, model selection, weights, end-to-end stage 08 on a tiny work dir."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet import fusion as F
+from raxnet import metrics as M
+from raxnet.errors import StageInputError
+from raxnet.planes import padded_shape, slice_shape
+
+SHAPE = (12, 16, 14)
+AFFINE = np.array([[1.0, 0, 0, -6.0], [0, 1.0, 0, -8.0], [0, 0, 1.5, -10.0], [0, 0, 0, 1]])
+SPACING = (1.0, 1.0, 1.5)
+
+
+# --- pure functions -------------------------------------------------------------------------------
+
+
+def test_mean_and_vote_disagree_in_known_voxels():
+    # voxel 0: 0.9, 0.3, 0.4 -> mean 0.533 >= 0.5 -> 1, but only 1 of 3 votes -> 0
+    # voxel 1: 0.55, 0.55, 0.0 -> mean 0.367 -> 0, but 2 of 3 votes -> 1
+    probs = {
+        "axial": np.array([[[0.9, 0.55]]]),
+        "sagittal": np.array([[[0.3, 0.55]]]),
+        "coronal": np.array([[[0.4, 0.0]]]),
+    }
+    mean, vote = F.fuse_mean(probs, 0.5), F.fuse_vote(probs, 0.5)
+    assert mean.dtype == np.uint8 and vote.dtype == np.uint8
+    assert mean.ravel().tolist() == [1, 0]
+    assert vote.ravel().tolist() == [0, 1]
+    # the threshold is a parameter: at 0.35 voxel 1's mean (0.367) passes, its votes stay 2
+    assert F.fuse_mean(probs, 0.35).ravel().tolist() == [1, 1]
+    assert F.fuse_vote(probs, 0.35).ravel().tolist() == [1, 1]  # 0.9, 0.4 >= 0.35 in voxel 0
+    # lists work as well as dicts; mean exactly at the threshold counts as lesion (>=)
+    assert F.fuse_mean([np.full(2, 0.6), np.full(2, 0.6), np.full(2, 0.3)], 0.5).tolist() == [1, 1]
+
+
+def test_weighted_fusion():
+    probs = {"axial": np.array([0.9, 0.2]), "sagittal": np.array([0.1, 0.2]), "coronal": np.array([0.1, 0.9])}
+    # all weight on axial = axial alone
+    assert F.fuse_weighted(probs, {"axial": 1, "sagittal": 0, "coronal": 0}).tolist() == [1, 0]
+    # weights are normalised: (2*0.9 + 1*0.1 + 1*0.1) / 4 = 0.5 -> 1; (0.4 + 0.2 + 0.9) / 4 = 0.375 -> 0
+    assert F.fuse_weighted(probs, {"axial": 2, "sagittal": 1, "coronal": 1}).tolist() == [1, 0]
+    # equal weights = mean
+    assert F.fuse_weighted(probs, [1, 1, 1]).tolist() == F.fuse_mean(probs).tolist()
+    with pytest.raises(ValueError, match="non-negative"):
+        F.fuse_weighted(probs, [1, -1, 1])
+    with pytest.raises(ValueError, match="weights for"):
+        F.fuse_weighted(probs, [1, 1])
+
+
+def test_remove_small_components():
+    m = np.zeros((6, 6, 6), np.uint8)
+    m[0, 0, 0] = 1  # 1 voxel
+    m[3, 3, 1:4] = 1  # 3 voxels
+    m[4, 4, 4] = 1  # touches the 3-voxel line at a corner only ((3,3,3)-(4,4,4))
+    out = F.remove_small_components(m, 2, connectivity=6)
+    assert out.dtype == np.uint8 and out.sum() == 3 and out[3, 3, 1:4].all()
+    out26 = F.remove_small_components(m, 2, connectivity=26)
+    assert out26.sum() == 4 and out26[4, 4, 4] == 1  # joined to the line under 26-connectivity
+    assert F.remove_small_components(m, 0).sum() == m.sum()
+    assert F.remove_small_components(m, 5, connectivity=26).sum() == 0
+
+
+def test_method_names_and_fuse_all_clean_variants():
+    assert F.method_names(["mean", "axial"], 0) == ["mean", "axial"]
+    assert F.method_names(["axial", "mean", "vote"], 3) == ["axial", "mean", "vote", "mean_clean", "vote_clean"]
+    with pytest.raises(Exception, match="unknown fusion method"):
+        F.method_names(["median"], 0)
+    p = np.zeros((5, 5, 5), np.float32)
+    p[0, 0, 0] = 0.9
+    p[2:4, 2:4, 2] = 0.8
+    probs = {"axial": p, "sagittal": p, "coronal": p}
+    masks = F.fuse_all(probs, F.method_names(["axial", "mean"], 2), min_size=2)
+    assert masks["mean"].sum() == 5 and masks["mean_clean"].sum() == 4 and masks["axial"].sum() == 5
+
+
+# --- stage 07 outputs: selection and weights --------------------------------------------------------
+
+
+def _fake_fold(root, plane, fold, val_loss=None, metrics=None):
+    d = root / plane / f"fold_{fold}"
+    d.mkdir(parents=True)
+    (d / "model.keras").write_bytes(b"")
+    if val_loss is not None:
+        (d / "run.json").write_text(json.dumps({"best_val_loss": val_loss, "plane": plane, "fold": fold}))
+    if metrics is not None:
+        metrics.to_csv(d / "metrics.csv", index=False)
+
+
+def test_select_models_uses_inner_validation_loss_only(tmp_path):
+    good_metrics = pd.DataFrame({"dice_3d_mean": [0.9]})
+    _fake_fold(tmp_path, "axial", 1, 0.30, good_metrics)  # best outer Dice, worse val loss
+    _fake_fold(tmp_path, "axial", 2, 0.10, pd.DataFrame({"dice_3d_mean": [0.1]}))
+    _fake_fold(tmp_path, "axial", 3, None)  # no run.json: not eligible for best-fold selection
+    sel = F.select_models(tmp_path, ["axial"], ensemble=False)
+    assert [m.fold for m in sel["axial"]] == [2]
+    assert [m.fold for m in F.select_models(tmp_path, ["axial"], ensemble=True)["axial"]] == [1, 2, 3]
+    with pytest.raises(StageInputError, match="sagittal"):
+        F.select_models(tmp_path, ["sagittal"], ensemble=False)
+
+
+def test_plane_weights_tolerant_reading(tmp_path):
+    _fake_fold(tmp_path, "axial", 1, 0.1, pd.DataFrame({"dice_3d_mean": [0.6]}))
+    _fake_fold(tmp_path, "axial", 2, 0.1, pd.DataFrame({"dice_3d_mean": [0.4]}))
+    _fake_fold(tmp_path, "sagittal", 1, 0.1, pd.DataFrame({"subject": ["a", "b"], "dice": [0.2, 0.4]}))
+    _fake_fold(tmp_path, "coronal", 1, 0.1, pd.DataFrame({"subject": ["a", "b"], "dice_3d": [0.1, np.nan]}))
+    w, source = F.plane_weights(tmp_path)
+    assert source.startswith("cross-validation")
+    raw = {"axial": 0.5, "sagittal": 0.3, "coronal": 0.1}
+    for p in raw:
+        assert w[p] == pytest.approx(raw[p] / 0.9)
+    # a plane without usable metrics -> equal weights, and the reason is reported
+    (tmp_path / "coronal" / "fold_1" / "metrics.csv").write_text("loss\n0.3\n")
+    w, source = F.plane_weights(tmp_path)
+    assert w == {p: pytest.approx(1 / 3) for p in raw} and "coronal" in source
+
+
+# --- end to end on a tiny work dir ----------------------------------------------------------------
+
+keras = pytest.importorskip("keras")
+
+
+def _pixel_model(plane, w, b):
+    """sigmoid(w * x + b) per pixel; input padded to a multiple of 4 (exercises pad/crop)."""
+    shape = padded_shape(slice_shape(SHAPE, plane), 2)
+    inputs = keras.Input((*shape, 1))
+    conv = keras.layers.Conv2D(
+        1, 1, activation="sigmoid",
+        kernel_initializer=keras.initializers.Constant(w), bias_initializer=keras.initializers.Constant(b),
+    )
+    return keras.Model(inputs, conv(inputs))
+
+
+def _subject_volumes(i):
+    """Head box of intensity 100 with one bright 3x3x3 lesion (300) at a subject-specific place."""
+    t1 = np.zeros(SHAPE, np.float32)
+    t1[1:11, 1:15, 1:13] = 100.0
+    truth = np.zeros(SHAPE, np.uint8)
+    x0 = 2 + i
+    truth[x0 : x0 + 3, 5:8, 4:7] = 1
+    t1[truth > 0] = 300.0
+    return t1, truth
+
+
+def _write(path, data, dtype):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), AFFINE)
+    img.set_sform(AFFINE, code=4)
+    img.set_qform(AFFINE, code=4)
+    img.header["descrip"] = b"raxnet test"
+    nib.save(img, str(path))
+    return path
+
+
+def _make_dataset(root, work, subjects):
+    """subjects: list of (name, set, fold); writes NIfTI files, subjects.csv, split.csv, subject_folds.csv."""
+    rows, split, folds = [], [], []
+    for i, (name, set_name, fold) in enumerate(subjects):
+        t1, truth = _subject_volumes(i % 4)
+        anat = root / "Training" / "R001" / name / "ses-1" / "anat"
+        t1p = _write(anat / f"{name}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz", t1, np.float32)
+        mp = _write(anat / f"{name}_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz", truth, np.uint8)
+        rows.append({"subject": name, "site": "R001", "t1_path": str(t1p), "mask_path": str(mp),
+                     "lesion_voxels": int(truth.sum())})
+        split.append({"subject": name, "site": "R001", "lesion_voxels": int(truth.sum()),
+                      "volume_bin": "small" if i % 2 else "large", "set": set_name})
+        if fold is not None:
+            folds.append({"subject": name, "fold": fold})
+    for sub, name, df in (("01_dataset", "subjects.csv", rows), ("02_data_splitting", "split.csv", split),
+                          ("04_cross_validation", "subject_folds.csv", folds)):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(df).to_csv(work / sub / name, index=False)
+
+
+GOOD, ZERO, HALF = (20.0, -10.0), (0.0, -10.0), (0.0, 0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_work(tmp_path_factory):
+    """Work dir with 3 hold-out + 3 train subjects and tiny per-pixel plane models for folds 1-3.
+
+    Per plane: fold_1 = GOOD (lowest val loss but the *worst* reported outer Dice), fold_2 = ZERO
+    (always ~0), fold_3 = GOOD for axial/sagittal only (coronal fold_3 missing). Coronal folds 1-2 are
+    HALF (0.5 on every voxel of a non-empty slice: a bad plane that fusion must outvote).
+    """
+    base = tmp_path_factory.mktemp("fusion_e2e")
+    root, work = base / "data", base / "work"
+    subjects = [("sub-h1", "holdout", None), ("sub-h2", "holdout", None), ("sub-h3", "holdout", None),
+                ("sub-t1", "train", 1), ("sub-t2", "train", 2), ("sub-t3", "train", 3)]
+    _make_dataset(root, work, subjects)
+    # one hold-out subject with a corrupt (truncated) T1, one listed in split.csv but not subjects.csv
+    t1 = next((root / "Training" / "R001" / "sub-h3").rglob("*_T1w.nii.gz"))
+    t1.write_bytes(t1.read_bytes()[:60])
+    split = pd.read_csv(work / "02_data_splitting" / "split.csv")
+    extra = {"subject": "sub-h4", "site": "R001", "lesion_voxels": 27, "volume_bin": "small", "set": "holdout"}
+    pd.concat([split, pd.DataFrame([extra])]).to_csv(work / "02_data_splitting" / "split.csv", index=False)
+
+    spec = {1: (GOOD, 0.1, 0.2), 2: (ZERO, 0.3, 0.9), 3: (GOOD, 0.2, 0.5)}
+    for plane in ("axial", "sagittal", "coronal"):
+        for fold, (wb, loss, outer_dice) in spec.items():
+            if plane == "coronal":
+                if fold == 3:
+                    continue
+                wb, outer_dice = HALF, 0.1
+            d = work / "07_train" / "raxnet" / plane / f"fold_{fold}"
+            d.mkdir(parents=True)
+            _pixel_model(plane, *wb).save(d / "model.keras")
+            (d / "run.json").write_text(json.dumps({"best_val_loss": loss, "plane": plane, "fold": fold,
+                                                    "best_epoch": 3}))
+            pd.DataFrame([{"plane": plane, "fold": fold, "dice_3d_mean": outer_dice}]).to_csv(
+                d / "metrics.csv", index=False)
+    return root, work
+
+
+def _run(root, work, **fusion):
+    cfg = {"fusion": fusion}
+    return F.run(cfg, {"work_dir": str(work), "data_root": str(root), "seed": 0, "jobs": 1})
+
+
+def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
+    root, work = tiny_work
+    res = _run(root, work, oof=True, min_size=2)
+    out = work / "08_fusion"
+    table = capsys.readouterr().out
+    assert "Dice mean" in table and "[holdout]" in table and res["table"] in table
+
+    # selection by inner-validation loss (fold_1), not by the reported outer Dice (fold_2 has 0.9)
+    assert res["selected_folds"] == {"axial": [1], "sagittal": [1], "coronal": [1]}
+    # weights = mean outer Dice per plane, normalised: axial, sagittal (0.2+0.9+0.5)/3, coronal 0.1
+    raw = {"axial": 1.6 / 3, "sagittal": 1.6 / 3, "coronal": 0.1}
+    for p, v in raw.items():
+        assert res["weights"][p] == pytest.approx(v / sum(raw.values()))
+
+    df = pd.read_csv(out / "subject_metrics.csv", keep_default_na=False, na_values=[""])
+    assert list(df.columns[:13]) == list(F.METRIC_COLUMNS[:13])
+    methods = ["axial", "sagittal", "coronal", "mean", "vote", "weighted", "mean_clean", "vote_clean",
+               "weighted_clean"]
+    hold = df[df["set"] == "holdout"]
+    # EVERY hold-out subject is present for every method, failures with their error and NaN metrics
+    assert sorted(hold["subject"].unique()) == ["sub-h1", "sub-h2", "sub-h3", "sub-h4"]
+    assert len(hold) == 4 * len(methods)
+    failed = hold[hold["subject"].isin(["sub-h3", "sub-h4"])]
+    assert failed["dice"].isna().all() and failed["error"].notna().all()
+    assert failed[failed["subject"] == "sub-h3"]["error"].str.contains("T1w.nii.gz").all()
+    assert failed[failed["subject"] == "sub-h4"]["error"].str.contains("subjects.csv").all()
+    ok = hold[hold["subject"].isin(["sub-h1", "sub-h2"])].set_index(["subject", "method"])
+    for s in ("sub-h1", "sub-h2"):
+        for m in ("axial", "sagittal", "mean", "vote", "weighted", "mean_clean"):
+            assert ok.loc[(s, m), "dice"] == pytest.approx(1.0), (s, m)
+            assert ok.loc[(s, m), "hd95_mm"] == 0.0 and ok.loc[(s, m), "lesion_f1"] == 1.0
+        assert ok.loc[(s, "coronal"), "dice"] < 0.2  # the bad plane alone; fusion outvotes it
+        assert ok.loc[(s, "coronal"), "lesion_voxels"] == 27
+
+    # out-of-fold: sub-t1 by fold_1 (good), sub-t2 by fold_2 (zero -> empty prediction), sub-t3 skipped
+    train = df[df["set"] == "train"].set_index(["subject", "method"])
+    assert sorted({s for s, _ in train.index}) == ["sub-t1", "sub-t2"]
+    assert train.loc[("sub-t1", "mean"), "dice"] == pytest.approx(1.0)
+    assert train.loc[("sub-t2", "mean"), "dice"] == 0.0 and np.isnan(train.loc[("sub-t2", "mean"), "hd95_mm"])
+    assert res["oof_skipped_folds"] == [3]
+    errors = pd.read_csv(out / "errors.csv")
+    assert set(errors["subject"]) == {"sub-h3", "sub-h4", "sub-t3"}
+
+    summary = pd.read_csv(out / "summary.csv").set_index(["set", "method"])
+    assert summary.loc[("holdout", "mean"), "n"] == 4 and summary.loc[("holdout", "mean"), "n_failed"] == 2
+    assert summary.loc[("holdout", "mean"), "dice_mean"] == pytest.approx(1.0)
+    assert summary.loc[("train", "mean"), "hd95_mm_n_undefined"] == 1
+    assert summary.loc[("train", "mean"), "hd95_mm_mean"] == 0.0  # NaN excluded from the mean
+
+    # masks: uint8, the T1's affine and header; QC overlays and figures exist
+    t1_img = nib.load(next((root / "Training").rglob("sub-h1_*_T1w.nii.gz")))
+    mimg = nib.load(out / "masks" / "sub-h1_vote.nii.gz")
+    assert mimg.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(mimg.affine, t1_img.affine)
+    assert mimg.header["descrip"] == t1_img.header["descrip"]
+    assert int(mimg.header["sform_code"]) == 4 and mimg.header.get_zooms() == t1_img.header.get_zooms()
+    truth = np.asarray(nib.load(next((root / "Training").rglob("sub-h1_*_mask.nii.gz"))).dataobj)
+    np.testing.assert_array_equal(np.asarray(mimg.dataobj), truth)
+    assert (out / "qc" / "sub-h1_qc.png").stat().st_size > 10_000
+    assert not (out / "qc" / "sub-h3_qc.png").exists()
+    assert (out / "dice_boxplot.png").is_file() and (out / "dice_by_volume_bin.png").is_file()
+    info = json.loads((out / "fusion.json").read_text())
+    assert info["holdout_folds"]["axial"] == [1] and info["weight_source"].startswith("cross-validation")
+
+    # evaluate-only on the masks just written reproduces the metrics exactly (independent path)
+    ev = F.evaluate_only({"fusion": {"oof": True, "qc": False}},
+                         {"work_dir": str(work), "data_root": str(root)}, out / "masks")
+    assert ev["methods"] == methods
+    df2 = pd.read_csv(out / "subject_metrics.csv", keep_default_na=False, na_values=[""])
+    ok2 = df2[df2["error"].isna()].set_index(["subject", "method"]).sort_index()
+    ok1 = df[df["error"].isna()].set_index(["subject", "method"]).sort_index()
+    pd.testing.assert_frame_equal(ok1[list(M.METRIC_KEYS[:8])], ok2[list(M.METRIC_KEYS[:8])])
+
+
+def test_end_to_end_ensemble_tta_is_reproducible(tiny_work, tmp_path):
+    root, src = tiny_work
+    work = tmp_path / "work"
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns("08_fusion"))
+    kw = dict(ensemble=True, tta=True, methods=["axial", "mean", "vote"], qc=False, save_probabilities=True)
+    res = _run(root, work, **kw)
+    # ensemble of all folds: axial mean of GOOD, ZERO, GOOD -> ~2/3 on the lesion -> still perfect
+    assert res["selected_folds"] == {"axial": [1, 2, 3], "sagittal": [1, 2, 3], "coronal": [1, 2]}
+    df = pd.read_csv(work / "08_fusion" / "subject_metrics.csv")
+    got = df[(df["subject"] == "sub-h1")].set_index("method")["dice"]
+    assert got["axial"] == pytest.approx(1.0) and got["mean"] == pytest.approx(1.0)
+    prob = nib.load(work / "08_fusion" / "probabilities" / "sub-h1_axial.nii.gz")
+    assert prob.get_data_dtype() == np.float32
+    p = np.asarray(prob.dataobj)
+    t1, truth = _subject_volumes(0)
+    assert p[truth > 0].min() == pytest.approx(2 / 3, abs=1e-3)
+    first = (work / "08_fusion" / "subject_metrics.csv").read_bytes()
+    first_summary = (work / "08_fusion" / "summary.csv").read_bytes()
+    _run(root, work, **kw)
+    assert (work / "08_fusion" / "subject_metrics.csv").read_bytes() == first
+    assert (work / "08_fusion" / "summary.csv").read_bytes() == first_summary
+
+
+# --- evaluate-only without TensorFlow models ----------------------------------------------------
+
+
+def test_evaluate_only_missing_corrupt_and_wrong_grid_predictions(tmp_path):
+    root, work = tmp_path / "data", tmp_path / "work"
+    names = ["sub-a", "sub-b", "sub-c", "sub-d", "sub-e"]
+    _make_dataset(root, work, [(n, "holdout", None) for n in names])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    _, truth_a = _subject_volumes(0)
+    _write(pred / "sub-a_mine.nii.gz", truth_a, np.uint8)  # perfect
+    shifted = np.roll(truth_a, 1, axis=0)
+    _write(pred / "sub-b_mine.nii.gz", shifted, np.uint8)  # off by one voxel along x
+    (pred / "sub-c_mine.nii.gz").write_bytes(b"not a nifti at all")  # corrupt
+    _write(pred / "sub-d_mine.nii.gz", np.zeros((12, 16, 13)), np.uint8)  # wrong grid
+    # sub-e: no prediction at all
+    res = F.evaluate_only({"fusion": {"qc": True}}, {"work_dir": str(work), "data_root": str(root)}, pred)
+    assert res["methods"] == ["mine"]
+    df = pd.read_csv(work / "08_fusion" / "subject_metrics.csv").set_index("subject")
+    assert list(df.index) == names
+    assert df.loc["sub-a", "dice"] == 1.0
+    _, truth_b = _subject_volumes(1)
+    assert df.loc["sub-b", "dice"] == pytest.approx(M.dice(np.roll(truth_a, 1, axis=0), truth_b))
+    assert df.loc[["sub-c", "sub-d", "sub-e"], "dice"].isna().all()
+    assert "sub-c_mine.nii.gz" in df.loc["sub-c", "error"]
+    assert "shape" in df.loc["sub-d", "error"]
+    assert "not found" in df.loc["sub-e", "error"]
+    summary = pd.read_csv(work / "08_fusion" / "summary.csv")
+    assert summary.loc[0, "n"] == 5 and summary.loc[0, "n_failed"] == 3
+    assert (work / "08_fusion" / "qc" / "sub-b_qc.png").is_file()
+    with pytest.raises(Exception, match="not found"):
+        F.evaluate_only({}, {"work_dir": str(work), "data_root": str(root)}, tmp_path / "nope")
+
+
+def test_find_predictions_prefers_longest_subject_name(tmp_path):
+    for name in ("sub-1_mean.nii.gz", "sub-10_mean.nii.gz", "sub-10.nii.gz", "sub-2-vote.nii", "other.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    found = F.find_predictions(tmp_path, ["sub-1", "sub-10", "sub-2"])
+    assert set(found["sub-1"]) == {"mean"}
+    assert set(found["sub-10"]) == {"mean", "prediction"}
+    assert set(found["sub-2"]) == {"vote"}
+
+
+def test_cli_main_writes_outputs(tmp_path):
+    root, work = tmp_path / "data", tmp_path / "work"
+    _make_dataset(root, work, [("sub-a", "holdout", None)])
+    pred = tmp_path / "pred"
+    _, truth = _subject_volumes(0)
+    _write(pred / "sub-a.nii.gz", truth, np.uint8)
+    assert F.main(["--work-dir", str(work), "--data-root", str(root), "--evaluate-only", str(pred), "--no-qc"]) == 0
+    df = pd.read_csv(work / "08_fusion" / "subject_metrics.csv")
+    assert df["method"].tolist() == ["prediction"] and df["dice"].tolist() == [1.0]
+    assert not (work / "08_fusion" / "qc").exists()
