@@ -57,8 +57,8 @@ def _brain_mask(t1: np.ndarray, affine: np.ndarray, settings: Mapping[str, Any])
     from raxnet import templates
 
     source = settings["brain_source"]
-    spacing = templates.spacing_of(affine)
-    on_grid = spacing is not None and t1.shape == templates.grid(spacing)[0]
+    spacing = lesions.atlas_spacing(t1.shape, affine)
+    on_grid = spacing is not None
     if source == "template" or (source == "auto" and on_grid):
         if not on_grid:
             return lesions.location_reference(t1.shape, affine, settings["gm_min"]).brain
@@ -167,9 +167,9 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     errors: list[dict[str, str]] = []
     freq: np.ndarray | None = None
     freq_grid: tuple | None = None
-    # Build the location reference once in the parent: forked workers inherit it instead of rebuilding.
-    _warm_reference(rows[0])
     jobs = int(run.get("jobs") or 1)
+    if jobs > 1:  # build the location reference once in the parent: forked workers inherit it
+        _warm_reference(rows[0])
     for status, result in tqdm(_map(rows, jobs), total=len(rows), desc="01 lesion info", unit="subject"):
         if status == "error":
             log.warning("skipping %s: %s", result["subject"], result["error"])
@@ -326,10 +326,10 @@ def _frequency_figure(freq: np.ndarray, ref_img: Any, n: int, path: Path, dpi: i
     from raxnet.plotting import plt
 
     affine = ref_img.affine
-    spacing = templates.spacing_of(affine)
+    spacing = lesions.atlas_spacing(freq.shape, affine)
     background = (
         np.asarray(templates.template_data("t1", spacing))
-        if spacing is not None and freq.shape == templates.grid(spacing)[0]
+        if spacing is not None
         else np.zeros(freq.shape, dtype=np.float32)
     )
     # Cut through the most frequently lesioned voxel (the centre of the volume if there is no lesion).

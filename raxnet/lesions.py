@@ -103,17 +103,38 @@ def _seitzman() -> tuple[np.ndarray, np.ndarray]:
     return xyz, regions
 
 
+def atlas_spacing(shape: tuple[int, ...], affine: np.ndarray) -> int | None:
+    """1 or 2 if ``(shape, affine)`` is the ATLAS grid at that spacing (template on the same grid), else None.
+
+    Cheaper than :func:`raxnet.templates.spacing_of` for other grids: no template is loaded for them.
+    """
+    from raxnet import templates
+
+    affine = np.asarray(affine, dtype=float)
+    shape = tuple(int(s) for s in shape[:3])
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if shape == tuple(templates.ATLAS_SHAPE):
+        return 1 if np.allclose(affine, templates.ATLAS_AFFINE, atol=1e-3) else None
+    if np.allclose(zooms, 2.0, atol=1e-3):
+        grid_shape, grid_affine = templates.grid(2)
+        if shape == tuple(grid_shape) and np.allclose(affine, grid_affine, atol=1e-3):
+            return 2
+    return None
+
+
 def _template_on_grid(kind: str, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     from raxnet import templates
 
-    spacing = templates.spacing_of(affine)
-    if spacing is not None and tuple(shape) == templates.grid(spacing)[0]:
+    spacing = atlas_spacing(shape, affine)
+    if spacing is not None:
         return np.asarray(templates.template_data(kind, spacing))
     import nibabel as nib
     from nilearn.image import resample_to_img
 
     target = nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
-    src = templates.template(kind, spacing or 1)
+    # Resample from the 2 mm templates when the target is that coarse (8x less work, same information).
+    zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    src = templates.template(kind, 2 if zooms.min() >= 2 - 1e-3 else 1)
     interp = "nearest" if kind == "brain_mask" else "continuous"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
