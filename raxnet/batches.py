@@ -1,0 +1,610 @@
+"""Stage 05: balanced, streaming training batches over the memory-mapped slice stacks of stage 03.
+
+For a plane and a validation fold ``k`` (stage 04's ``<plane>_folds.csv``):
+
+* **val** (outer validation) = the lesion + normal slices of fold ``k``'s subjects -- only for reporting;
+* **inner_val** = about ``inner_val_fraction`` of the other folds' *subjects*, drawn with the run seed and
+  stratified by lesion volume (subjects sorted by volume, split into equal groups, one drawn per group),
+  used for early stopping / checkpoint selection;
+* **train** = the lesion + normal slices of the remaining subjects.
+
+"Batch distribution": every training batch holds ``round(batch_size * lesion_fraction)`` lesion slices and
+the rest normal slices, and the lesion slices of each area bin (``area_bin`` of stage 04) number
+``floor`` or ``ceil`` of ``n_lesion * p_bin`` per batch, where ``p_bin`` is the bin's share of the training
+lesion slices. Unlike the original RAX-Net, no slice is dropped: by default an epoch has
+``ceil(n_lesion_slices / n_lesion_per_batch)`` steps and every lesion slice is drawn at least once per epoch
+(bins are cycled through fresh permutations; the few extra draws repeat slices). Epoch ``e``'s batches
+come from ``numpy.random.SeedSequence([seed, e])`` alone, so they do not depend on worker timing.
+
+Batches are served by :class:`keras.utils.PyDataset` subclasses that read single slices from memory
+maps opened lazily (per worker process, at most ``max_open_stacks`` at a time), so memory does not
+grow with the number of subjects. Slices are zero-padded (centred) to
+``raxnet.planes.padded_shape(slice_shape, depth)`` and returned as float32 ``(B, H, W, 1)`` images and
+masks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from raxnet.augment import AugmentParams, augment_pair
+from raxnet.cli_common import resolve, stage_parser
+from raxnet.config import override, section, stage_dir
+from raxnet.errors import ConfigError, StageInputError
+from raxnet.io import atomic_path, save_csv, save_json
+from raxnet.log import get_logger
+from raxnet.planes import check_plane, pad_slices, padded_shape
+
+log = get_logger(__name__)
+
+#: ``[arrays]`` section of the run configuration.
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,  # slices per training batch
+    "lesion_fraction": 0.5,  # share of lesion slices in every training batch (rest: normal slices)
+    "inner_val_fraction": 0.1,  # share of the training-fold subjects held out for early stopping
+    "steps_per_epoch": 0,  # 0 = ceil(lesion slices / lesion slices per batch): each lesion slice once
+    "augment": False,  # augment training batches (flip, affine, intensity); never the validation sets
+    "flip_prob": 0.5,  # left-right flip probability (axial, coronal)
+    "rotate_deg": 10.0,  # max rotation in degrees
+    "scale": 0.1,  # max relative zoom
+    "shift_px": 8.0,  # max shift in pixels per axis
+    "intensity_scale": 0.1,  # max relative gain change of the foreground
+    "intensity_shift": 0.05,  # max offset added to the foreground (normalised units)
+    "bias": 0.1,  # max amplitude of each smooth bias-field term
+    "workers": 1,  # PyDataset workers (threads, or processes with use_multiprocessing)
+    "use_multiprocessing": False,  # worker processes instead of threads
+    "max_queue_size": 10,  # batches prepared ahead by the workers
+    "max_open_stacks": 32,  # memory maps kept open per worker (bounds resident memory)
+}
+
+SET_COLUMNS = ["subject", "role", "fold"]
+UNBINNED = "unbinned"
+
+
+# --------------------------------------------------------------------------- batch composition
+
+
+def batch_quotas(bin_counts: Sequence[int], n_lesion: int, steps: int) -> np.ndarray:
+    """Lesion slices per (batch, bin): ``(steps, n_bins)`` ints, each row summing to ``n_lesion``.
+
+    Entry ``[j, b]`` is ``floor`` or ``ceil`` of ``n_lesion * p_b`` (``p_b`` = bin ``b``'s share of
+    ``bin_counts``) and bin ``b``'s column sums to at least ``floor(steps * n_lesion * p_b)``, so with
+    ``steps >= sum(bin_counts) / n_lesion`` every bin gets at least as many draws as it has slices.
+    """
+    counts = np.asarray(bin_counts, dtype=np.int64)
+    if counts.ndim != 1 or counts.size == 0 or counts.sum() <= 0 or (counts < 0).any():
+        raise ValueError(f"bin counts must be non-negative with a positive sum, got {counts.tolist()}")
+    if n_lesion < 0 or steps < 1:
+        raise ValueError("n_lesion must be >= 0 and steps >= 1")
+    expected = n_lesion * counts / counts.sum()
+    base = np.floor(expected + 1e-9).astype(np.int64)
+    frac = np.clip(expected - base, 0.0, None)
+    # Spread the fractional parts over the epoch: bin b gets one extra slice in r_b batches, with
+    # r_b from largest-remainder rounding of frac_b * steps (sum r_b = steps * (n_lesion - sum base)).
+    extra_per_batch = int(n_lesion - base.sum())
+    total_extra = extra_per_batch * steps
+    want = frac * steps
+    r = np.floor(want + 1e-9).astype(np.int64)
+    left = total_extra - int(r.sum())
+    if left > 0:
+        order = np.lexsort((np.arange(r.size), -(want - r)))
+        r[order[:left]] += 1
+    quotas = np.tile(base, (steps, 1))
+    # Round-robin: r_b <= steps consecutive positions land in distinct batches, and every batch gets
+    # exactly extra_per_batch extras.
+    pos = 0
+    for b in range(counts.size):
+        for _ in range(int(r[b])):
+            quotas[pos % steps, b] += 1
+            pos += 1
+    return quotas
+
+
+def _cycle(rng: np.random.Generator, n_items: int, length: int) -> np.ndarray:
+    """``length`` draws from ``range(n_items)``: fresh permutations back to back (each item once per pass)."""
+    if length <= 0 or n_items == 0:
+        return np.zeros(0, dtype=np.int64)
+    reps = -(-length // n_items)
+    return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:length]
+
+
+def epoch_plan(lesion_bins: np.ndarray, n_bins: int, n_normal_items: int, batch_size: int, n_lesion: int,
+               steps: int, seed: int, epoch: int) -> np.ndarray:
+    """Item indices ``(steps, batch_size)`` of one epoch; lesion items are ``0..L-1`` (bin of each in
+    ``lesion_bins``), normal items ``L..L+N-1``. Depends only on ``(seed, epoch)`` and the inputs."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
+    lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
+    n_les_items = lesion_bins.size
+    counts = np.bincount(lesion_bins, minlength=n_bins)
+    quotas = batch_quotas(counts, n_lesion, steps)[rng.permutation(steps)]
+    plan = np.empty((steps, batch_size), dtype=np.int64)
+    members = [np.flatnonzero(lesion_bins == b) for b in range(n_bins)]
+    draws = [members[b][_cycle(rng, members[b].size, int(quotas[:, b].sum()))] for b in range(n_bins)]
+    ptr = np.zeros(n_bins, dtype=np.int64)
+    n_normal = batch_size - n_lesion
+    normals = n_les_items + _cycle(rng, n_normal_items, steps * n_normal)
+    for j in range(steps):
+        row = []
+        for b in range(n_bins):
+            q = int(quotas[j, b])
+            row.append(draws[b][ptr[b] : ptr[b] + q])
+            ptr[b] += q
+        row.append(normals[j * n_normal : (j + 1) * n_normal])
+        plan[j] = rng.permutation(np.concatenate(row))
+    return plan
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class SliceDataset(keras.utils.PyDataset):
+    """Deterministic batches (fixed order, no augmentation) over a list of ``(stack, slice)`` items.
+
+    Stacks are memory-mapped on first use in each worker process; at most ``max_open`` are kept open
+    (least recently used are closed), so resident memory is bounded whatever the number of subjects.
+    """
+
+    def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
+                 item_slice: np.ndarray, target_shape: tuple[int, int], batch_size: int, *,
+                 max_open: int = 32, workers: int = 1, use_multiprocessing: bool = False,
+                 max_queue_size: int = 10) -> None:
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        if len(image_paths) != len(mask_paths):
+            raise ValueError("image_paths and mask_paths differ in length")
+        self.image_paths = [str(p) for p in image_paths]
+        self.mask_paths = [str(p) for p in mask_paths]
+        self.item_stack = np.asarray(item_stack, dtype=np.int64)
+        self.item_slice = np.asarray(item_slice, dtype=np.int64)
+        self.target_shape = tuple(int(s) for s in target_shape)
+        self.batch_size = int(batch_size)
+        self.max_open = max(1, int(max_open))
+        self._reset_cache()
+
+    # Memory maps and locks do not cross process boundaries: each worker opens its own.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_cache", "_lock", "_pid"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
+
+    def _reset_cache(self) -> None:
+        self._cache: OrderedDict[int, tuple[np.memmap, np.memmap]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @property
+    def open_stacks(self) -> int:
+        """Number of memory-mapped stacks currently open in this process."""
+        return len(self._cache) if self._pid == os.getpid() else 0
+
+    def _stack(self, sid: int) -> tuple[np.memmap, np.memmap]:
+        if self._pid != os.getpid():  # forked worker: drop the parent's maps
+            self._reset_cache()
+        with self._lock:
+            pair = self._cache.get(sid)
+            if pair is not None:
+                self._cache.move_to_end(sid)
+                return pair
+            pair = (np.load(self.image_paths[sid], mmap_mode="r"), np.load(self.mask_paths[sid], mmap_mode="r"))
+            self._cache[sid] = pair
+            while len(self._cache) > self.max_open:
+                self._cache.popitem(last=False)  # unmapping drops its pages from this process
+            return pair
+
+    def read_items(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Padded float32 ``(n, H, W)`` images and masks of the given item indices."""
+        items = np.asarray(items, dtype=np.int64)
+        imgs, msks = [], []
+        for it in items:
+            img, msk = self._stack(int(self.item_stack[it]))
+            s = int(self.item_slice[it])
+            imgs.append(np.asarray(img[s], dtype=np.float32))
+            msks.append(np.asarray(msk[s], dtype=np.float32))
+        if not imgs:
+            empty = np.zeros((0, *self.target_shape), np.float32)
+            return empty, empty.copy()
+        return pad_slices(np.stack(imgs), self.target_shape), pad_slices(np.stack(msks), self.target_shape)
+
+    def __len__(self) -> int:
+        return -(-self.item_stack.size // self.batch_size)
+
+    def batch_items(self, index: int) -> np.ndarray:
+        """Item indices of batch ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        return np.arange(index * self.batch_size, min((index + 1) * self.batch_size, self.item_stack.size))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.read_items(self.batch_items(index))
+        return x[..., None], y[..., None]
+
+
+class BalancedSliceDataset(SliceDataset):
+    """Training batches: half lesion / half normal, per-batch lesion-area-bin proportions of the training
+    set, redrawn each epoch from ``SeedSequence([seed, epoch])``; optional seeded augmentation.
+
+    Items ``0..L-1`` are the lesion slices (bin of each in ``lesion_bins``), ``L..`` the normal slices.
+    Keras calls :meth:`on_epoch_end`, which moves to the next epoch's draw; :meth:`set_epoch` resumes.
+    """
+
+    def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
+                 item_slice: np.ndarray, lesion_bins: np.ndarray, bin_labels: Sequence[str],
+                 target_shape: tuple[int, int], batch_size: int, *, n_lesion: int, steps: int, seed: int,
+                 plane: str, augment: AugmentParams | None = None, **kwargs: Any) -> None:
+        super().__init__(image_paths, mask_paths, item_stack, item_slice, target_shape, batch_size, **kwargs)
+        self.lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
+        self.bin_labels = list(bin_labels)
+        self.n_lesion_items = self.lesion_bins.size
+        self.n_normal_items = self.item_stack.size - self.n_lesion_items
+        if self.n_lesion_items == 0 or self.n_normal_items == 0:
+            raise StageInputError("training set needs both lesion and normal slices "
+                                  f"({self.n_lesion_items} lesion, {self.n_normal_items} normal)")
+        self.n_lesion = int(n_lesion)
+        self.steps = int(steps)
+        self.seed = int(seed)
+        self.plane = check_plane(plane)
+        self.augment = augment
+        self.epoch = 0
+        self._in_epoch = False
+        self._plan_cache: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_plan_cache"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def plan(self, epoch: int | None = None) -> np.ndarray:
+        """Item indices ``(steps, batch_size)`` of ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        cached = self._plan_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        plan = epoch_plan(self.lesion_bins, len(self.bin_labels), self.n_normal_items, self.batch_size,
+                          self.n_lesion, self.steps, self.seed, epoch)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch``'s draw next (e.g. when resuming training)."""
+        self.epoch = int(epoch)
+        self._in_epoch = False
+
+    def on_epoch_begin(self) -> None:
+        self._in_epoch = True
+
+    def on_epoch_end(self) -> None:
+        # Keras also calls on_epoch_end when it resets its iterator at the start of fit(); only an end
+        # that follows a begin moves to the next draw, so fit's epoch e is served SeedSequence([seed, e]).
+        # Advancing here (not in on_epoch_begin) matters: Keras' workers may request the next epoch's
+        # first batches between on_epoch_end and on_epoch_begin.
+        if self._in_epoch:
+            self.epoch += 1
+        self._in_epoch = False
+
+    def batch_items(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.steps:
+            raise IndexError(f"batch {index} out of range (0..{self.steps - 1})")
+        return self.plan()[index]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch = self.epoch
+        x, y = self.read_items(self.batch_items(index))
+        if self.augment is not None:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(index)]))
+            for k in range(x.shape[0]):
+                x[k], y[k] = augment_pair(x[k], y[k], self.plane, self.augment, rng)
+        return x[..., None], y[..., None]
+
+
+# --------------------------------------------------------------------------- building the sets
+
+
+@dataclass
+class TrainingSets:
+    """What the training stage needs for one plane and fold."""
+
+    train: keras.utils.PyDataset  # yields (x, y) float32 (B, H, W, 1), balanced, redrawn per epoch
+    inner_val: keras.utils.PyDataset  # deterministic: all slices of the inner-validation subjects
+    input_shape: tuple[int, int, int]  # (H, W, 1), padded
+    slice_shape: tuple[int, int]  # unpadded (h, w)
+    subjects: pd.DataFrame  # subject, role in {train, inner_val, val}, fold
+
+
+def _bin_sort_key(label: str) -> tuple[float, str]:
+    m = re.match(r"^\s*[\(\[]\s*([-+0-9.eE]+)", str(label))
+    return (float(m.group(1)) if m else math.inf, str(label))
+
+
+def _read_inputs(work: Path, plane: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    folds_dir = stage_dir(work, "folds")
+    paths = {
+        "subject_folds": folds_dir / "subject_folds.csv",
+        "plane_folds": folds_dir / f"{plane}_folds.csv",
+        "index": stage_dir(work, "convert") / "index.csv",
+    }
+    need = {
+        "subject_folds": ["subject", "fold"],
+        "plane_folds": ["subject", "slice", "fold", "kind", "lesion_pixels", "area_bin"],
+        "index": ["subject", "plane", "n_slices", "height", "width", "image_path", "mask_path"],
+    }
+    out = {}
+    for key, path in paths.items():
+        if not path.is_file():
+            raise StageInputError(f"{path}: not found (run the earlier stages first)")
+        df = pd.read_csv(path, dtype={"subject": str, "area_bin": str}, keep_default_na=True)
+        missing = [c for c in need[key] if c not in df.columns]
+        if missing:
+            raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
+        out[key] = df
+    bad_kind = set(out["plane_folds"]["kind"]) - {"lesion", "normal"}
+    if bad_kind:
+        raise StageInputError(f"{paths['plane_folds']}: unknown kind(s) {sorted(bad_kind)}")
+    return out["subject_folds"], out["plane_folds"], out["index"][out["index"]["plane"] == plane]
+
+
+def _pick_inner_val(subjects: pd.DataFrame, fraction: float, seed: int, fold: int) -> set[str]:
+    """Stratified by lesion volume: sort by volume, split into n equal groups, draw one per group."""
+    n = len(subjects)
+    n_inner = min(n - 1, max(1, int(round(fraction * n))))
+    ordered = subjects.sort_values(["lesion_voxels", "subject"], kind="stable")["subject"].to_numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(fold), 5]))
+    return {str(g[rng.integers(g.size)]) for g in np.array_split(ordered, n_inner)}
+
+
+@dataclass
+class _Plan:
+    stage03: Path
+    subjects: pd.DataFrame
+    slices: pd.DataFrame  # plane_folds rows of the usable subjects + role
+    slice_shape: tuple[int, int]
+    target: tuple[int, int]
+    stacks: pd.DataFrame  # index rows, one per subject
+    missing: list[str]
+
+
+def _plan_sets(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> _Plan:
+    opts = section(cfg, "arrays", DEFAULTS)
+    check_plane(plane)
+    work = Path(run["work_dir"])
+    subject_folds, plane_folds, index = _read_inputs(work, plane)
+    folds = sorted(int(f) for f in subject_folds["fold"].unique())
+    if int(fold) not in folds:
+        raise ConfigError(f"fold {fold} not in subject_folds.csv (folds {folds})")
+    if not 0.0 < float(opts["inner_val_fraction"]) < 1.0:
+        raise ConfigError("arrays.inner_val_fraction must be in (0, 1)")
+
+    index = index.drop_duplicates("subject").set_index("subject")
+    missing = sorted(set(subject_folds["subject"]) - set(index.index))
+    if missing:
+        log.warning("%d subject(s) of subject_folds.csv have no %s stacks (stage 03 errors?), left out: %s",
+                    len(missing), plane, ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    sf = subject_folds[subject_folds["subject"].isin(index.index)].copy()
+    sf["fold"] = sf["fold"].astype(int)
+    volume = plane_folds.groupby("subject")["lesion_pixels"].sum()  # per-plane sum = lesion voxels
+    sf["lesion_voxels"] = sf["subject"].map(volume).fillna(0).astype(np.int64)
+    training = sf[sf["fold"] != int(fold)]
+    if len(training) < 2:
+        raise StageInputError(f"fold {fold}: need >= 2 training subjects with stacks, have {len(training)}")
+    inner = _pick_inner_val(training, float(opts["inner_val_fraction"]), int(run["seed"]), int(fold))
+    sf["role"] = np.where(sf["fold"] == int(fold), "val", np.where(sf["subject"].isin(inner), "inner_val", "train"))
+    subjects = sf[SET_COLUMNS].sort_values("subject", kind="stable").reset_index(drop=True)
+
+    shapes = index.loc[subjects["subject"], ["height", "width"]].drop_duplicates()
+    if len(shapes) != 1:
+        raise StageInputError(f"{plane} stacks have different slice shapes: {shapes.values.tolist()}")
+    shape2d = (int(shapes.iloc[0, 0]), int(shapes.iloc[0, 1]))
+
+    slices = plane_folds[plane_folds["subject"].isin(subjects["subject"])].copy()
+    slices["role"] = slices["subject"].map(subjects.set_index("subject")["role"])
+    slices["area_bin"] = slices["area_bin"].where(slices["kind"] == "lesion", "")
+    slices.loc[(slices["kind"] == "lesion") & slices["area_bin"].isna(), "area_bin"] = UNBINNED
+    slices = slices.sort_values(["subject", "slice"], kind="stable").reset_index(drop=True)
+    n_slices = slices["subject"].map(index["n_slices"])
+    if ((slices["slice"] < 0) | (slices["slice"] >= n_slices)).any():
+        bad = slices[(slices["slice"] < 0) | (slices["slice"] >= n_slices)].iloc[0]
+        raise StageInputError(f"{plane}_folds.csv: slice {bad['slice']} of {bad['subject']} outside its stack")
+    stacks = index.loc[subjects["subject"]].reset_index()
+    return _Plan(stage_dir(work, "convert"), subjects, slices, shape2d,
+                 padded_shape(shape2d, int(depth)), stacks, missing)
+
+
+def _dataset_kwargs(opts: dict) -> dict:
+    return {"max_open": int(opts["max_open_stacks"]), "workers": int(opts["workers"]),
+            "use_multiprocessing": bool(opts["use_multiprocessing"]), "max_queue_size": int(opts["max_queue_size"])}
+
+
+def _fixed_dataset(p: _Plan, rows: pd.DataFrame, batch_size: int, opts: dict) -> SliceDataset:
+    sids = {s: i for i, s in enumerate(p.stacks["subject"])}
+    return SliceDataset(
+        [str(p.stage03 / q) for q in p.stacks["image_path"]], [str(p.stage03 / q) for q in p.stacks["mask_path"]],
+        rows["subject"].map(sids).to_numpy(), rows["slice"].to_numpy(), p.target, batch_size, **_dataset_kwargs(opts),
+    )
+
+
+def lesion_per_batch(batch_size: int, lesion_fraction: float) -> int:
+    """Lesion slices per training batch (at least 1, leaving at least 1 normal slice when possible)."""
+    if batch_size < 2:
+        raise ConfigError("arrays.batch_size must be >= 2 (a batch holds lesion and normal slices)")
+    if not 0.0 < lesion_fraction < 1.0:
+        raise ConfigError("arrays.lesion_fraction must be in (0, 1)")
+    return min(batch_size - 1, max(1, int(round(batch_size * lesion_fraction))))
+
+
+def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int) -> BalancedSliceDataset:
+    rows = p.slices[p.slices["role"] == "train"]
+    les = rows[rows["kind"] == "lesion"]
+    nor = rows[rows["kind"] == "normal"]
+    labels = sorted(les["area_bin"].unique(), key=_bin_sort_key)
+    codes = {lab: i for i, lab in enumerate(labels)}
+    batch_size = int(opts["batch_size"])
+    n_lesion = lesion_per_batch(batch_size, float(opts["lesion_fraction"]))
+    steps = int(opts["steps_per_epoch"]) or max(1, -(-len(les) // n_lesion))
+    if steps < -(-len(les) // n_lesion):
+        log.warning("steps_per_epoch=%d < %d: not every lesion slice is drawn each epoch", steps,
+                    -(-len(les) // n_lesion))
+    items = pd.concat([les, nor])
+    sids = {s: i for i, s in enumerate(p.stacks["subject"])}
+    aug = AugmentParams.from_section(opts) if opts["augment"] else None
+    return BalancedSliceDataset(
+        [str(p.stage03 / q) for q in p.stacks["image_path"]], [str(p.stage03 / q) for q in p.stacks["mask_path"]],
+        items["subject"].map(sids).to_numpy(), items["slice"].to_numpy(), les["area_bin"].map(codes).to_numpy(),
+        labels, p.target, batch_size, n_lesion=n_lesion, steps=steps, seed=seed, plane=plane, augment=aug,
+        **_dataset_kwargs(opts),
+    )
+
+
+def build_training_sets(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> TrainingSets:
+    """Training (balanced, streaming) and inner-validation datasets for ``plane`` with fold ``fold`` held out."""
+    return _sets_from_plan(_plan_sets(cfg, run, plane, fold, depth), section(cfg, "arrays", DEFAULTS), plane,
+                           int(run["seed"]))
+
+
+def _sets_from_plan(p: _Plan, opts: dict, plane: str, seed: int) -> TrainingSets:
+    train = _train_dataset(p, plane, opts, seed)
+    inner = _fixed_dataset(p, p.slices[p.slices["role"] == "inner_val"], int(opts["batch_size"]), opts)
+    return TrainingSets(train=train, inner_val=inner, input_shape=(*p.target, 1), slice_shape=p.slice_shape,
+                        subjects=p.subjects)
+
+
+def outer_validation_slices(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> SliceDataset:
+    """Deterministic dataset of fold ``fold``'s lesion + normal slices (the outer validation set)."""
+    opts = section(cfg, "arrays", DEFAULTS)
+    p = _plan_sets(cfg, run, plane, fold, depth)
+    return _fixed_dataset(p, p.slices[p.slices["role"] == "val"], int(opts["batch_size"]), opts)
+
+
+# --------------------------------------------------------------------------- stage 05 report
+
+
+def composition(ds: BalancedSliceDataset, epoch: int = 0) -> pd.DataFrame:
+    """One row per batch of ``epoch``: epoch, batch, n_lesion, n_normal, and lesion slices per area bin."""
+    plan = ds.plan(epoch)
+    is_les = plan < ds.n_lesion_items
+    bins = np.where(is_les, ds.lesion_bins[np.minimum(plan, ds.n_lesion_items - 1)], -1)
+    table = {"epoch": np.full(plan.shape[0], epoch), "batch": np.arange(plan.shape[0]),
+             "n_lesion": is_les.sum(axis=1), "n_normal": (~is_les).sum(axis=1)}
+    for b, label in enumerate(ds.bin_labels):
+        table[f"bin_{label}"] = (bins == b).sum(axis=1)
+    return pd.DataFrame(table)
+
+
+def run(cfg: dict, run: dict, plane: str = "axial", fold: int = 1, depth: int = 4,
+        materialise: bool = False) -> dict[str, Any]:
+    """Write ``05_prepare_arrays/<plane>/fold_<k>/`` (sets.csv, batches.csv, summary.json[, x/y .npy])."""
+    plan = _plan_sets(cfg, run, plane, fold, depth)
+    sets = _sets_from_plan(plan, section(cfg, "arrays", DEFAULTS), plane, int(run["seed"]))
+    ds = sets.train
+    out = stage_dir(run["work_dir"], "arrays") / plane / f"fold_{int(fold)}"
+    out.mkdir(parents=True, exist_ok=True)
+    save_csv(sets.subjects, out / "sets.csv")
+    comp = composition(ds, 0)
+    save_csv(comp, out / "batches.csv")
+
+    train_counts = np.bincount(ds.lesion_bins, minlength=len(ds.bin_labels))
+    drawn = ds.plan(0)
+    les_drawn = drawn[drawn < ds.n_lesion_items]
+    drawn_counts = np.bincount(ds.lesion_bins[les_drawn], minlength=len(ds.bin_labels))
+    expected = ds.n_lesion * train_counts / train_counts.sum()
+    bins = {}
+    for b, label in enumerate(ds.bin_labels):
+        col = comp[f"bin_{label}"]
+        bins[label] = {
+            "train_slices": int(train_counts[b]), "train_fraction": round(float(train_counts[b] / train_counts.sum()), 6),
+            "drawn": int(drawn_counts[b]), "drawn_fraction": round(float(drawn_counts[b] / drawn_counts.sum()), 6),
+            "expected_per_batch": round(float(expected[b]), 4),
+            "min_per_batch": int(col.min()), "max_per_batch": int(col.max()),
+        }
+    never = int(ds.n_lesion_items - np.unique(les_drawn).size)
+    nor_drawn = np.unique(drawn[drawn >= ds.n_lesion_items]).size
+    roles = sets.subjects["role"].value_counts()
+    summary = {
+        "plane": plane, "fold": int(fold), "depth": int(depth), "seed": int(run["seed"]),
+        "input_shape": list(sets.input_shape), "slice_shape": list(sets.slice_shape),
+        "batch_size": ds.batch_size, "lesion_per_batch": ds.n_lesion, "normal_per_batch": ds.batch_size - ds.n_lesion,
+        "steps_per_epoch": ds.steps,
+        "subjects": {r: int(roles.get(r, 0)) for r in ("train", "inner_val", "val")},
+        "train_lesion_slices": int(ds.n_lesion_items), "train_normal_slices": int(ds.n_normal_items),
+        "inner_val_slices": int(sets.inner_val.item_stack.size),
+        "lesion_slices_never_drawn": never,
+        "normal_slices_drawn_fraction": round(nor_drawn / ds.n_normal_items, 6),
+        "bins": bins, "augment": ds.augment is not None,
+        "subjects_without_stacks": plan.missing,
+    }
+    if never:
+        log.warning("%d lesion slice(s) not drawn in epoch 0 (steps_per_epoch too small)", never)
+    if materialise:
+        summary["materialised"] = _materialise(ds, out)
+    save_json(summary, out / "summary.json")
+    log.info("%s fold %d: %d steps x %d (%d lesion + %d normal), input %s -> %s", plane, fold, ds.steps,
+             ds.batch_size, ds.n_lesion, ds.batch_size - ds.n_lesion, sets.input_shape, out)
+    return {"dir": str(out), "steps_per_epoch": ds.steps, "input_shape": list(sets.input_shape),
+            "lesion_slices_never_drawn": never}
+
+
+def _materialise(ds: BalancedSliceDataset, out: Path) -> dict[str, Any]:
+    """Write epoch 0's batches as ``x_epoch0.npy`` / ``y_epoch0.npy`` (float32, (steps*B, H, W, 1)), streamed."""
+    n = ds.steps * ds.batch_size
+    shape = (n, *ds.target_shape, 1)
+    ds.set_epoch(0)
+    files = {}
+    with atomic_path(out / "x_epoch0.npy", suffix=".npy") as xt, atomic_path(out / "y_epoch0.npy", suffix=".npy") as yt:
+        xs = np.lib.format.open_memmap(xt, mode="w+", dtype=np.float32, shape=shape)
+        ys = np.lib.format.open_memmap(yt, mode="w+", dtype=np.float32, shape=shape)
+        for j in tqdm(range(ds.steps), desc="05 materialise", unit="batch"):
+            x, y = ds[j]
+            xs[j * ds.batch_size : (j + 1) * ds.batch_size] = x
+            ys[j * ds.batch_size : (j + 1) * ds.batch_size] = y
+        xs.flush(), ys.flush()
+        del xs, ys
+    for name in ("x_epoch0.npy", "y_epoch0.npy"):
+        files[name] = {"shape": list(shape), "dtype": "float32", "bytes": (out / name).stat().st_size}
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``05_prepare_arrays/prepare_arrays.py --work-dir W --plane axial --fold 1 [--depth 4] ...``."""
+    parser = stage_parser(
+        description="Stage 05 - balanced streaming training batches for one plane and validation fold.\n\n"
+        "Reads 03_moving_converting/index.csv + stacks and 04_cross_validation/{subject_folds,<plane>_folds}.csv;\n"
+        "writes 05_prepare_arrays/<plane>/fold_<k>/sets.csv, batches.csv, summary.json.",
+    )
+    parser.add_argument("--plane", default="axial", help="axial, sagittal or coronal (default axial)")
+    parser.add_argument("--fold", type=int, default=1, help="validation fold k (default 1)")
+    parser.add_argument("--depth", type=int, default=4, help="network down-sampling depth: pad to 2**depth")
+    parser.add_argument("--batch-size", type=int, help="slices per training batch")
+    parser.add_argument("--steps-per-epoch", type=int, help="0 = every lesion slice once per epoch")
+    parser.add_argument("--augment", action="store_true", help="augment the training batches")
+    parser.add_argument("--materialise", action="store_true", help="also write epoch 0 as x/y .npy arrays")
+    args = parser.parse_args(argv)
+    cfg, run_cfg = resolve(args)
+    try:
+        check_plane(args.plane)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    opts = section(cfg, "arrays", DEFAULTS)
+    override(opts, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+             augment=True if args.augment else None)
+    summary = run({**cfg, "arrays": opts}, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth,
+                  materialise=args.materialise)
+    print(f"{summary['steps_per_epoch']} steps/epoch, input shape {tuple(summary['input_shape'])}, "
+          f"{summary['lesion_slices_never_drawn']} lesion slice(s) never drawn -> {summary['dir']}")
+    return 0

@@ -1,0 +1,348 @@
+"""Stage 05 (raxnet.batches, raxnet.augment): balanced streaming batches over memory-mapped stacks.
+
+The synthetic stacks encode where each slice came from: every foreground pixel of slice ``s`` of
+subject number ``i`` holds ``i * 100 + s + 1`` (exact in float16), so a batch can be decoded back to
+``(subject, slice)`` pairs and checked against the fold tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet.augment import AugmentParams, augment_pair
+from raxnet.batches import (
+    DEFAULTS,
+    BalancedSliceDataset,
+    batch_quotas,
+    build_training_sets,
+    composition,
+    epoch_plan,
+    main,
+    outer_validation_slices,
+    run,
+)
+from raxnet.errors import ConfigError, StageInputError
+from raxnet.planes import padded_shape
+
+N_SLICES, H, W = 10, 13, 11
+N_SUBJECTS, N_FOLDS = 12, 3
+BINS = ["(0, 5]", "(5, 20]", "(20, 400]"]
+
+
+def _subject_name(i: int) -> str:
+    return f"sub-{i:02d}"
+
+
+def _lesion_slices(i: int) -> dict[int, int]:
+    """Hand-made lesion slices per subject: slice -> lesion pixels (subject-dependent volumes)."""
+    n = 1 + i % 4
+    return {s: (3 if (i + s) % 3 == 0 else 12 if (i + s) % 3 == 1 else 30) for s in range(2, 2 + n)}
+
+
+def _area_bin(px: int) -> str:
+    return BINS[0] if px <= 5 else BINS[1] if px <= 20 else BINS[2]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("work")
+    stage03 = w / "03_moving_converting"
+    (stage03 / "axial").mkdir(parents=True)
+    (w / "04_cross_validation").mkdir()
+    idx_rows, fold_rows, slice_rows = [], [], []
+    for i in range(N_SUBJECTS):
+        name = _subject_name(i)
+        img = np.zeros((N_SLICES, H, W), np.float16)
+        img[:, 2:-2, 2:-2] = (i * 100 + np.arange(N_SLICES) + 1)[:, None, None]
+        msk = np.zeros((N_SLICES, H, W), np.uint8)
+        for s, px in _lesion_slices(i).items():
+            msk[s].flat[np.arange(px) * 3 % (H * W)] = 1
+        np.save(stage03 / "axial" / f"{name}_image.npy", img)
+        np.save(stage03 / "axial" / f"{name}_mask.npy", msk)
+        idx_rows.append({"subject": name, "set": "train", "plane": "axial", "n_slices": N_SLICES, "height": H,
+                         "width": W, "image_path": f"axial/{name}_image.npy", "mask_path": f"axial/{name}_mask.npy"})
+        fold = 1 + i % N_FOLDS
+        fold_rows.append({"subject": name, "fold": fold})
+        for s in range(N_SLICES):
+            les = _lesion_slices(i)
+            if s in les:
+                slice_rows.append({"subject": name, "slice": s, "fold": fold, "kind": "lesion",
+                                   "lesion_pixels": les[s], "area_bin": _area_bin(les[s])})
+            elif s in (0, 7, 8):
+                slice_rows.append({"subject": name, "slice": s, "fold": fold, "kind": "normal",
+                                   "lesion_pixels": 0, "area_bin": ""})
+    pd.DataFrame(idx_rows).to_csv(stage03 / "index.csv", index=False)
+    pd.DataFrame(fold_rows).to_csv(w / "04_cross_validation" / "subject_folds.csv", index=False)
+    pd.DataFrame(slice_rows).to_csv(w / "04_cross_validation" / "axial_folds.csv", index=False)
+    return w
+
+
+def _run_cfg(work: Path, seed: int = 7) -> dict:
+    return {"work_dir": str(work), "data_root": "unused", "seed": seed, "jobs": 1}
+
+
+def _cfg(**arrays) -> dict:
+    return {"arrays": {"batch_size": 8, "inner_val_fraction": 0.25, **arrays}}
+
+
+def _decode(x: np.ndarray) -> list[tuple[str, int]]:
+    """(subject, slice) of each image of a batch from its encoded centre pixel."""
+    vals = np.rint(x[:, x.shape[1] // 2, x.shape[2] // 2, 0]).astype(int) - 1
+    return [(_subject_name(v // 100), v % 100) for v in vals]
+
+
+@pytest.fixture(scope="module")
+def folds(work) -> pd.DataFrame:
+    return pd.read_csv(work / "04_cross_validation" / "axial_folds.csv", dtype={"area_bin": str})
+
+
+def test_batch_quotas_hand_computed():
+    # 21 lesion slices in bins of 10/3/1/7, 8 lesion slices per batch, 3 steps: expected per batch
+    # 3.81/1.14/0.38/2.67 -> every entry is floor or ceil, rows sum to 8, columns cover the bin sizes.
+    q = batch_quotas([10, 3, 1, 7], n_lesion=8, steps=3)
+    assert q.tolist() == [[4, 1, 1, 2], [4, 1, 0, 3], [3, 2, 0, 3]]
+    q = batch_quotas([4, 4], n_lesion=4, steps=2)  # exact halves: no rounding at all
+    assert q.tolist() == [[2, 2], [2, 2]]
+    with pytest.raises(ValueError):
+        batch_quotas([0, 0], 4, 2)
+
+
+@pytest.mark.parametrize("counts,n_lesion", [([100, 37, 5, 1], 8), ([1, 1, 1, 1, 1, 1, 1, 1, 1], 4), ([3], 5)])
+def test_batch_quotas_properties(counts, n_lesion):
+    steps = -(-sum(counts) // n_lesion)
+    q = batch_quotas(counts, n_lesion, steps)
+    expected = n_lesion * np.asarray(counts) / sum(counts)
+    assert (q.sum(axis=1) == n_lesion).all()
+    assert (q >= np.floor(expected)).all() and (q <= np.ceil(expected)).all()
+    assert (q.sum(axis=0) >= counts).all()
+
+
+def test_epoch_plan_covers_every_lesion_item():
+    bins = np.array([0] * 10 + [1] * 3 + [2] * 1 + [3] * 7)
+    plan = epoch_plan(bins, 4, n_normal_items=5, batch_size=16, n_lesion=8, steps=3, seed=1, epoch=0)
+    assert plan.shape == (3, 16)
+    assert ((plan < 21).sum(axis=1) == 8).all()
+    assert set(plan[plan < 21].tolist()) == set(range(21))
+    assert set(plan[plan >= 21].tolist()) == set(range(21, 26))  # 24 normal draws cover all 5
+    again = epoch_plan(bins, 4, 5, 16, 8, 3, seed=1, epoch=0)
+    other = epoch_plan(bins, 4, 5, 16, 8, 3, seed=1, epoch=1)
+    assert (plan == again).all() and not (plan == other).all()
+
+
+def test_training_batches_balanced_and_leak_free(work, folds):
+    sets = build_training_sets(_cfg(), _run_cfg(work), "axial", fold=2, depth=2)
+    roles = sets.subjects.set_index("subject")["role"]
+    assert set(roles[sets.subjects.set_index("subject")["fold"] == 2]) == {"val"}
+    assert (roles == "inner_val").sum() == 2  # 25 % of the 8 training-fold subjects
+    kind = folds.set_index(["subject", "slice"])["kind"]
+    abin = folds.set_index(["subject", "slice"])["area_bin"]
+    train_rows = folds[folds.subject.map(roles) == "train"]
+    train_les = train_rows[train_rows.kind == "lesion"]
+    p = train_les["area_bin"].value_counts(normalize=True)
+    ds = sets.train
+    assert len(ds) == -(-len(train_les) // 4)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        seen = set()
+        for j in range(len(ds)):
+            x, y = ds[j]
+            assert x.shape == (8, *sets.input_shape) and x.dtype == np.float32 and y.dtype == np.float32
+            pairs = _decode(x)
+            assert all(roles[s] == "train" for s, _ in pairs)  # no fold-k or inner-val subject
+            kinds = [kind[pr] for pr in pairs]
+            assert kinds.count("lesion") == 4 and kinds.count("normal") == 4
+            for pr, yy in zip(pairs, y):
+                assert (yy.sum() > 0) == (kind[pr] == "lesion")
+            got = pd.Series([abin[pr] for pr in pairs if kind[pr] == "lesion"]).value_counts()
+            for b, frac in p.items():
+                assert np.floor(4 * frac) <= got.get(b, 0) <= np.ceil(4 * frac), (epoch, j, b)
+            seen |= {pr for pr in pairs if kind[pr] == "lesion"}
+        assert seen == set(zip(train_les.subject, train_les.slice))  # no lesion slice starved
+
+
+def test_padding_shape(work):
+    sets = build_training_sets(_cfg(), _run_cfg(work), "axial", fold=1, depth=3)
+    assert sets.slice_shape == (H, W) and sets.input_shape == (16, 16, 1)
+    assert padded_shape((H, W), 3) == (16, 16) and all(s % 8 == 0 for s in sets.input_shape[:2])
+    x, _ = sets.train[0]
+    # centred padding: 13 -> 16 puts 1 row before, 2 after; 11 -> 16 puts 2 columns before, 3 after
+    assert (x[:, :1] == 0).all() and (x[:, -2:] == 0).all() and (x[:, :, :2] == 0).all()
+    assert (x[:, 1 + 2, 2 + 2, 0] > 0).all()
+
+
+def test_deterministic_for_seed(work):
+    a = build_training_sets(_cfg(), _run_cfg(work, seed=3), "axial", 1, 2)
+    b = build_training_sets(_cfg(), _run_cfg(work, seed=3), "axial", 1, 2)
+    c = build_training_sets(_cfg(), _run_cfg(work, seed=4), "axial", 1, 2)
+    assert a.subjects.equals(b.subjects)
+    for j in range(len(a.train)):
+        np.testing.assert_array_equal(a.train[j][0], b.train[j][0])
+    assert not np.array_equal(a.train.plan(0), c.train.plan(0))
+    a.train.on_epoch_end()  # an end without a begin (Keras' iterator reset) keeps the draw
+    assert a.train.epoch == 0
+    a.train.on_epoch_begin()
+    a.train.on_epoch_end()  # a real epoch end moves to the next epoch's draw
+    assert a.train.epoch == 1 and not np.array_equal(a.train.plan(), b.train.plan())
+
+
+def test_memory_mapped_and_bounded(work):
+    sets = build_training_sets(_cfg(max_open_stacks=2), _run_cfg(work), "axial", 1, 2)
+    ds = sets.train
+    assert ds.open_stacks == 0  # nothing opened, let alone loaded, up front
+    x, _ = ds[0]
+    assert len({s for s, _ in _decode(x)}) > 2  # the batch spans more subjects than may stay open
+    assert ds.open_stacks == 2
+    assert all(isinstance(a, np.memmap) for pair in ds._cache.values() for a in pair)
+    clone = __import__("pickle").loads(__import__("pickle").dumps(ds))  # what a worker process receives
+    assert clone.open_stacks == 0 and np.array_equal(clone[0][0], x)
+
+
+def test_inner_and_outer_validation_deterministic(work, folds):
+    sets = build_training_sets(_cfg(), _run_cfg(work), "axial", fold=3, depth=2)
+    roles = sets.subjects.set_index("subject")["role"]
+    iv = sets.inner_val
+    xs = [iv[j][0] for j in range(len(iv))]
+    pairs = [pr for x in xs for pr in _decode(x)]
+    want = folds[folds.subject.map(roles) == "inner_val"].sort_values(["subject", "slice"])
+    assert pairs == list(zip(want.subject, want.slice))  # all slices, fixed order, last batch partial
+    np.testing.assert_array_equal(iv[0][0], xs[0])
+    outer = outer_validation_slices(_cfg(), _run_cfg(work), "axial", fold=3, depth=2)
+    pairs = [pr for j in range(len(outer)) for pr in _decode(outer[j][0])]
+    want = folds[folds.fold == 3].sort_values(["subject", "slice"])
+    assert pairs == list(zip(want.subject, want.slice))
+
+
+def test_inner_val_stratified_by_volume(work):
+    sets = build_training_sets(_cfg(), _run_cfg(work), "axial", fold=1, depth=2)
+    sub = sets.subjects[sets.subjects.role != "val"].copy()
+    vol = {_subject_name(i): sum(_lesion_slices(i).values()) for i in range(N_SUBJECTS)}
+    sub["vol"] = sub.subject.map(vol)
+    ordered = sub.sort_values(["vol", "subject"]).subject.tolist()
+    picked = sub[sub.role == "inner_val"].subject.tolist()
+    assert len(picked) == 2
+    assert sum(ordered.index(s) < 4 for s in picked) == 1  # one from each volume half
+
+
+def test_stage_run_writes_report(work, tmp_path):
+    cfg = _cfg()
+    summary = run(cfg, _run_cfg(work), plane="axial", fold=1, depth=2, materialise=True)
+    out = Path(summary["dir"])
+    assert out == work / "05_prepare_arrays" / "axial" / "fold_1"
+    report = json.loads((out / "summary.json").read_text())
+    assert report["lesion_slices_never_drawn"] == 0 and report["steps_per_epoch"] == summary["steps_per_epoch"]
+    assert report["input_shape"] == [16, 12, 1] and report["lesion_per_batch"] == 4
+    batches = pd.read_csv(out / "batches.csv")
+    assert len(batches) == report["steps_per_epoch"]
+    assert (batches.n_lesion == 4).all() and (batches.n_normal == 4).all()
+    assert list(batches.columns[4:]) == [f"bin_{b}" for b in BINS]
+    assert (batches[[f"bin_{b}" for b in BINS]].sum(axis=1) == 4).all()
+    for b in BINS:
+        info = report["bins"][b]
+        assert info["min_per_batch"] >= np.floor(info["expected_per_batch"])
+        assert info["max_per_batch"] <= np.ceil(info["expected_per_batch"])
+    x = np.load(out / "x_epoch0.npy", mmap_mode="r")
+    assert x.shape == (8 * report["steps_per_epoch"], 16, 12, 1)
+    sets = pd.read_csv(out / "sets.csv")
+    assert list(sets.columns) == ["subject", "role", "fold"] and len(sets) == N_SUBJECTS
+    first = (out / "batches.csv").read_bytes()
+    assert main(["--work-dir", str(work), "--seed", "7", "--plane", "axial", "--fold", "1", "--depth", "2",
+                 "--batch-size", "8"]) == 0  # default inner_val_fraction 0.1 -> other sets, same format
+    assert (out / "batches.csv").is_file() and (out / "batches.csv").read_bytes() != b""
+    run(cfg, _run_cfg(work), plane="axial", fold=1, depth=2)
+    assert (out / "batches.csv").read_bytes() == first  # re-run, same seed: identical report
+
+
+def test_bad_inputs(work, tmp_path):
+    with pytest.raises(StageInputError, match="subject_folds.csv"):
+        build_training_sets(_cfg(), _run_cfg(tmp_path), "axial", 1, 2)
+    with pytest.raises(ConfigError, match="fold 9"):
+        build_training_sets(_cfg(), _run_cfg(work), "axial", 9, 2)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        build_training_sets({"arrays": {"batchsize": 4}}, _run_cfg(work), "axial", 1, 2)
+    with pytest.raises(ConfigError, match="batch_size"):
+        build_training_sets(_cfg(batch_size=1), _run_cfg(work), "axial", 1, 2)
+    assert DEFAULTS["lesion_fraction"] == 0.5 and DEFAULTS["augment"] is False
+
+
+def test_subject_without_stacks_left_out(work, tmp_path):
+    w = tmp_path / "w"
+    (w / "03_moving_converting").mkdir(parents=True)
+    (w / "03_moving_converting" / "axial").symlink_to(work / "03_moving_converting" / "axial")
+    index = pd.read_csv(work / "03_moving_converting" / "index.csv")
+    index[index.subject != "sub-04"].to_csv(w / "03_moving_converting" / "index.csv", index=False)
+    (w / "04_cross_validation").symlink_to(work / "04_cross_validation")
+    sets = build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert "sub-04" not in set(sets.subjects.subject) and len(sets.subjects) == N_SUBJECTS - 1
+
+
+def test_augmentation_seeded_and_paired(work):
+    sets = build_training_sets(_cfg(augment=True), _run_cfg(work), "axial", 1, 2)
+    again = build_training_sets(_cfg(augment=True), _run_cfg(work), "axial", 1, 2)
+    plain = build_training_sets(_cfg(), _run_cfg(work), "axial", 1, 2)
+    x, y = sets.train[0]
+    x2, y2 = again.train[0]
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(x, plain.train[0][0])
+    assert set(np.unique(y).tolist()) <= {0.0, 1.0}  # nearest-neighbour mask stays binary
+    assert isinstance(sets.train, BalancedSliceDataset) and sets.train.augment is not None
+
+
+def test_augment_pair_hand_cases():
+    img = np.zeros((6, 5), np.float32)
+    img[1, 1], img[4, 3] = 1.0, 0.5
+    msk = (img > 0.6).astype(np.float32)
+    rng = np.random.default_rng(0)
+    flip_only = AugmentParams(flip_prob=1.0, rotate_deg=0, scale=0, shift_px=0, intensity_scale=0,
+                              intensity_shift=0, bias=0)
+    a, m = augment_pair(img, msk, "axial", flip_only, rng)
+    np.testing.assert_array_equal(a, img[::-1])  # left-right = axis 0 of axial slices
+    np.testing.assert_array_equal(m, msk[::-1])
+    a, m = augment_pair(img, msk, "sagittal", flip_only, rng)
+    np.testing.assert_array_equal(a, img)  # no in-plane left-right axis
+    gain_only = AugmentParams(flip_prob=0, rotate_deg=0, scale=0, shift_px=0, intensity_scale=0.5,
+                              intensity_shift=0, bias=0)
+    a, _ = augment_pair(img, msk, "axial", gain_only, np.random.default_rng(1))
+    assert (a[img == 0] == 0).all()  # background stays 0
+    ratio = a[img > 0] / img[img > 0]
+    assert np.allclose(ratio, ratio[0]) and 0.5 <= ratio[0] <= 1.5 and ratio[0] != 1.0
+    shift = AugmentParams(flip_prob=0, rotate_deg=0, scale=0, shift_px=3, intensity_scale=0,
+                          intensity_shift=0, bias=0)
+    a, m = augment_pair(np.ones((9, 9), np.float32), np.ones((9, 9), np.float32), "axial", shift,
+                        np.random.default_rng(2))
+    assert np.array_equal(a > 0, m > 0)  # image and mask move together
+
+
+class _Logged(BalancedSliceDataset):
+    served: list = []
+
+    def __getitem__(self, index):
+        self.served.append((self.epoch, int(index)))
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_keras_fit_consumes_dataset_with_workers(work, workers):
+    """model.fit serves epoch e's draw for every batch of epoch e, with and without worker threads."""
+    import keras
+
+    sets = build_training_sets(_cfg(workers=workers), _run_cfg(work), "axial", 1, 2)
+    assert sets.train.workers == workers
+    sets.train.__class__ = _Logged
+    _Logged.served = []
+    inp = keras.Input(sets.input_shape)
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(inp))
+    model.compile(optimizer="sgd", loss="binary_crossentropy")
+    hist = model.fit(sets.train, validation_data=sets.inner_val, epochs=2, verbose=0)
+    assert len(hist.history["loss"]) == 2 and np.isfinite(hist.history["val_loss"]).all()
+    assert sets.train.epoch == 2  # on_epoch_end advanced the draw each epoch (not Keras' reset call)
+    steps = len(sets.train)
+    for epoch in (0, 1):  # every index served exactly once per epoch, from that epoch's draw
+        # (Keras first peeks at batches 0-1 of epoch 0 to infer the tensor spec)
+        assert sorted([i for e, i in _Logged.served if e == epoch][-steps:]) == list(range(steps))
+    assert sum(e == 1 for e, _ in _Logged.served) == steps
