@@ -128,18 +128,28 @@ class _Balance:
         np.add.at(c, folds, self.f)
         return c
 
-    def deviations(self, c: np.ndarray) -> np.ndarray:
-        coarse, fine = c[:, :, : self.nb], c[:, :, self.nb :]
-        n = coarse.sum(axis=2)  # (k, P)
-        inv = 1.0 / np.maximum(n, 1)[:, :, None]
-        hist = np.abs(coarse * inv - self.whole[None])
-        cdf = np.abs(np.cumsum(fine, axis=2) * inv - self.whole_cdf[None])
-        share = np.abs(n / self.plane_tot[None] - 1.0 / self.k)
-        return np.concatenate([hist.ravel(), cdf.ravel(), share.ravel()])
+    def fold_deviations(self, cf: np.ndarray) -> np.ndarray:
+        """All deviations of one fold (counts ``cf``: planes x (bins + quantile bins))."""
+        coarse, fine = cf[:, : self.nb], cf[:, self.nb :]
+        n = coarse.sum(axis=1)  # (P,)
+        inv = 1.0 / np.maximum(n, 1)[:, None]
+        hist = np.abs(coarse * inv - self.whole)
+        cdf = np.abs(np.cumsum(fine, axis=1) * inv - self.whole_cdf)
+        share = np.abs(n / self.plane_tot - 1.0 / self.k)
+        return np.concatenate([hist.ravel(), cdf.ravel(), share])
+
+    def fold_terms(self, cf: np.ndarray) -> tuple[float, float]:
+        """(max, sum of squares) of one fold's deviations: the score decomposes over folds."""
+        d = self.fold_deviations(cf)
+        return float(d.max()), float(d @ d)
+
+    def combine(self, maxes: np.ndarray, sumsq: np.ndarray) -> float:
+        n_terms = self.k * (self.f.shape[1] * self.f.shape[2] + self.f.shape[1])
+        return float(maxes.max() + 0.1 * np.sqrt(sumsq.sum() / n_terms))
 
     def score(self, c: np.ndarray) -> float:
-        d = self.deviations(c)
-        return float(d.max() + 0.1 * np.sqrt(np.mean(d**2)))
+        terms = np.array([self.fold_terms(cf) for cf in c])
+        return self.combine(terms[:, 0], terms[:, 1])
 
 
 def _deal(groups: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -176,7 +186,9 @@ def assign_folds(
         rng = np.random.default_rng(ss)
         folds = _deal(volume_groups, k, rng)
         c = bal.counts(folds)
-        score = bal.score(c)
+        terms = np.array([bal.fold_terms(cf) for cf in c])
+        maxes, sumsq = terms[:, 0].copy(), terms[:, 1].copy()
+        score = bal.combine(maxes, sumsq)
         # Pre-draw proposals: subject a, then a partner from the same volume bin.
         members = {g: np.flatnonzero(volume_groups == g) for g in np.unique(volume_groups)}
         a_all = rng.integers(n, size=int(swaps))
@@ -187,16 +199,18 @@ def assign_folds(
             fa, fb = folds[a], folds[b]
             if fa == fb:
                 continue
+            # Only folds fa and fb change: recompute their terms and keep the swap if the score drops.
             d = bal.f[b] - bal.f[a]
-            c[fa] += d
-            c[fb] -= d
-            new = bal.score(c)
+            ca, cb = c[fa] + d, c[fb] - d
+            old = (maxes[fa], maxes[fb], sumsq[fa], sumsq[fb])
+            (maxes[fa], sumsq[fa]), (maxes[fb], sumsq[fb]) = bal.fold_terms(ca), bal.fold_terms(cb)
+            new = bal.combine(maxes, sumsq)
             if new < score:
                 folds[a], folds[b] = fb, fa
+                c[fa], c[fb] = ca, cb
                 score = new
             else:
-                c[fa] -= d
-                c[fb] += d
+                maxes[fa], maxes[fb], sumsq[fa], sumsq[fb] = old
         if score < best_score:
             best, best_score = folds.copy(), score
     return best, best_score  # type: ignore[return-value]
