@@ -45,7 +45,7 @@ from raxnet.config import override, section, stage_dir
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_json
 from raxnet.log import get_logger
-from raxnet.planes import check_plane, pad_slices, padded_shape
+from raxnet.planes import PLANES, check_plane, pad_slices, padded_shape
 
 log = get_logger(__name__)
 
@@ -507,8 +507,33 @@ def composition(ds: BalancedSliceDataset, epoch: int = 0) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def run(cfg: dict, run: dict, plane: str = "axial", fold: int = 1, depth: int = 4,
+def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None, depth: int = 4,
         materialise: bool = False) -> dict[str, Any]:
+    """Stage 05 entry point: write the report of each (plane, fold); ``None`` = every plane with a
+    ``<plane>_folds.csv`` and every fold of ``subject_folds.csv``."""
+    work = Path(run["work_dir"])
+    folds_dir = stage_dir(work, "folds")
+    if plane is None or plane == "all":
+        planes = [p for p in PLANES if (folds_dir / f"{p}_folds.csv").is_file()]
+        if not planes:
+            raise StageInputError(f"{folds_dir}: no <plane>_folds.csv (run stage 04 first)")
+    else:
+        planes = [check_plane(plane)]
+    if fold is None or int(fold) == 0:
+        path = folds_dir / "subject_folds.csv"
+        if not path.is_file():
+            raise StageInputError(f"{path}: not found (run the earlier stages first)")
+        folds = sorted(int(f) for f in pd.read_csv(path)["fold"].unique())
+    else:
+        folds = [int(fold)]
+    reports = [run_one(cfg, run, p, k, depth, materialise) for p in planes for k in folds]
+    return {"reports": reports, "dirs": [r["dir"] for r in reports],
+            "steps_per_epoch": reports[0]["steps_per_epoch"], "input_shape": reports[0]["input_shape"],
+            "lesion_slices_never_drawn": int(sum(r["lesion_slices_never_drawn"] for r in reports))}
+
+
+def run_one(cfg: dict, run: dict, plane: str, fold: int, depth: int = 4,
+            materialise: bool = False) -> dict[str, Any]:
     """Write ``05_prepare_arrays/<plane>/fold_<k>/`` (sets.csv, batches.csv, summary.json[, x/y .npy])."""
     plan = _plan_sets(cfg, run, plane, fold, depth)
     sets = _sets_from_plan(plan, section(cfg, "arrays", DEFAULTS), plane, int(run["seed"]))
@@ -556,7 +581,8 @@ def run(cfg: dict, run: dict, plane: str = "axial", fold: int = 1, depth: int = 
     save_json(summary, out / "summary.json")
     log.info("%s fold %d: %d steps x %d (%d lesion + %d normal), input %s -> %s", plane, fold, ds.steps,
              ds.batch_size, ds.n_lesion, ds.batch_size - ds.n_lesion, sets.input_shape, out)
-    return {"dir": str(out), "steps_per_epoch": ds.steps, "input_shape": list(sets.input_shape),
+    return {"dir": str(out), "plane": plane, "fold": int(fold), "steps_per_epoch": ds.steps,
+            "input_shape": list(sets.input_shape),
             "lesion_slices_never_drawn": never}
 
 
@@ -587,8 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Reads 03_moving_converting/index.csv + stacks and 04_cross_validation/{subject_folds,<plane>_folds}.csv;\n"
         "writes 05_prepare_arrays/<plane>/fold_<k>/sets.csv, batches.csv, summary.json.",
     )
-    parser.add_argument("--plane", default="axial", help="axial, sagittal or coronal (default axial)")
-    parser.add_argument("--fold", type=int, default=1, help="validation fold k (default 1)")
+    parser.add_argument("--plane", default="all", help="axial, sagittal, coronal or all (default: all)")
+    parser.add_argument("--fold", type=int, default=0, help="validation fold k (default 0 = every fold)")
     parser.add_argument("--depth", type=int, default=4, help="network down-sampling depth: pad to 2**depth")
     parser.add_argument("--batch-size", type=int, help="slices per training batch")
     parser.add_argument("--steps-per-epoch", type=int, help="0 = every lesion slice once per epoch")
@@ -596,15 +622,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--materialise", action="store_true", help="also write epoch 0 as x/y .npy arrays")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    try:
-        check_plane(args.plane)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    if args.plane != "all":
+        try:
+            check_plane(args.plane)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     opts = section(cfg, "arrays", DEFAULTS)
     override(opts, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
              augment=True if args.augment else None)
     summary = run({**cfg, "arrays": opts}, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth,
                   materialise=args.materialise)
-    print(f"{summary['steps_per_epoch']} steps/epoch, input shape {tuple(summary['input_shape'])}, "
-          f"{summary['lesion_slices_never_drawn']} lesion slice(s) never drawn -> {summary['dir']}")
+    for r in summary["reports"]:
+        print(f"{r['plane']} fold {r['fold']}: {r['steps_per_epoch']} steps/epoch, input shape "
+              f"{tuple(r['input_shape'])}, {r['lesion_slices_never_drawn']} lesion slice(s) never drawn -> {r['dir']}")
     return 0

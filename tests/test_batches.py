@@ -231,7 +231,7 @@ def test_inner_val_stratified_by_volume(work):
 def test_stage_run_writes_report(work, tmp_path):
     cfg = _cfg()
     summary = run(cfg, _run_cfg(work), plane="axial", fold=1, depth=2, materialise=True)
-    out = Path(summary["dir"])
+    out = Path(summary["dirs"][0])
     assert out == work / "05_prepare_arrays" / "axial" / "fold_1"
     report = json.loads((out / "summary.json").read_text())
     assert report["lesion_slices_never_drawn"] == 0 and report["steps_per_epoch"] == summary["steps_per_epoch"]
@@ -250,9 +250,9 @@ def test_stage_run_writes_report(work, tmp_path):
     sets = pd.read_csv(out / "sets.csv")
     assert list(sets.columns) == ["subject", "role", "fold"] and len(sets) == N_SUBJECTS
     first = (out / "batches.csv").read_bytes()
-    assert main(["--work-dir", str(work), "--seed", "7", "--plane", "axial", "--fold", "1", "--depth", "2",
-                 "--batch-size", "8"]) == 0  # default inner_val_fraction 0.1 -> other sets, same format
-    assert (out / "batches.csv").is_file() and (out / "batches.csv").read_bytes() != b""
+    assert main(["--work-dir", str(work), "--seed", "7", "--depth", "2", "--batch-size", "8"]) == 0
+    for k in (1, 2, 3):  # no --plane/--fold: every plane with a folds table, every fold
+        assert (work / "05_prepare_arrays" / "axial" / f"fold_{k}" / "summary.json").is_file()
     run(cfg, _run_cfg(work), plane="axial", fold=1, depth=2)
     assert (out / "batches.csv").read_bytes() == first  # re-run, same seed: identical report
 
