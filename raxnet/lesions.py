@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from raxnet.planes import PLANES, check_plane, to_slices
+from raxnet.planes import PLANE_AXIS, PLANES, check_plane, to_slices
 
 #: Seitzman ROI labels counted as cortex (hippocampus is allocortex; amygdala is a nucleus).
 CORTICAL_REGIONS = frozenset({"cortexL", "cortexR", "cortexMid", "hippocampus"})
@@ -67,14 +67,22 @@ def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np
     mask = np.asarray(mask) > 0
     if mask.ndim != 3:
         raise ValueError(f"components expects a 3D mask, got {mask.ndim}D")
-    labels, n = ndi.label(mask, structure=_structure(connectivity))
-    if n == 0:
-        return labels.astype(np.int32), np.zeros(0, dtype=np.int64)
+    structure = _structure(connectivity)
+    out = np.zeros(mask.shape, dtype=np.int32)
+    if not mask.any():
+        return out, np.zeros(0, dtype=np.int64)
+    # Label only the lesion's bounding box: lesions fill a small part of a 1 mm volume.
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    labels, n = ndi.label(mask[tuple(box)], structure=structure)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     remap = np.zeros(n + 1, dtype=np.int32)
     remap[order + 1] = np.arange(1, n + 1, dtype=np.int32)
-    return remap[labels], sizes[order].astype(np.int64)
+    out[tuple(box)] = remap[labels]
+    return out, sizes[order].astype(np.int64)
 
 
 def voxel_volume(affine: np.ndarray) -> float:
@@ -347,19 +355,20 @@ def slice_stats(mask: np.ndarray, plane: str, brain: np.ndarray | None = None, c
     boolean brain mask on the same grid; ``<NA>`` when None). Stage 01 passes the template brain mask
     on the ATLAS grid (ATLAS T1s are not skull-stripped) and the T1 foreground elsewhere.
     """
-    check_plane(plane)
-    stack = to_slices(np.asarray(mask) > 0, plane)
+    axis = PLANE_AXIS[check_plane(plane)]
+    others = tuple(a for a in range(3) if a != axis)
+    mask = np.asarray(mask) > 0
+    stack = to_slices(mask, plane)
     n = stack.shape[0]
-    lesion = stack.reshape(n, -1).sum(axis=1).astype(np.int64)
+    lesion = np.count_nonzero(mask, axis=others).astype(np.int64)
     structure = ndi.generate_binary_structure(2, {8: 2, 4: 1}[int(connectivity)])
     n_les = np.zeros(n, dtype=np.int64)
     for i in np.flatnonzero(lesion):
         n_les[i] = ndi.label(stack[i], structure=structure)[1]
     if brain is not None:
-        bstack = to_slices(np.asarray(brain) > 0, plane)
-        if bstack.shape != stack.shape:
-            raise ValueError(f"brain mask shape {np.shape(brain)} does not match mask {np.shape(mask)}")
-        brain_px = pd.array(bstack.reshape(n, -1).sum(axis=1).astype(np.int64), dtype="Int64")
+        if np.shape(brain) != mask.shape:
+            raise ValueError(f"brain mask shape {np.shape(brain)} does not match mask {mask.shape}")
+        brain_px = pd.array(np.count_nonzero(brain, axis=others).astype(np.int64), dtype="Int64")
     else:
         brain_px = pd.array([pd.NA] * n, dtype="Int64")
     return pd.DataFrame(
