@@ -25,7 +25,8 @@ three ``fold_<k>`` models, which never saw it (folds without all three models ar
 listed in ``errors.csv``). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
 on the train set ``weighted`` is very slightly optimistic; on the hold-out it is not.
 
-``evaluate_only`` scores existing masks (``<subject>_<method>.nii.gz`` or ``<subject>.nii.gz``) instead.
+``evaluate_only`` scores existing masks (``<subject>_<method>.nii.gz`` or ``<subject>.nii.gz``) instead,
+writing the same tables under ``08_fusion/evaluate_<folder name>/``.
 
 A subject whose input is missing or corrupt appears in ``subject_metrics.csv`` with its error and NaN
 metrics, so every hold-out subject is accounted for. Metric semantics: :mod:`raxnet.metrics`.
@@ -564,15 +565,16 @@ def plot_dice_boxplot(df: pd.DataFrame, methods: Sequence[str], path: Path) -> P
     from raxnet.plotting import plt
 
     sets = list(dict.fromkeys(df["set"]))
-    fig, axes = plt.subplots(1, len(sets), figsize=(max(6.0, 0.9 * len(methods) + 2) * len(sets), 4.8), squeeze=False)
-    for ax, set_name in zip(axes[0], sets):
+    fig, axes = plt.subplots(len(sets), 1, figsize=(max(6.0, 0.75 * len(methods) + 2.5), 4.6 * len(sets)),
+                             squeeze=False)
+    for ax, set_name in zip(axes[:, 0], sets):
         g = df[(df["set"] == set_name) & (df["error"].fillna("") == "")]
         data = [pd.to_numeric(g[g["method"] == m]["dice"], errors="coerce").dropna().to_numpy() for m in methods]
         ax.boxplot(data, showmeans=True, widths=0.6)
         ax.set_xticks(range(1, len(methods) + 1), list(methods), rotation=30, ha="right")
         n_subj = g["subject"].nunique()
         n_fail = df[(df["set"] == set_name)]["subject"].nunique() - n_subj
-        ax.set_title(f"3D Dice per subject — {set_name} (n={n_subj}, failed={n_fail})")
+        ax.set_title(f"3D Dice per subject — {set_name} (n={n_subj} scored, {n_fail} failed and not shown)")
         ax.set_xlabel("method")
         ax.set_ylabel("3D Dice")
         ax.set_ylim(-0.02, 1.02)
@@ -587,8 +589,8 @@ def plot_dice_by_volume_bin(df: pd.DataFrame, methods: Sequence[str], path: Path
 
     df = df.assign(_bin=_volume_bins(df))
     sets = list(dict.fromkeys(df["set"]))
-    fig, axes = plt.subplots(1, len(sets), figsize=(7.5 * len(sets), 4.8), squeeze=False)
-    for ax, set_name in zip(axes[0], sets):
+    fig, axes = plt.subplots(len(sets), 1, figsize=(8.0, 4.8 * len(sets)), squeeze=False)
+    for ax, set_name in zip(axes[:, 0], sets):
         g = df[(df["set"] == set_name) & (df["error"].fillna("") == "")]
         if g.empty:
             ax.set_title(f"{set_name}: no subject scored")
@@ -600,7 +602,7 @@ def plot_dice_by_volume_bin(df: pd.DataFrame, methods: Sequence[str], path: Path
             gm = g[g["method"] == m]
             stats = gm.groupby("_bin")["dice"].agg(["mean", "std", "count"]).reindex(order)
             se = (stats["std"] / np.sqrt(stats["count"])).fillna(0.0)
-            offset = (i - (len(methods) - 1) / 2) * 0.04
+            offset = (i - (len(methods) - 1) / 2) * min(0.04, 0.4 / len(methods))  # dodge overlapping points
             ax.errorbar(x + offset, stats["mean"], yerr=se, marker="o", capsize=3, label=m)
         counts = g.drop_duplicates("subject").groupby("_bin").size().reindex(order).fillna(0).astype(int)
         ax.set_xticks(x, [f"{b}\n(n={counts[b]})" for b in order])
@@ -799,6 +801,9 @@ def find_predictions(pred_dir: Path, subjects: Sequence[str]) -> dict[str, dict[
 def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path) -> dict[str, Any]:
     """Score existing masks in ``pred_dir`` against the ground truth of subjects.csv.
 
+    Writes the same files as :func:`run` (subject_metrics.csv, summary.csv, errors.csv, figures, qc/)
+    under ``<work>/08_fusion/evaluate_<name of pred_dir>/``.
+
     Subjects are split.csv's hold-out (plus train with ``oof``), or all of subjects.csv (set "all") if
     there is no split.csv. A missing, corrupt, non-binary or wrong-grid prediction is an error row for
     that subject and method.
@@ -808,7 +813,8 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction directory not found")
-    out = stage_dir(work, "fusion", create=True)
+    # A sub-folder, so scoring other masks never overwrites the stage's own fusion results.
+    out = stage_dir(work, "fusion", create=True) / f"evaluate_{pred_dir.resolve().name}"
     subjects = load_subjects(work, data_root, oof=bool(f["oof"]), need_split=False)
     preds = find_predictions(pred_dir, [s.subject for s in subjects])
     found = {m for d in preds.values() for m in d}

@@ -287,11 +287,14 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
     info = json.loads((out / "fusion.json").read_text())
     assert info["holdout_folds"]["axial"] == [1] and info["weight_source"].startswith("cross-validation")
 
-    # evaluate-only on the masks just written reproduces the metrics exactly (independent path)
+    # evaluate-only on the masks just written reproduces the metrics exactly (independent path), in
+    # its own folder: the fusion results are not overwritten
+    before = (out / "subject_metrics.csv").read_bytes()
     ev = F.evaluate_only({"fusion": {"oof": True, "qc": False}},
                          {"work_dir": str(work), "data_root": str(root)}, out / "masks")
-    assert ev["methods"] == methods
-    df2 = pd.read_csv(out / "subject_metrics.csv", keep_default_na=False, na_values=[""])
+    assert ev["methods"] == methods and ev["out_dir"] == str(out / "evaluate_masks")
+    assert (out / "subject_metrics.csv").read_bytes() == before
+    df2 = pd.read_csv(out / "evaluate_masks" / "subject_metrics.csv", keep_default_na=False, na_values=[""])
     ok2 = df2[df2["error"].isna()].set_index(["subject", "method"]).sort_index()
     ok1 = df[df["error"].isna()].set_index(["subject", "method"]).sort_index()
     pd.testing.assert_frame_equal(ok1[list(M.METRIC_KEYS[:8])], ok2[list(M.METRIC_KEYS[:8])])
@@ -338,7 +341,7 @@ def test_evaluate_only_missing_corrupt_and_wrong_grid_predictions(tmp_path):
     # sub-e: no prediction at all
     res = F.evaluate_only({"fusion": {"qc": True}}, {"work_dir": str(work), "data_root": str(root)}, pred)
     assert res["methods"] == ["mine"]
-    df = pd.read_csv(work / "08_fusion" / "subject_metrics.csv").set_index("subject")
+    df = pd.read_csv(work / "08_fusion" / "evaluate_pred" / "subject_metrics.csv").set_index("subject")
     assert list(df.index) == names
     assert df.loc["sub-a", "dice"] == 1.0
     _, truth_b = _subject_volumes(1)
@@ -347,9 +350,9 @@ def test_evaluate_only_missing_corrupt_and_wrong_grid_predictions(tmp_path):
     assert "sub-c_mine.nii.gz" in df.loc["sub-c", "error"]
     assert "shape" in df.loc["sub-d", "error"]
     assert "not found" in df.loc["sub-e", "error"]
-    summary = pd.read_csv(work / "08_fusion" / "summary.csv")
+    summary = pd.read_csv(work / "08_fusion" / "evaluate_pred" / "summary.csv")
     assert summary.loc[0, "n"] == 5 and summary.loc[0, "n_failed"] == 3
-    assert (work / "08_fusion" / "qc" / "sub-b_qc.png").is_file()
+    assert (work / "08_fusion" / "evaluate_pred" / "qc" / "sub-b_qc.png").is_file()
     with pytest.raises(Exception, match="not found"):
         F.evaluate_only({}, {"work_dir": str(work), "data_root": str(root)}, tmp_path / "nope")
 
@@ -370,6 +373,6 @@ def test_cli_main_writes_outputs(tmp_path):
     _, truth = _subject_volumes(0)
     _write(pred / "sub-a.nii.gz", truth, np.uint8)
     assert F.main(["--work-dir", str(work), "--data-root", str(root), "--evaluate-only", str(pred), "--no-qc"]) == 0
-    df = pd.read_csv(work / "08_fusion" / "subject_metrics.csv")
+    df = pd.read_csv(work / "08_fusion" / "evaluate_pred" / "subject_metrics.csv")
     assert df["method"].tolist() == ["prediction"] and df["dice"].tolist() == [1.0]
-    assert not (work / "08_fusion" / "qc").exists()
+    assert not (work / "08_fusion" / "evaluate_pred" / "qc").exists()

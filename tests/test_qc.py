@@ -1,0 +1,61 @@
+"""raxnet.qc: cut point choice and the overlay PNG (contour colours really drawn, no truth for inference)."""
+
+import numpy as np
+import pytest
+
+from raxnet import qc
+from raxnet.plotting import plt
+
+
+def _volumes():
+    t1 = np.zeros((30, 36, 28), np.float32)
+    t1[3:27, 3:33, 3:25] = 100.0
+    truth = np.zeros(t1.shape, np.uint8)
+    truth[10:16, 12:20, 8:14] = 1
+    pred = np.zeros(t1.shape, np.uint8)
+    pred[11:17, 13:21, 9:15] = 1
+    return t1, truth, pred
+
+
+def test_focus_point_truth_then_prediction_then_centre():
+    t1, truth, pred = _volumes()
+    # box 10..15 x 12..19 x 8..13: centroid (12.5, 15.5, 10.5); ties go to the first voxel in array order
+    assert qc.focus_point(truth, pred, t1.shape) == (12, 15, 10)
+    empty = np.zeros_like(truth)
+    assert qc.focus_point(empty, pred, t1.shape) == (13, 16, 11)  # prediction box shifted by one
+    assert qc.focus_point(empty, empty, t1.shape) == (15, 18, 14)
+    assert qc.focus_point(None, empty, t1.shape) == (15, 18, 14)
+    # two lesions: the centroid (10, 10, 10) is outside both; the point must be a lesion voxel
+    two = np.zeros((21, 21, 21), np.uint8)
+    two[2:5, 9:12, 9:12] = 1
+    two[15:18, 8:13, 8:13] = 1  # larger, so the centroid is pulled towards it
+    p = qc.focus_point(two, None, two.shape)
+    assert two[p] == 1 and p[0] == 15
+
+
+def _colour_pixels(png, hex_colour, tol=40):
+    img = plt.imread(str(png))[..., :3] * 255.0
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], float)
+    return int((np.abs(img - rgb).max(axis=-1) < tol).sum())
+
+
+def test_overlay_with_truth_draws_both_contours(tmp_path):
+    t1, truth, pred = _volumes()
+    path = qc.qc_overlay(t1, pred, tmp_path / "qc" / "s_qc.png", truth=truth, title="s: Dice 0.58",
+                         spacing=(1.0, 1.0, 2.0))
+    assert path.is_file()
+    assert _colour_pixels(path, qc.TRUTH_COLOUR) > 50
+    assert _colour_pixels(path, qc.PRED_COLOUR) > 50
+    assert not list((tmp_path / "qc").glob(".*"))  # atomic write left no temp file
+
+
+def test_overlay_without_truth_and_empty_masks(tmp_path):
+    t1, _, pred = _volumes()
+    path = qc.qc_overlay(t1, pred, tmp_path / "pred_qc.png", title="inference")
+    assert _colour_pixels(path, qc.PRED_COLOUR) > 50
+    assert _colour_pixels(path, qc.TRUTH_COLOUR) < 5  # only in the legend? no: no truth, no legend entry
+    # both empty: still a valid figure (centre cut), no contour
+    path = qc.qc_overlay(t1, np.zeros_like(pred), tmp_path / "empty_qc.png", truth=np.zeros_like(pred))
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="shape"):
+        qc.qc_overlay(t1, pred[:-1], tmp_path / "bad.png")
