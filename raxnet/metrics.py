@@ -90,6 +90,23 @@ def _spacing(spacing: Spacing, ndim: int) -> tuple[float, ...]:
     return sp
 
 
+def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union, padded by one background voxel.
+
+    Every metric here is unchanged by this (all foreground, every component and every surface voxel
+    stays inside; outside was background or the array border, which erosion also treats as background)
+    and a whole-brain 1 mm volume shrinks to the lesion's neighbourhood.
+    """
+    union = p | t
+    if not union.any():
+        return p, t
+    box = []
+    for axis in range(union.ndim):
+        hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        box.append(slice(hit[0], hit[-1] + 1))
+    return np.pad(p[tuple(box)], 1), np.pad(t[tuple(box)], 1)
+
+
 def _ratio(num: int, den: int, both_empty: bool) -> float:
     if den == 0:
         return 1.0 if both_empty else 0.0
@@ -157,13 +174,7 @@ def surface_distances(
     if not p.any() or not t.any():
         raise ValueError("surface distances need two non-empty masks")
     sp = _spacing(spacing, p.ndim)
-    # Crop to the joint bounding box and pad one background voxel: every surface voxel stays inside, so
-    # Euclidean distances are unchanged and whole-brain volumes stay fast. Outside the box is background
-    # (or the array border, which erosion with border_value=0 also treats as background).
-    idx = np.argwhere(p | t)
-    box = tuple(slice(a, b + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0)))
-    p = np.pad(p[box], 1)
-    t = np.pad(t[box], 1)
+    p, t = _crop_to_union(p, t)
     s_p = _surface(p, connectivity)
     s_t = _surface(t, connectivity)
     dist_to_t = ndimage.distance_transform_edt(~s_t, sampling=sp)
@@ -240,6 +251,7 @@ def evaluate(
     ``lesion_voxels`` / ``pred_voxels`` are the truth / prediction voxel counts; ``hd95_mm`` may be NaN.
     """
     p, t = _pair(prediction, truth)
+    p, t = _crop_to_union(p, t)
     c = lesion_detection(p, t, connectivity=connectivity)
     denom = c["tp"] + (c["fp"] + c["fn"]) / 2.0
     vd_vox, vd_mm3 = volume_difference(p, t, spacing=spacing)

@@ -154,3 +154,19 @@ def test_evaluate_keys_and_values():
     assert r["lesion_voxels"] == 4 and r["pred_voxels"] == 3
     # truth line z 0..3 (2 mm steps) vs prediction z 1..3: all surface, distances 2,0,0,0 and 0,0,0
     assert r["hd95_mm"] == pytest.approx(np.percentile([2, 0, 0, 0, 0, 0, 0], 95))
+
+
+def test_evaluate_invariant_to_zero_padding_and_border():
+    # metrics are computed on the union's bounding box: embedding in a larger empty volume (and masks
+    # touching the array border) must not change a single value
+    rng = np.random.default_rng(3)
+    p = (rng.random((7, 8, 6)) > 0.6).astype(np.uint8)
+    t = (rng.random((7, 8, 6)) > 0.55).astype(np.uint8)
+    small = M.evaluate(p, t, spacing=(1.0, 2.0, 0.5), connectivity=18)
+    big_p = np.zeros((30, 31, 32), np.uint8)
+    big_t = np.zeros_like(big_p)
+    big_p[5:12, 9:17, 20:26] = p
+    big_t[5:12, 9:17, 20:26] = t
+    big = M.evaluate(big_p, big_t, spacing=(1.0, 2.0, 0.5), connectivity=18)
+    assert small == pytest.approx(big)
+    assert 0 < small["dice"] < 1 and small["hd95_mm"] > 0
