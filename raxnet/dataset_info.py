@@ -337,7 +337,7 @@ def _frequency_figure(freq: np.ndarray, ref_img: Any, n: int, path: Path, dpi: i
     peak_mm = affine[:3, :3] @ np.asarray(peak, dtype=float) + affine[:3, 3]
     pct = 100.0 * freq / max(n, 1)
     vmax = max(float(pct.max()), 1e-6)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5), layout="constrained")
     cuts = [("sagittal", 0, "x"), ("coronal", 1, "y"), ("axial", 2, "z")]
     im = None
     for ax, (plane, axis, name) in zip(axes, cuts):
