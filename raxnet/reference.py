@@ -8,8 +8,9 @@ can run, and be tested, at the real scale and on the real heavy-tailed lesion di
 * ``subjects.csv``: image paths are empty (there are no images); ``lesion_volume_mm3`` = ``lesion_voxels``
   (1 mm grid); the lesion centroid is exact, computed from the per-slice lesion areas (the centroid along
   an axis is the area-weighted mean slice index of the plane that slices that axis), converted to mm with
-  the ATLAS affine; ``hemisphere`` is the side of that centroid (``left`` x < 0, ``right`` x > 0,
-  ``midline``); per-lesion sizes, ``location`` and ``shape`` are not in the tables and stay empty.
+  the ATLAS affine; ``hemisphere`` follows stage 01's rule (``raxnet.lesions``: ``bilateral`` if the
+  minority side holds >= 5 % of the lesion voxels, else the majority side), exact from the sagittal areas;
+  per-lesion sizes, ``location`` and ``shape`` are not in the tables and stay empty.
 * ``slices_<plane>.csv``: every slice of every subject (lesion-free slices get ``lesion_pixels`` 0);
   ``brain_pixels`` is the slice's area in nilearn's MNI152 2009a brain mask, the same for every subject
   since all ATLAS images are in that space.
@@ -113,8 +114,16 @@ def reference_to_stage01(reference_dir: str | Path, work_dir: str | Path) -> dic
         area = df.groupby("subject")["lesion_pixels"].sum()
         centre = (weighted / area).reindex(table["subject"]).to_numpy(float)
         table[f"centroid_{axis_name}_mm"] = np.round(centre * ATLAS_AFFINE[axis, axis] + origin[axis], 2)
-    x = table["centroid_x_mm"].to_numpy()
-    table["hemisphere"] = np.where(x < 0, "left", np.where(x > 0, "right", "midline"))
+    # Stage 01's rule (raxnet.lesions), exact from the sagittal areas: a sagittal slice is one x.
+    from raxnet.lesions import BILATERAL_FRACTION, _hemisphere
+
+    sag = lesion_slices["sagittal"]
+    x_mm = sag["slice"] * ATLAS_AFFINE[0, 0] + origin[0]
+    left = sag["lesion_pixels"].where(x_mm < 0, 0).groupby(sag["subject"]).sum()
+    right = sag["lesion_pixels"].where(x_mm > 0, 0).groupby(sag["subject"]).sum()
+    table["hemisphere"] = [
+        _hemisphere(int(left.get(s, 0)), int(right.get(s, 0)), BILATERAL_FRACTION) for s in table["subject"]
+    ]
     table["location"] = ""
     table["shape"] = ""
     table["spacing_mm"] = 1.0
