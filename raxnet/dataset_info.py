@@ -278,7 +278,7 @@ def make_figures(
     paths["fig_volume"] = save_figure(fig, out / "lesion_volume_distribution.png", dpi=dpi)
 
     # 2. per-slice lesion area per plane
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=False)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), layout="constrained")
     for ax, plane in zip(axes, PLANES):
         df = slices[plane]
         area = df.loc[df["lesion_pixels"] > 0, "lesion_pixels"].to_numpy(dtype=float)
