@@ -52,7 +52,6 @@ DEFAULTS: dict[str, Any] = {
     "model": "raxnet",  # model(s) to train, comma-separated for compare mode (raxnet.models.MODEL_NAMES)
     "loss": DEFAULT_LOSS,  # loss(es), comma-separated for compare mode (raxnet.losses.LOSS_NAMES)
     "epochs": 60,  # maximum epochs (early stopping usually ends sooner)
-    "steps_per_epoch": 0,  # training batches per epoch; 0 = the whole stage-05 training set
     "validation_steps": 0,  # inner-validation batches per epoch; 0 = all
     "optimizer": "adamw",  # adam | adamw
     "learning_rate": 1e-3,  # initial learning rate
@@ -80,9 +79,11 @@ _SCHEDULES = ("plateau", "cosine", "constant")
 _OPTIMIZERS = ("adam", "adamw")
 #: [train] keys that change what a run computes: a checkpoint made with other values is not resumed.
 _FINGERPRINT_KEYS = (
-    "steps_per_epoch", "validation_steps", "optimizer", "learning_rate", "weight_decay", "clipnorm",
+    "validation_steps", "optimizer", "learning_rate", "weight_decay", "clipnorm",
     "schedule", "lr_factor", "lr_patience", "min_lr", "mixed_precision",
 )
+#: [arrays] keys that only change how batches are served, not which: free to change on resume.
+_ARRAYS_RUNTIME_KEYS = ("workers", "use_multiprocessing", "max_queue_size", "max_open_stacks")
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "dice", "val_dice", "lr", "time"]
 METRIC_COLUMNS = ["lesion_slice_dice", "all_slice_dice", "dice_3d_mean"]
 COMPARISON_COLUMNS = [
@@ -160,7 +161,7 @@ def settings(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("epochs",):
         if int(t[key]) < 1:
             raise ConfigError(f"[train].{key} must be >= 1")
-    for key in ("steps_per_epoch", "validation_steps", "patience", "lr_patience"):
+    for key in ("validation_steps", "patience", "lr_patience"):
         if int(t[key]) < 0:
             raise ConfigError(f"[train].{key} must be >= 0")
     if not (0.0 < float(t["lr_factor"]) < 1.0):
@@ -204,7 +205,7 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
         "loss": loss_name,
         "seed": int(seed),
         "model": model_cfg,
-        "arrays": arrays,
+        "arrays": {k: v for k, v in arrays.items() if k not in _ARRAYS_RUNTIME_KEYS},
         "train": {k: train[k] for k in _FINGERPRINT_KEYS},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -214,7 +215,7 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
 
 
 class _Limited:
-    """A PyDataset view limited to the first ``n`` batches (``steps_per_epoch``)."""
+    """A PyDataset view limited to its first ``n`` batches (``validation_steps``)."""
 
     def __new__(cls, ds: Any, n: int) -> Any:
         import keras
@@ -232,6 +233,10 @@ class _Limited:
 
             def __getitem__(self, i: int) -> Any:
                 return self.ds[i]
+
+            def on_epoch_begin(self) -> None:
+                if hasattr(self.ds, "on_epoch_begin"):
+                    self.ds.on_epoch_begin()
 
             def on_epoch_end(self) -> None:
                 if hasattr(self.ds, "on_epoch_end"):
@@ -556,7 +561,9 @@ def train_one(
     _seed_everything(seed, bool(train["deterministic"]))
     depth = int(model_cfg["depth"])
     sets = batches.build_training_sets(cfg, run, plane, fold, depth)
-    train_ds = _Limited(sets.train, int(train["steps_per_epoch"]))
+    train_ds = sets.train
+    if state["epoch"] and hasattr(train_ds, "set_epoch"):
+        train_ds.set_epoch(state["epoch"])  # epoch e's batches are drawn from (seed, e): same as uninterrupted
     val_ds = _Limited(sets.inner_val, int(train["validation_steps"]))
     roles = sets.subjects
     val_subjects = sorted(roles.loc[roles["role"] == "val", "subject"].astype(str))
@@ -728,20 +735,22 @@ def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dic
     ``{"planes": {plane: {"lesion_slice_dice", "dice_3d"}}`` for the first model/loss, ``"results"``
     (same, per run name), ``"runs"`` (run folders) and ``"comparison"`` (csv path, compare mode only).
     """
-    import keras
     from tqdm.auto import tqdm
 
     train = settings(cfg)
+    planes = parse_planes(train["planes"])
+    # Stage-04 folds first: a missing earlier stage is reported before TensorFlow is imported.
+    folds = parse_folds(train["folds"], read_subject_folds(run["work_dir"])["fold"].unique())
     models_ = model_names(cfg)
     losses_ = loss_names(cfg)
-    planes = parse_planes(train["planes"])
-    folds = parse_folds(train["folds"], read_subject_folds(run["work_dir"])["fold"].unique())
     jobs = [(p, f, m, l) for p in planes for f in folds for m in models_ for l in losses_]
     compare = len(models_) * len(losses_) > 1
     infos: list[dict[str, Any]] = []
     for i, (plane, fold, model_name, loss_name) in enumerate(tqdm(jobs, desc="stage 07 runs", unit="run")):
         if i:
-            keras.backend.clear_session()
+            import keras
+
+            keras.backend.clear_session()  # frees the previous run's graphs and weights
             gc.collect()
         infos.append(train_one(cfg, run, plane, fold, model_name, loss_name, force=force))
         write_results(run["work_dir"], model_name, loss_name, plane)
@@ -779,7 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", help="model name(s), comma-separated (raxnet, unet, attention_unet, xception_unet)")
     parser.add_argument("--loss", help="loss name(s), comma-separated (default tversky_focal)")
     parser.add_argument("--epochs", type=int, help="maximum epochs")
-    parser.add_argument("--steps-per-epoch", type=int, help="training batches per epoch (0 = all)")
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="training batches per epoch ([arrays].steps_per_epoch; 0 = every lesion slice once)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                         help="continue interrupted runs from their checkpoint (default from config: yes)")
     parser.add_argument("--force", action="store_true", help="retrain runs that are already finished")
@@ -790,10 +800,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = section(cfg, "train", DEFAULTS)
     override(
         train, planes=args.plane, folds=args.fold, model=args.model, loss=args.loss, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, resume=args.resume, mixed_precision=args.mixed_precision,
-        xla=args.xla,
+        resume=args.resume, mixed_precision=args.mixed_precision, xla=args.xla,
     )
     cfg = {**cfg, "train": train}
+    if args.steps_per_epoch is not None:
+        from raxnet import batches
+
+        cfg["arrays"] = override(section(cfg, "arrays", batches.DEFAULTS), steps_per_epoch=args.steps_per_epoch)
     summary = run(cfg, run_, force=args.force)
     for name, planes in summary["results"].items():
         for plane, r in planes.items():

@@ -21,6 +21,8 @@ from raxnet.planes import to_slices
 SUBJECTS = [f"sub-t{i:02d}" for i in range(1, 7)]
 SHAPE = (16, 16, 12)  # axial slices 16x16, 12 of them
 PLANE = "axial"
+#: The plain U-Net traces about twice as fast as RAX-Net: the stage-07 mechanics are the same.
+MODEL = "unet"
 
 
 def _toy_subject(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -71,11 +73,11 @@ def make_work_dir(work: Path, seed: int = 0) -> Path:
 
 def _cfg(epochs: int, **train: object) -> dict:
     return {
-        "train": {"model": "raxnet", "loss": "tversky_focal", "epochs": epochs, "steps_per_epoch": 3,
+        "train": {"model": MODEL, "loss": "tversky_focal", "epochs": epochs,
                   "validation_steps": 2, "planes": PLANE, "folds": "1", "optimizer": "adam",
                   "learning_rate": 3e-3, "patience": 0, "verbose": 0, "predict_batch_size": 8, **train},
         "model": {"width": 4, "depth": 2},
-        "arrays": {"batch_size": 4},
+        "arrays": {"batch_size": 4, "steps_per_epoch": 3},
     }
 
 
@@ -86,7 +88,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = make_work_dir(tmp_path_factory.mktemp("train_work"))
     run = {"work_dir": str(work), "seed": 7, "jobs": 1}
     first = training.run(_cfg(1), run)
-    out = training.run_dir(work, "raxnet", "tversky_focal", PLANE, 1)
+    out = training.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
     history1 = pd.read_csv(out / "history.csv")
     run1 = json.loads((out / "run.json").read_text())
     second = training.run(_cfg(3), run)
@@ -106,12 +108,12 @@ def test_outputs_exist(trained: dict) -> None:
     for name in ("model.keras", "history.csv", "run.json", "metrics.csv", "subject_dice.csv", "last.keras",
                  "state.json", "best.weights.h5"):
         assert (out / name).is_file(), name
-    assert out == trained["work"] / "07_train" / "raxnet" / "axial" / "fold_1"
+    assert out == trained["work"] / "07_train" / MODEL / "axial" / "fold_1"
     info = json.loads((out / "run.json").read_text())
     for key in ("plane", "fold", "model", "loss", "best_epoch", "best_val_loss", "epochs_run", "train_time_s",
                 "time_to_best_s", "params", "input_shape", "seed", "config"):
         assert key in info, key
-    assert (info["plane"], info["fold"], info["model"], info["loss"]) == ("axial", 1, "raxnet", "tversky_focal")
+    assert (info["plane"], info["fold"], info["model"], info["loss"]) == ("axial", 1, MODEL, "tversky_focal")
     assert info["input_shape"] == [16, 16, 1] and info["seed"] == 7
     assert 1 <= info["best_epoch"] <= info["epochs_run"] == 3
     assert 0 < info["time_to_best_s"] <= info["train_time_s"]
@@ -168,7 +170,7 @@ def test_metrics_columns_and_ranges(trained: dict) -> None:
 
 
 def test_results_csv_aggregates(trained: dict) -> None:
-    res = pd.read_csv(trained["work"] / "07_train" / "raxnet" / "results_axial.csv", dtype={"fold": str})
+    res = pd.read_csv(trained["work"] / "07_train" / MODEL / "results_axial.csv", dtype={"fold": str})
     assert res["fold"].tolist() == ["1", "mean", "sd"]
     m = pd.read_csv(trained["out"] / "metrics.csv").iloc[0]
     for col in training.METRIC_COLUMNS:
@@ -199,7 +201,7 @@ def test_model_reloads_in_fresh_process(trained: dict, tmp_path: Path) -> None:
 
 def test_changed_settings_refuse_to_resume(trained: dict) -> None:
     with pytest.raises(ConfigError, match="--force"):
-        training.train_one(_cfg(3, learning_rate=1e-2), trained["run"], PLANE, 1, "raxnet", "tversky_focal")
+        training.train_one(_cfg(3, learning_rate=1e-2), trained["run"], PLANE, 1, MODEL, "tversky_focal")
 
 
 # --------------------------------------------------------------------------------- hand-computed
@@ -256,10 +258,14 @@ def test_settings_validation() -> None:
 
 
 def test_cli_rejects_unknown_model_and_missing_folds(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown model"):
-        training.main(["--work-dir", str(tmp_path), "--model", "resnet"])
     with pytest.raises(StageInputError, match="subject_folds.csv"):
         training.main(["--work-dir", str(tmp_path), "--plane", "axial"])
+    (tmp_path / "04_cross_validation").mkdir()
+    pd.DataFrame({"subject": ["a", "b"], "fold": [1, 2]}).to_csv(tmp_path / "04_cross_validation" / "subject_folds.csv")
+    with pytest.raises(ConfigError, match="unknown model"):
+        training.main(["--work-dir", str(tmp_path), "--model", "resnet"])
+    with pytest.raises(ConfigError, match="not in stage-04 folds"):
+        training.main(["--work-dir", str(tmp_path), "--fold", "3"])
 
 
 def test_cli_script_exits_nonzero_on_bad_input(tmp_path: Path) -> None:
