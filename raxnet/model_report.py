@@ -82,8 +82,6 @@ def run(
     shape: tuple[int, int, int] | None = None,
 ) -> dict[str, Any]:
     """Build ``models`` (default all of MODEL_NAMES) for ``planes`` and write models.csv + summary.txt."""
-    import keras
-
     from raxnet.models.flops import count_flops
 
     model_cfg = section(cfg, "model", DEFAULTS)
@@ -119,7 +117,6 @@ def run(
             )
             summaries.append(f"=== {name} / {plane} (input {row['input_shape']}) ===\n{_summary_text(model)}\n")
             del model
-            keras.backend.clear_session()
 
     table = pd.DataFrame(rows, columns=COLUMNS)
     csv_path = save_csv(table, out_dir / "models.csv")
