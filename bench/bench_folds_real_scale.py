@@ -6,7 +6,7 @@ stage 04 (5 folds) in-process, checks the leakage invariants and prints, per pla
 deviation of any fold's lesion-area histogram from the whole train set's and the smallest KS / Mann-Whitney
 p-value of a fold against the other folds, plus the same for subject lesion volume.
 
-    python bench/bench_folds_real_scale.py [--reference DIR] [--work-dir DIR] [--seed 42] [--json]
+    python bench/bench_folds_real_scale.py [--reference DIR] [--work-dir DIR] [--seed 42] [--json] [--baseline]
 
 Peak memory is the process's maximum resident set size (imports and the conversion included).
 """
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--baseline", action="store_true",
+                   help="also print the balance of the volume-stratified deal alone (no swap search)")
     args = p.parse_args(argv)
     if not Path(args.reference).is_dir():
         print(f"reference tables not found: {args.reference}", file=sys.stderr)
@@ -96,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(pd.DataFrame(result["balance"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"time: convert {result['seconds_convert']} s, stage 02 {result['seconds_split']} s, "
               f"stage 04 {result['seconds_folds']} s; peak RSS {result['peak_rss_mb']} MB")
+    if args.baseline:
+        split = pd.read_csv(work / "02_data_splitting" / "split.csv", dtype={"subject": str, "volume_bin": str})
+        slices = {p: pd.read_csv(work / "01_dataset" / f"slices_{p}.csv", dtype={"subject": str}) for p in PLANES}
+        _, _, st = folds.make_folds(split, slices, 5, args.seed, search_swaps=0, search_restarts=1)
+        print("baseline (volume-stratified deal, no swap search):")
+        print(folds.balance_summary(st).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if tmp is not None:
         tmp.cleanup()
     return 0
