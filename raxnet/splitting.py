@@ -258,7 +258,8 @@ def split_stats(split_df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     """Two-sample tests of lesion volume (train vs hold-out) and per-bin counts / fractions per set.
 
     Rows with ``row = 'test'`` hold a test's statistic and p-value; rows with ``row = 'bin'`` hold the
-    counts and fractions of one volume bin (``name`` = bin label, ``all`` = totals).
+    counts and fractions of one volume bin (``name`` = bin label, ``all`` = totals); rows with
+    ``row = 'stratum'`` the same for each stratum actually used (after merging sparse ones).
     """
     tr = split_df.loc[split_df["set"] == "train", "lesion_voxels"].to_numpy(float)
     ho = split_df.loc[split_df["set"] == "holdout", "lesion_voxels"].to_numpy(float)
@@ -277,6 +278,12 @@ def split_stats(split_df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
             "train_fraction": c_tr / n_tr, "holdout_fraction": c_ho / n_ho,
             "holdout_share": c_ho / (c_tr + c_ho) if c_tr + c_ho else np.nan,
         })
+    if "stratum" in split_df.columns:  # the strata actually used, after merging sparse ones
+        for name, g in split_df.groupby("stratum", sort=True):
+            c_tr, c_ho = int((g["set"] == "train").sum()), int((g["set"] == "holdout").sum())
+            rows.append({"row": "stratum", "name": name, "train_count": c_tr, "holdout_count": c_ho,
+                         "train_fraction": c_tr / n_tr, "holdout_fraction": c_ho / n_ho,
+                         "holdout_share": c_ho / (c_tr + c_ho)})
     cols = ["row", "name", "statistic", "p_value", "train_count", "holdout_count",
             "train_fraction", "holdout_fraction", "holdout_share"]
     out = pd.DataFrame(rows).reindex(columns=cols)

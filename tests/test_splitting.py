@@ -172,6 +172,8 @@ def test_split_stats_counts_and_tests():
     assert bins.loc["(5000, 30000]", "train_count"] == 24 and bins.loc["(5000, 30000]", "holdout_count"] == 6
     assert bins.loc["all", "train_count"] == 80 and bins.loc["(0, 5000]", "holdout_fraction"] == 0.5
     assert bins.loc["(60000, 100000]", "train_count"] == 0
+    strata = st[st["row"] == "stratum"].set_index("name")
+    assert strata["holdout_count"].to_dict() == {"(0, 5000]": 10, "(30000, 60000]": 4, "(5000, 30000]": 6}
     tests = st[st["row"] == "test"].set_index("name")
     from scipy import stats
 
