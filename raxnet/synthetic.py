@@ -35,7 +35,7 @@ the left, intersected with the subject's tissue maps; see :data:`TERRITORIES`)
     brainstem 13 % (pons, paramedian), cerebellum 12 %.
 
 Intensities
-    The lesion is hypointense: a CSF-like core 0.06-0.16 (template units, CSF ~0.31, GM ~0.66,
+    The lesion is hypointense: a CSF-like core 0.10-0.20 (template units, CSF ~0.31, GM ~0.66,
     WM ~0.84) above CSF, heterogeneous (smooth noise, SD 0.04) with a brighter gliotic rim inside the
     border, blended into the tissue with a partial-volume rim (Gaussian, sigma 0.75 mm: a ~2 mm
     transition). A lesion touching the lateral ventricle (or any lesion > 40 mL) enlarges the ipsilateral
@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "cortical_fraction": 0.63,  # share of subjects whose main lesion is cortical (real ATLAS: 63 %)
     "deform_mm": 3.0,  # SD of the random anatomical displacement at the control points (mm)
     "noise": 0.025,  # mean Rician noise SD as a fraction of the white-matter intensity
-    "bias": 0.12,  # SD of the log multiplicative bias field
+    "bias": 0.1,  # SD of the log multiplicative bias field (0.1: about +-20 % across the brain)
 }
 
 SPACE = "space-MNI152NLin2009aSym"
@@ -176,6 +176,7 @@ def volume_quantile(u: np.ndarray | float) -> np.ndarray:
     return np.exp(np.interp(u, pct, logv))
 
 
+@functools.lru_cache(maxsize=8)
 def _cortical_intercept(fraction: float) -> float:
     """Intercept ``a`` such that E_u[sigmoid(a + slope * ln(V(u)/median))] == fraction."""
     u = (np.arange(4000) + 0.5) / 4000
@@ -384,7 +385,8 @@ class _Anatomy:
         n_ctrl = [max(3, int(round(b * spacing / 25.0)) + 1) for b in box]
         coords = []
         for a in range(3):
-            disp = _smooth_field(rng, box, n_ctrl) * np.float32(deform_mm / spacing)
+            # Clipped at 2.5 SD: registered scans keep only a few mm of residual misalignment.
+            disp = np.clip(_smooth_field(rng, box, n_ctrl), -2.5, 2.5) * np.float32(deform_mm / spacing)
             scale = np.float32(1.0 + rng.uniform(-0.03, 0.03))
             ax = np.arange(box[a], dtype=np.float32)
             ax = ax + np.float32(self.lo[a]) + (ax - np.float32(box[a] / 2.0)) * (scale - 1.0) / scale
@@ -507,8 +509,8 @@ def _grow_lesion(
     return None
 
 
-def _enlarge_ventricle(anat: _Anatomy, lesion: np.ndarray, hemi: int, mm: float) -> int:
-    """Ex-vacuo dilatation of the ipsilateral lateral ventricle by ``mm``; returns voxels turned to CSF."""
+def _lateral_ventricle(anat: _Anatomy, hemi: int) -> np.ndarray:
+    """The subject's lateral ventricle on side ``hemi``: largest deep-CSF component in the ventricle box."""
     x, y, z = anat.axes_mm
     (x0, x1), (y0, y1), (z0, z1) = _VENTRICLE_BOX
     box = (
@@ -516,15 +518,17 @@ def _enlarge_ventricle(anat: _Anatomy, lesion: np.ndarray, hemi: int, mm: float)
         & ((y >= y0) & (y <= y1))[None, :, None]
         & ((z >= z0) & (z <= z1))[None, None, :]
     )
-    csf = anat.brain & (anat.gm + anat.wm < 0.35) & box
-    vent, n = ndimage.label(csf)
+    vent, n = ndimage.label(anat.brain & (anat.gm + anat.wm < 0.35) & box)
     if n == 0:
-        return 0
-    sizes = np.bincount(vent.ravel())[1:]
-    vent = vent == int(sizes.argmax()) + 1
+        return np.zeros(anat.box_shape, dtype=bool)
+    return vent == int(np.bincount(vent.ravel())[1:].argmax()) + 1
+
+
+def _enlarge_ventricle(anat: _Anatomy, lesion: np.ndarray, vent: np.ndarray, hemi: int, mm: float) -> int:
+    """Ex-vacuo dilatation of the ipsilateral lateral ventricle by ``mm``; returns voxels turned to CSF."""
     iters = max(1, int(round(mm / anat.spacing)))
     grown = ndimage.binary_dilation(vent, iterations=iters) & anat.brain & ~lesion & ~vent
-    grown &= (x * hemi > 0)[:, None, None]
+    grown &= (anat.axes_mm[0] * hemi > 0)[:, None, None]
     if grown.any():
         q = ndimage.gaussian_filter(grown.astype(np.float32), 0.6 / anat.spacing)
         q = np.maximum(q, grown.astype(np.float32))
@@ -599,12 +603,11 @@ def generate_subject(
     main_hemi = placed[0][2] if placed else plan["hemispheres"][0]
 
     # Ex-vacuo enlargement when the lesion reaches the lateral ventricle, or is large.
-    near = ndimage.binary_dilation(lesion, iterations=max(1, int(round(3 / spacing))))
-    csf_deep = anat.brain & (anat.gm + anat.wm < 0.35)
-    x_mm = anat.axes_mm[0][:, None, None]
-    touches = bool((near & csf_deep & (np.abs(x_mm) < 30)).any())
+    vent = _lateral_ventricle(anat, main_hemi)
+    near = ndimage.binary_dilation(lesion, iterations=max(1, int(round(2.0 / spacing))))
+    touches = bool((near & vent).any())
     big = lesion.sum() * spacing**3 > 40000
-    enlarged = _enlarge_ventricle(anat, lesion, main_hemi, 2.0) if (touches or big) else 0
+    enlarged = _enlarge_ventricle(anat, lesion, vent, main_hemi, 2.0) if (touches or big) else 0
 
     # Lesion intensities: CSF-like core, heterogeneous, gliotic rim, partial-volume blend.
     t1 = anat.t1
@@ -618,7 +621,7 @@ def generate_subject(
         pv = ndimage.gaussian_filter(les.astype(np.float32), 0.75 / spacing)
         pv = np.maximum(pv, 0.85 * les) * anat.brain[sl]
         depth = ndimage.distance_transform_edt(les) * spacing
-        core = CSF_LEVEL + float(rng.uniform(0.06, 0.16))
+        core = CSF_LEVEL + float(rng.uniform(0.10, 0.20))
         het = 0.04 * _smooth_noise(rng, les.shape, 1.5 / spacing)
         rim = float(rng.uniform(0.05, 0.12)) * np.exp(-np.maximum(depth - spacing, 0.0) / 1.5)
         lesion_int = np.clip(core + het + rim, CSF_LEVEL * 0.9, 0.62).astype(np.float32)
