@@ -353,7 +353,10 @@ class ModelCache:
             from raxnet.inference import load_model
 
             log.info("loading %s", path)
-            self._models[path] = load_model(path)
+            try:
+                self._models[path] = load_model(path)
+            except Exception as exc:  # Keras raises many types for a truncated or foreign file
+                raise StageInputError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
         return self._models[path]
 
     def keep_only(self, paths: Iterable[Path]) -> None:
