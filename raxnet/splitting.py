@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import override, section, stage_dir
-from raxnet.errors import ConfigError, InputError, StageInputError
+from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import save_csv, save_figure
 from raxnet.log import get_logger
 
