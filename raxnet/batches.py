@@ -240,7 +240,8 @@ class BalancedSliceDataset(SliceDataset):
     set, redrawn each epoch from ``SeedSequence([seed, epoch])``; optional seeded augmentation.
 
     Items ``0..L-1`` are the lesion slices (bin of each in ``lesion_bins``), ``L..`` the normal slices.
-    Keras calls :meth:`on_epoch_end`, which moves to the next epoch's draw; :meth:`set_epoch` resumes.
+    ``model.fit`` calls :meth:`on_epoch_begin` / :meth:`on_epoch_end`; an end that follows a begin moves
+    to the next epoch's draw. Custom loops call both hooks per epoch, or :meth:`set_epoch` (also to resume).
     """
 
     def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
