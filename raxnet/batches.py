@@ -508,10 +508,15 @@ def composition(ds: BalancedSliceDataset, epoch: int = 0) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None, depth: int = 4,
+def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None, depth: int | None = None,
         materialise: bool = False) -> dict[str, Any]:
     """Stage 05 entry point: write the report of each (plane, fold); ``None`` = every plane with a
-    ``<plane>_folds.csv`` and every fold of ``subject_folds.csv``."""
+    ``<plane>_folds.csv`` and every fold of ``subject_folds.csv``. ``depth`` defaults to ``[model] depth``
+    so the padding matches the network the configuration trains."""
+    if depth is None:
+        from raxnet.models import DEFAULTS as MODEL_DEFAULTS
+
+        depth = int(section(cfg, "model", MODEL_DEFAULTS)["depth"])
     work = Path(run["work_dir"])
     folds_dir = stage_dir(work, "folds")
     if plane is None or plane == "all":
@@ -616,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--plane", default="all", help="axial, sagittal, coronal or all (default: all)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold k (default 0 = every fold)")
-    parser.add_argument("--depth", type=int, default=4, help="network down-sampling depth: pad to 2**depth")
+    parser.add_argument("--depth", type=int, help="network down-sampling depth: pad to 2**depth (default: [model] depth)")
     parser.add_argument("--batch-size", type=int, help="slices per training batch")
     parser.add_argument("--steps-per-epoch", type=int, help="0 = every lesion slice once per epoch")
     parser.add_argument("--augment", action="store_true", help="augment the training batches")
