@@ -473,7 +473,7 @@ def _grow_lesion(
         axes = [anat.axes_mm[a][lo[a] : hi[a]] for a in range(3)]
         allowed = anat.tissue[sl] & free[sl] & _territory_in_box(territory, hemi, axes, scale=min(2.0, scale / 1.6))
         if territory != "brainstem":  # only the brainstem lesions may cross the midline
-            allowed &= (axes[0] * hemi >= -1.0)[:, None, None]
+            allowed &= (axes[0] * hemi >= 1.0)[:, None, None]
         n_allowed = int(allowed.sum())
         if n_allowed < 1.3 * target_vox and scale < 5.0:
             continue
@@ -485,6 +485,11 @@ def _grow_lesion(
         for a in range(3):
             d2 += ((rot[a, 0] * x + rot[a, 1] * y + rot[a, 2] * z) / radii[a]) ** 2
         field = 1.0 - d2 + amp * _smooth_noise(rng, allowed.shape, corr_vox)
+        if territory != "brainstem":
+            # Soft fall-off over the 10 mm next to the midline: a huge lesion ends irregularly near the
+            # falx instead of along a straight cut.
+            near_mid = np.clip((10.0 - axes[0] * hemi) / 10.0, 0.0, 1.0) ** 2
+            field -= (1.5 * near_mid).astype(np.float32)[:, None, None]
         vals = np.sort(field[allowed])[::-1]
         if vals.size == 0:
             return None
