@@ -537,6 +537,12 @@ def train_one(
     if force or not train["resume"]:
         _clear_run(out)
     state = _read_state(out)
+    if state is None and (out / "run.json").is_file() and (out / "model.keras").is_file():
+        # A finished run whose checkpoint was removed (e.g. to save disk) is still finished.
+        info = json.loads((out / "run.json").read_text())
+        if info.get("fingerprint") == fp and (info.get("stopped_early") or info.get("epochs_run", 0) >= epochs):
+            log.info("%s: finished (%d epochs, no checkpoint kept), skipped; --force retrains", tag, info["epochs_run"])
+            return info
     if state is not None and state.get("fingerprint") != fp:
         raise ConfigError(
             f"{out}: checkpoint was made with other settings (model/loss/arrays/optimizer/seed); "

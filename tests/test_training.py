@@ -148,6 +148,21 @@ def test_finished_run_is_skipped(trained: dict) -> None:
     assert trained["skip_s"] < 5.0
 
 
+def test_finished_run_without_checkpoint_is_skipped(trained: dict, tmp_path: Path) -> None:
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(trained["work"], work)
+    out = training.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    (out / "last.keras").unlink()
+    (out / "state.json").unlink()
+    run = {**trained["run"], "work_dir": str(work)}
+    t0 = time.perf_counter()
+    info = training.train_one(_cfg(3), run, PLANE, 1, MODEL, "tversky_focal")
+    assert time.perf_counter() - t0 < 5.0
+    assert info == json.loads((out / "run.json").read_text()) and info["epochs_run"] == 3
+
+
 def test_metrics_columns_and_ranges(trained: dict) -> None:
     m = pd.read_csv(trained["out"] / "metrics.csv")
     assert len(m) == 1
@@ -229,6 +244,9 @@ def test_dice_3d_semantics() -> None:
 
 
 def test_run_names_and_folders(tmp_path: Path) -> None:
+    from raxnet import losses
+
+    assert training.DEFAULT_LOSS == losses.DEFAULT_LOSS
     assert training.run_name("raxnet", "tversky_focal") == "raxnet"
     assert training.run_name("unet", "dice") == "unet-dice"
     assert training.run_dir(tmp_path, "unet", "dice", "coronal", 3) == tmp_path / "07_train" / "unet-dice" / "coronal" / "fold_3"
