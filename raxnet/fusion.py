@@ -59,20 +59,21 @@ FUSED_METHODS: tuple[str, ...] = ("mean", "vote", "weighted")
 ALL_METHODS: tuple[str, ...] = tuple(PLANES) + FUSED_METHODS
 
 DEFAULTS: dict[str, Any] = {
-    "model": "raxnet",
-    "ensemble": False,
-    "tta": False,
-    "threshold": 0.5,
-    "min_size": 0,
-    "connectivity": 6,
-    "batch_size": 16,
-    "methods": list(ALL_METHODS),
-    "oof": False,
-    "save_probabilities": False,
-    "qc": True,
-    "qc_method": "mean",
-    "evaluate_only": "",
+    "model": "raxnet",  # run folder under 07_train/ (stage 07's run name: <model> or <model>-<loss>)
+    "ensemble": False,  # mean of all folds per plane instead of the fold with the lowest inner-val loss
+    "tta": False,  # left-right flip test-time augmentation (axial, coronal)
+    "threshold": 0.5,  # probability >= threshold = lesion (planes, mean, weighted; per plane for vote)
+    "min_size": 0,  # > 0: add <fused>_clean variants without components smaller than this (voxels)
+    "connectivity": 6,  # 3D connectivity for lesion F1, lesion counts, HD95 surfaces, cleaning (6/18/26)
+    "batch_size": 16,  # slices per prediction batch
+    "methods": list(ALL_METHODS),  # scored side by side: axial, sagittal, coronal, mean, vote, weighted
+    "oof": False,  # also fuse the train subjects out-of-fold (fold_<k> models for fold-k subjects)
+    "save_probabilities": False,  # write probabilities/<subject>_<plane>.nii.gz (float32)
+    "qc": True,  # write qc/<subject>_qc.png overlays
+    "qc_method": "mean",  # which method's mask the QC overlay shows
+    "evaluate_only": "",  # folder of existing masks to score instead of predicting ("" = off)
 }
+
 
 #: Columns of ``subject_metrics.csv`` (the first 13 are the stage contract; the rest are extras).
 METRIC_COLUMNS: tuple[str, ...] = (
