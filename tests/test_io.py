@@ -119,3 +119,15 @@ def test_save_csv_and_json_are_deterministic(tmp_path):
     assert p1 == p2 == b"b,a\n1,x\n2,y\n"
     j = save_json({"z": np.int64(3), "a": np.float32(0.5)}, tmp_path / "s.json").read_text()
     assert j.index('"a"') < j.index('"z"') and '"z": 3' in j
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = save_json({"a": 1}, tmp_path / "x.json")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
