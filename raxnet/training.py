@@ -558,7 +558,8 @@ def train_one(
         history: list[dict] = []
     else:
         hist_path = out / "history.csv"
-        hist = pd.read_csv(hist_path) if hist_path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+        hist = (pd.read_csv(hist_path, float_precision="round_trip") if hist_path.is_file()
+                else pd.DataFrame(columns=HISTORY_COLUMNS))
         history = hist[hist["epoch"] <= state["epoch"]].to_dict("records")
         log.info("%s: resuming after epoch %d", tag, state["epoch"])
     for stale in ("run.json", "metrics.csv", "subject_dice.csv", "model.keras"):
@@ -606,6 +607,9 @@ def train_one(
             model.fit(
                 train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=state["epoch"],
                 callbacks=[keras.callbacks.TerminateOnNaN(), monitor], verbose=int(train["verbose"]),
+                # The stage-05 batches are already redrawn from (seed, epoch); Keras' own batch-order
+                # shuffle would draw from a global RNG and make a resumed run differ from an uninterrupted one.
+                shuffle=False,
             )
         if state["best_epoch"] == 0:
             raise RaxnetError(f"{tag}: no finite inner validation loss in {state['epoch']} epochs (diverged?)")
