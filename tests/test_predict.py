@@ -1,0 +1,148 @@
+"""`raxnet predict` end to end with the shipped weights (weights/demo) on generated scans."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet.cli_common import run_cli
+from raxnet.predict import find_inputs, main, output_stem
+from raxnet.weights import default_weights_dir, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights" / "demo"
+
+
+def run_predict(args):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, [str(a) for a in args])
+    return exc.value.code
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A generated 2 mm subject with an obvious lesion, as the user's own T1 (plus its true mask)."""
+    from raxnet.synthetic import generate_subject
+
+    manifest = read_manifest(WEIGHTS)
+    for index in range(40):
+        t1, mask, affine, _ = generate_subject(index, seed=2024, spacing=2)
+        if mask.sum() * 8 > 20_000 and t1.shape == tuple(manifest["grid_shape"]):
+            break
+    folder = tmp_path_factory.mktemp("scan")
+    img = nib.Nifti1Image(t1.astype(np.float32), affine)
+    img.header["descrip"] = b"user scan"
+    path = folder / "sub-01_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"
+    nib.save(img, str(path))
+    return path, mask
+
+
+@pytest.fixture(scope="module")
+def predicted(scan, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    code = run_predict(["--input", scan[0], "--output", out, "--weights", WEIGHTS])
+    return code, out
+
+
+def test_default_weights_are_shipped():
+    assert default_weights_dir() == WEIGHTS or default_weights_dir().is_dir()
+    manifest = read_manifest(WEIGHTS)
+    assert set(manifest["planes"]) == {"axial", "sagittal", "coronal"}
+
+
+def test_mask_on_input_grid_and_lesion_found(scan, predicted):
+    code, out = predicted
+    assert code == 0
+    stem = "sub-01_ses-1_space-MNI152NLin2009aSym"
+    mask_img = nib.load(str(out / f"{stem}_desc-lesion_mask.nii.gz"))
+    src = nib.load(str(scan[0]))
+    assert mask_img.shape == src.shape
+    np.testing.assert_allclose(mask_img.affine, src.affine)
+    assert mask_img.get_data_dtype() == np.uint8
+    assert mask_img.header["descrip"].tobytes().startswith(b"user scan")
+    pred = np.asarray(mask_img.dataobj) > 0
+    truth = scan[1] > 0
+    dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+    assert dice > 0.3, f"obvious lesion not found (Dice {dice:.2f})"
+    lesions = pd.read_csv(out / f"{stem}_lesions.csv")
+    assert len(lesions) >= 1 and lesions["voxels"].sum() == pred.sum()
+    summary = pd.read_csv(out / f"{stem}_summary.csv")
+    assert summary.loc[0, "lesion_voxels"] == pred.sum()
+    assert (out / f"{stem}_qc.png").stat().st_size > 10_000
+
+
+def test_other_grid_in_same_space_is_resampled(scan, tmp_path):
+    """A 1 mm-grid scan is predicted on the weights' 2 mm grid and the mask comes back at 1 mm."""
+    from nilearn.image import resample_img
+
+    from raxnet.templates import grid
+
+    shape, affine = grid(1)
+    img1 = resample_img(nib.load(str(scan[0])), target_affine=affine, target_shape=shape,
+                        interpolation="linear", force_resample=True, copy_header=True)
+    path = tmp_path / "one_mm_T1w.nii.gz"
+    nib.save(img1, str(path))
+    assert run_predict(["--input", path, "--output", tmp_path / "o", "--weights", WEIGHTS, "--no-qc"]) == 0
+    mask = nib.load(str(tmp_path / "o" / "one_mm_desc-lesion_mask.nii.gz"))
+    assert mask.shape == shape and np.allclose(mask.affine, affine)
+    assert np.asarray(mask.dataobj).sum() > 0
+
+
+def bad_inputs(folder, good):
+    img = nib.load(str(good))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(np.stack([data, data], -1), img.affine), str(folder / "fourd_T1w.nii.gz"))
+    nan = data.copy()
+    nan[10, 10, 10] = np.nan
+    nib.save(nib.Nifti1Image(nan, img.affine), str(folder / "nan_T1w.nii.gz"))
+    (folder / "corrupt_T1w.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    far = img.affine.copy()
+    far[:3, 3] += 400.0  # field of view nowhere near the template
+    nib.save(nib.Nifti1Image(data, far), str(folder / "native_T1w.nii.gz"))
+    return {
+        "fourd_T1w.nii.gz": "3D",
+        "nan_T1w.nii.gz": "NaN",
+        "corrupt_T1w.nii.gz": "cannot read",
+        "native_T1w.nii.gz": "not in MNI152NLin2009aSym space",
+    }
+
+
+def test_bad_inputs_are_refused_one_line_exit_2(scan, tmp_path, capsys):
+    cases = bad_inputs(tmp_path, scan[0])
+    for name, message in cases.items():
+        code = run_predict(["--input", tmp_path / name, "--output", tmp_path / "o", "--weights", WEIGHTS])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, name
+        assert err[-1].startswith("error: ") and name in err[-1] and message in err[-1], err[-1]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*mask*"))
+
+
+def test_folder_run_goes_on_and_lists_failures(scan, tmp_path, capsys):
+    bad_inputs(tmp_path, scan[0])
+    good = tmp_path / "sub-02_T1w.nii.gz"
+    good.write_bytes(Path(scan[0]).read_bytes())
+    code = run_predict(["--input", tmp_path, "--output", tmp_path / "o", "--weights", WEIGHTS, "--no-qc"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "4 scan(s) failed" in out and "1 scan(s) segmented" in out
+    assert (tmp_path / "o" / "sub-02_desc-lesion_mask.nii.gz").is_file()
+
+
+def test_console_script_and_errors(tmp_path):
+    """The installed entry point (the one the Docker image runs) refuses a missing input with exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "raxnet", "predict", "--input", str(tmp_path / "nope.nii.gz"),
+                           "--output", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.nii.gz'}: input not found"
+
+
+def test_names_and_discovery(tmp_path):
+    assert output_stem("a/sub-1_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz") == "sub-1_ses-1_space-MNI152NLin2009aSym"
+    assert output_stem("scan.nii") == "scan"
+    for name in ("a_T1w.nii.gz", "b.nii", "a_label-L_desc-T1lesion_mask.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in find_inputs(tmp_path)] == ["a_T1w.nii.gz", "b.nii"]
