@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from raxnet.models.blocks import check_input_shape, conv_block, segmentation_head, up_block
+from raxnet.models.blocks import batch_norm, check_input_shape, conv_block, segmentation_head, up_block
 
 
 def build_raxnet(
@@ -52,7 +52,7 @@ def build_raxnet(
         # Xception's entry flow starts with full convolutions: a depthwise 3x3 on a 1-channel image is a
         # single filter, so a full 3x3 stem first gives the separable blocks ``width`` channels to work on.
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(x)
-        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = batch_norm(name="stem_bn")(x)
         x = layers.Activation("relu", name="stem_relu")(x)
     skips = []
     for level in range(depth):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from raxnet.models.blocks import check_input_shape
+from raxnet.models.blocks import batch_norm, check_input_shape
 
 
 def build_xception_unet(
@@ -39,7 +39,7 @@ def build_xception_unet(
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(width, 3, strides=2, padding="same", name="entry_conv")(inputs)
-    x = layers.BatchNormalization(name="entry_bn")(x)
+    x = batch_norm(name="entry_bn")(x)
     x = layers.Activation("relu", name="entry_relu")(x)
     previous = x
 
@@ -48,10 +48,10 @@ def build_xception_unet(
         p = f"enc{level}"
         x = layers.Activation("relu", name=f"{p}_relu1")(x)
         x = layers.SeparableConv2D(filters, 3, padding="same", name=f"{p}_sep1")(x)
-        x = layers.BatchNormalization(name=f"{p}_bn1")(x)
+        x = batch_norm(name=f"{p}_bn1")(x)
         x = layers.Activation("relu", name=f"{p}_relu2")(x)
         x = layers.SeparableConv2D(filters, 3, padding="same", name=f"{p}_sep2")(x)
-        x = layers.BatchNormalization(name=f"{p}_bn2")(x)
+        x = batch_norm(name=f"{p}_bn2")(x)
         x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"{p}_pool")(x)
         residual = layers.Conv2D(filters, 1, strides=2, padding="same", name=f"{p}_res")(previous)
         x = layers.Add(name=f"{p}_add")([x, residual])
@@ -66,10 +66,10 @@ def build_xception_unet(
         p = f"dec{level}"
         x = layers.Activation("relu", name=f"{p}_relu1")(x)
         x = layers.Conv2DTranspose(filters, 3, padding="same", name=f"{p}_tconv1")(x)
-        x = layers.BatchNormalization(name=f"{p}_bn1")(x)
+        x = batch_norm(name=f"{p}_bn1")(x)
         x = layers.Activation("relu", name=f"{p}_relu2")(x)
         x = layers.Conv2DTranspose(filters, 3, padding="same", name=f"{p}_tconv2")(x)
-        x = layers.BatchNormalization(name=f"{p}_bn2")(x)
+        x = batch_norm(name=f"{p}_bn2")(x)
         x = layers.UpSampling2D(2, name=f"{p}_up")(x)
         residual = layers.UpSampling2D(2, name=f"{p}_res_up")(previous)
         residual = layers.Conv2D(filters, 1, padding="same", name=f"{p}_res")(residual)
