@@ -44,9 +44,31 @@ def test_stage_dir(tmp_path):
         stage_dir(tmp_path, "nope")
 
 
+SECTIONS = {
+    "run": "raxnet.config:RUN_DEFAULTS",
+    "synthetic": "raxnet.synthetic:DEFAULTS",
+    "dataset": "raxnet.dataset_info:DEFAULTS",
+    "split": "raxnet.splitting:DEFAULTS",
+    "convert": "raxnet.slices:DEFAULTS",
+    "folds": "raxnet.folds:DEFAULTS",
+    "arrays": "raxnet.batches:DEFAULTS",
+    "model": "raxnet.models:DEFAULTS",
+    "train": "raxnet.training:DEFAULTS",
+    "fusion": "raxnet.fusion:DEFAULTS",
+    "predict": "raxnet.predict:DEFAULTS",
+}
+
+
 def test_shipped_configs_are_valid():
+    """Every section of every configs/*.toml is known and every key exists in its module's defaults."""
+    import importlib
     from pathlib import Path
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert {p.name for p in paths} >= {"demo.toml", "atlas.toml"}
+    for path in paths:
         cfg = load_config(path)
-        assert "run" in cfg, path
+        assert set(cfg) - {"_source"} <= set(SECTIONS), path
+        for name, target in SECTIONS.items():
+            module, attr = target.split(":")
+            section(cfg, name, getattr(importlib.import_module(module), attr))
