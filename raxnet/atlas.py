@@ -52,7 +52,8 @@ def discover(root: str | Path) -> pd.DataFrame:
     :class:`InputError` if ``root`` is not a folder or holds no subject at all (e.g. it points at
     ``Training/`` itself or at an unrelated folder).
     """
-    root = Path(root)
+    # Absolute paths in subjects.csv keep later stages independent of the directory they are run from.
+    root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise InputError(f"{root}: data root not found (expected the ATLAS folder that contains Training/)")
     rows = []
