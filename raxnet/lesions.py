@@ -180,7 +180,8 @@ def location_reference(shape: tuple[int, ...], affine: np.ndarray, gm_min: float
 
 
 # --------------------------------------------------------------------------------------------- classes
-def _hemisphere(n_left: int, n_right: int, bilateral_fraction: float) -> str:
+def hemisphere_from_counts(n_left: int, n_right: int, bilateral_fraction: float = BILATERAL_FRACTION) -> str:
+    """left / right / bilateral (the minority side holds >= ``bilateral_fraction``) / midline (no voxels)."""
     total = n_left + n_right
     if total == 0:
         return "midline"
@@ -280,7 +281,7 @@ def subject_lesion_stats(
         centroid_x_mm=round(float(centroid[0]), 3),
         centroid_y_mm=round(float(centroid[1]), 3),
         centroid_z_mm=round(float(centroid[2]), 3),
-        hemisphere=_hemisphere(int(comp["left"].sum()), int(comp["right"].sum()), bilateral_fraction),
+        hemisphere=hemisphere_from_counts(int(comp["left"].sum()), int(comp["right"].sum()), bilateral_fraction),
     )
     if ref is None:
         stats["location"] = "n/a"
@@ -329,7 +330,7 @@ def component_table(
             "centroid_x_mm": round(float(comp["centroid"][i, 0]), 3),
             "centroid_y_mm": round(float(comp["centroid"][i, 1]), 3),
             "centroid_z_mm": round(float(comp["centroid"][i, 2]), 3),
-            "hemisphere": _hemisphere(int(comp["left"][i]), int(comp["right"][i]), bilateral_fraction),
+            "hemisphere": hemisphere_from_counts(int(comp["left"][i]), int(comp["right"][i]), bilateral_fraction),
         }
         if ref is None:
             row.update(cortical_fraction=np.nan, location="n/a")

@@ -115,14 +115,14 @@ def reference_to_stage01(reference_dir: str | Path, work_dir: str | Path) -> dic
         centre = (weighted / area).reindex(table["subject"]).to_numpy(float)
         table[f"centroid_{axis_name}_mm"] = np.round(centre * ATLAS_AFFINE[axis, axis] + origin[axis], 2)
     # Stage 01's rule (raxnet.lesions), exact from the sagittal areas: a sagittal slice is one x.
-    from raxnet.lesions import BILATERAL_FRACTION, _hemisphere
+    from raxnet.lesions import BILATERAL_FRACTION, hemisphere_from_counts
 
     sag = lesion_slices["sagittal"]
     x_mm = sag["slice"] * ATLAS_AFFINE[0, 0] + origin[0]
     left = sag["lesion_pixels"].where(x_mm < 0, 0).groupby(sag["subject"]).sum()
     right = sag["lesion_pixels"].where(x_mm > 0, 0).groupby(sag["subject"]).sum()
     table["hemisphere"] = [
-        _hemisphere(int(left.get(s, 0)), int(right.get(s, 0)), BILATERAL_FRACTION) for s in table["subject"]
+        hemisphere_from_counts(int(left.get(s, 0)), int(right.get(s, 0)), BILATERAL_FRACTION) for s in table["subject"]
     ]
     table["location"] = ""
     table["shape"] = ""
