@@ -22,6 +22,7 @@ import pandas as pd
 
 from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
+from raxnet.fusion import select_models
 from raxnet.io import atomic_path, load_nifti, save_json
 from raxnet.planes import PLANES
 
@@ -58,22 +59,6 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def best_fold(train_dir: Path, plane: str) -> tuple[int, dict[str, Any]]:
-    """Fold whose model has the lowest inner-validation loss for ``plane`` (from each run.json)."""
-    best: tuple[float, int, dict[str, Any]] | None = None
-    for run_json in sorted((train_dir / plane).glob("fold_*/run.json")):
-        info = json.loads(run_json.read_text())
-        if not (run_json.parent / "model.keras").is_file():
-            continue
-        loss = float(info.get("best_val_loss", np.inf))
-        fold = int(run_json.parent.name.split("_")[1])
-        if best is None or (loss, fold) < (best[0], best[1]):
-            best = (loss, fold, info)
-    if best is None:
-        raise StageInputError(f"{train_dir / plane}: no trained fold (fold_*/model.keras + run.json) found")
-    return best[1], best[2]
-
-
 def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "") -> Path:
     """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
@@ -85,13 +70,16 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     ref = load_nifti(first_t1)
     out_dir.mkdir(parents=True, exist_ok=True)
     planes: dict[str, Any] = {}
+    # The same choice stage 08 makes: lowest inner-validation loss, never the reported outer fold.
+    chosen = select_models(train_dir, PLANES, ensemble=False)
     for plane in PLANES:
-        fold, info = best_fold(train_dir, plane)
+        best = chosen[plane][0]
+        info = json.loads((best.path.parent / "run.json").read_text())
         with atomic_path(out_dir / f"{plane}.keras") as tmp:
-            shutil.copyfile(train_dir / plane / f"fold_{fold}" / "model.keras", tmp)
+            shutil.copyfile(best.path, tmp)
         planes[plane] = {
             "file": f"{plane}.keras",
-            "fold": fold,
+            "fold": best.fold,
             "best_val_loss": info.get("best_val_loss"),
             "best_epoch": info.get("best_epoch"),
             "input_shape": info.get("input_shape"),

@@ -1,0 +1,54 @@
+"""raxnet.weights: weight sets are built from the best inner-validation fold per plane."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet.errors import InputError, StageInputError
+from raxnet.weights import MANIFEST, export_weights, read_manifest
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def fake_run(tmp_path, losses):
+    """A work dir with subjects.csv and 07_train/raxnet/<plane>/fold_<k>/{model.keras, run.json}."""
+    t1 = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), AFFINE), str(t1))
+    (tmp_path / "01_dataset").mkdir()
+    pd.DataFrame({"subject": ["s1"], "t1_path": [str(t1)]}).to_csv(tmp_path / "01_dataset" / "subjects.csv")
+    for plane in ("axial", "sagittal", "coronal"):
+        for fold, loss in losses.items():
+            d = tmp_path / "07_train" / "raxnet" / plane / f"fold_{fold}"
+            d.mkdir(parents=True)
+            (d / "model.keras").write_bytes(f"{plane}-{fold}".encode())
+            (d / "run.json").write_text(json.dumps({"best_val_loss": loss, "best_epoch": 3, "input_shape": [8, 8, 1]}))
+    return tmp_path
+
+
+def test_export_picks_lowest_inner_validation_loss(tmp_path):
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
+    out = export_weights(work, tmp_path / "w", note="unit test")
+    manifest = read_manifest(out)
+    assert manifest["grid_shape"] == [4, 5, 6]
+    np.testing.assert_allclose(manifest["affine"], AFFINE)
+    for plane in ("axial", "sagittal", "coronal"):
+        assert manifest["planes"][plane]["fold"] == 2
+        assert (out / f"{plane}.keras").read_bytes() == f"{plane}-2".encode()
+    assert manifest["note"] == "unit test"
+
+
+def test_manifest_errors(tmp_path):
+    with pytest.raises(InputError, match="weight manifest not found"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"grid_shape": [1, 1, 1], "affine": [], "planes": {"axial": {"file": "a.keras"}}}))
+    with pytest.raises(InputError, match="a.keras: model file for plane axial not found"):
+        read_manifest(tmp_path)
+
+
+def test_export_without_training_is_a_clear_error(tmp_path):
+    work = fake_run(tmp_path, {})
+    with pytest.raises(StageInputError, match="no fold_<k>/model.keras"):
+        export_weights(work, tmp_path / "w")
