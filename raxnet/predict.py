@@ -118,13 +118,20 @@ class Predictor:
     """The three plane models of a weight set, loaded once, and the fusion of their predictions."""
 
     def __init__(self, weights_dir: str | Path | None = None, batch_size: int = 32, tta: bool = False) -> None:
-        from raxnet.inference import load_model
-
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         self.manifest = read_manifest(self.weights_dir)
         self.batch_size = batch_size
         self.tta = tta
-        self.models = {p: load_model(self.weights_dir / self.manifest["planes"][p]["file"]) for p in PLANES}
+        self._models: dict[str, Any] | None = None
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """The three plane models, loaded on first use (a bad input is refused before paying for it)."""
+        if self._models is None:
+            from raxnet.inference import load_model
+
+            self._models = {p: load_model(self.weights_dir / self.manifest["planes"][p]["file"]) for p in PLANES}
+        return self._models
 
     def probabilities(self, volume: np.ndarray) -> dict[str, np.ndarray]:
         """Per-plane probability volumes for a volume already on the weights' grid (not yet normalised)."""
