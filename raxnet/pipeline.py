@@ -107,7 +107,9 @@ def print_summary(work: Path, summary: dict[str, Any]) -> None:
         print(format_results(table))
     qc = sorted((stage_dir(work, "fusion") / "qc").glob("*.png"))
     if qc:
-        print(f"\nQC overlays ({len(qc)}): {qc[0].parent}/  e.g. {qc[0].name}")
+        print(f"\nQC overlays (T1 + ground truth + prediction, three views), {len(qc)} in {qc[0].parent}/:")
+        for path in qc:
+            print(f"  {path}")
     if summary.get("predicted"):
         p = summary["predicted"]
         print(f"\nraxnet predict on {Path(p['input']).name}: {p['lesion_voxels']} lesion voxels, "
