@@ -163,6 +163,9 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     start = time.perf_counter()
     data, img = read_volume(path)
     on_grid, resampled = to_model_grid(data, img, predictor.manifest, path)
+    loading = time.perf_counter()
+    predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
+    start += time.perf_counter() - loading
     probs = predictor.probabilities(on_grid)
     mask, prob = fuse(probs, opts["fusion"], opts["threshold"])
     if resampled:
