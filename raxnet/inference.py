@@ -48,26 +48,20 @@ def predict_plane(
     probs = np.zeros((n, h, w), dtype=np.float32)
     busy = np.flatnonzero(stack.reshape(n, -1).max(axis=1) > 0)
     lr_axis = _LR_AXIS[plane] if flip_tta else None
-    full = batch_size if busy.size >= batch_size else None
     for start in range(0, busy.size, batch_size):
         idx = busy[start : start + batch_size]
         x = pad_slices(stack[idx], target)[..., None]
-        p = _predict_batch(model, x, full)
+        p = _predict_batch(model, x)
         if lr_axis is not None:
             flipped = np.flip(x, axis=1 + lr_axis)
-            p = 0.5 * (p + np.flip(_predict_batch(model, flipped, full), axis=1 + lr_axis))
+            p = 0.5 * (p + np.flip(_predict_batch(model, flipped), axis=1 + lr_axis))
         probs[idx] = crop_slices(p[..., 0], (h, w))
     return from_slices(probs, plane)
 
 
-def _predict_batch(model: Any, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+def _predict_batch(model: Any, x: np.ndarray) -> np.ndarray:
     # predict_on_batch reuses one compiled predict function and avoids predict()'s per-call set-up.
-    # A short last batch is zero-padded to the full batch size: a new batch shape would trigger a
-    # second trace of the predict function (seconds on a CPU) for a few slices.
-    n = x.shape[0]
-    if batch_size is not None and n < batch_size:
-        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), dtype=x.dtype)])
-    return np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+    return np.asarray(model.predict_on_batch(x), dtype=np.float32)
 
 
 def load_model(path: str | Path) -> Any:
