@@ -112,6 +112,14 @@ def segmentation_head(x: Any, *, name: str = "head") -> Any:
     return layers.Activation("sigmoid", dtype="float32", name=f"{name}_sigmoid")(logits)
 
 
+def check_width_dropout(width: int, dropout: float) -> None:
+    """Validate the base width (>= 1) and the dropout rate ([0, 1)) of a network builder."""
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 def check_input_shape(input_shape: tuple[int, ...], depth: int) -> tuple[int, int, int]:
     """Validate ``(H, W, C)``: positive ints, H and W divisible by ``2**depth``; returns it as a tuple."""
     if len(input_shape) != 3:

@@ -21,7 +21,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from raxnet.models.blocks import batch_norm, check_input_shape, conv_block, segmentation_head, up_block
+from raxnet.models.blocks import (
+    batch_norm,
+    check_input_shape,
+    check_width_dropout,
+    conv_block,
+    segmentation_head,
+    up_block,
+)
 
 
 def build_raxnet(
@@ -41,10 +48,7 @@ def build_raxnet(
     Returns a functional model whose output is a (B, H, W, 1) float32 probability map.
     """
     input_shape = check_input_shape(input_shape, depth)
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_width_dropout(width, dropout)
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs

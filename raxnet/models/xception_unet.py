@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from raxnet.models.blocks import batch_norm, check_input_shape
+from raxnet.models.blocks import batch_norm, check_input_shape, check_width_dropout
 
 
 def build_xception_unet(
@@ -32,10 +32,7 @@ def build_xception_unet(
     sigmoid from a 3x3 convolution (the example's head with one class).
     """
     input_shape = check_input_shape(input_shape, depth)
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_width_dropout(width, dropout)
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(width, 3, strides=2, padding="same", name="entry_conv")(inputs)
