@@ -54,6 +54,22 @@ def check_invariants(work: Path) -> dict[str, int]:
     return counts
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    Linux keeps ``ru_maxrss`` across fork + exec, so a process started from a big parent (pytest with
+    TensorFlow loaded) would report the parent's size; ``VmHWM`` is the high-water mark of this program's
+    own address space. Falls back to ``ru_maxrss`` where /proc is absent.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference", default=str(default_reference_dir()))
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     t3 = time.perf_counter()
     c3 = time.process_time()
     lesion_slices = check_invariants(work)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    peak_mb = peak_rss_mb()
     result = {
         "subjects": s02["n_train"] + s02["n_holdout"], "n_train": s02["n_train"], "n_holdout": s02["n_holdout"],
         "split_ks_p": s02["ks_p"], "split_mwu_p": s02["mwu_p"],
