@@ -143,16 +143,15 @@ class Predictor:
         }
 
 
-def fuse(probs: dict[str, np.ndarray], method: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 mask, float32 fused probability) from the three plane probabilities."""
+def fuse(probs: dict[str, np.ndarray], method: str, threshold: float) -> np.ndarray:
+    """uint8 mask from the three plane probabilities."""
     from raxnet.fusion import fuse_mean, fuse_vote
 
     stack = [probs[p] for p in PLANES]
-    mean = np.mean(stack, axis=0).astype(np.float32)
     if method == "mean":
-        return fuse_mean(stack, threshold).astype(np.uint8), mean
+        return fuse_mean(stack, threshold).astype(np.uint8)
     if method == "vote":
-        return fuse_vote(stack, threshold).astype(np.uint8), mean
+        return fuse_vote(stack, threshold).astype(np.uint8)
     raise ValueError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
 
 
@@ -167,14 +166,17 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
     start += time.perf_counter() - loading
     probs = predictor.probabilities(on_grid)
-    mask, prob = fuse(probs, opts["fusion"], opts["threshold"])
+    mask = fuse(probs, opts["fusion"], opts["threshold"])
     if resampled:
         mask = (back_to_input_grid(mask, predictor.manifest, img, "nearest") > 0.5).astype(np.uint8)
-        prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
     stem = output_stem(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     mask_path = save_nifti(mask, img, out_dir / f"{stem}_desc-lesion_mask.nii.gz", dtype=np.uint8)
     if opts["save_probabilities"]:
+        # The mean probability map is only built (and resampled back) when it is written.
+        prob = np.mean([probs[p] for p in PLANES], axis=0).astype(np.float32)
+        if resampled:
+            prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
         save_nifti(prob, img, out_dir / f"{stem}_desc-lesion_probability.nii.gz", dtype=np.float32)
     lesions = component_table(mask, img.affine)
     save_csv(lesions, out_dir / f"{stem}_lesions.csv")

@@ -86,10 +86,15 @@ def test_other_grid_in_same_space_is_resampled(scan, tmp_path):
                         interpolation="linear", force_resample=True, copy_header=True)
     path = tmp_path / "one_mm_T1w.nii.gz"
     nib.save(img1, str(path))
-    assert run_predict(["--input", path, "--output", tmp_path / "o", "--weights", WEIGHTS, "--no-qc"]) == 0
+    assert run_predict(["--input", path, "--output", tmp_path / "o", "--weights", WEIGHTS, "--no-qc",
+                        "--save-probabilities"]) == 0
     mask = nib.load(str(tmp_path / "o" / "one_mm_desc-lesion_mask.nii.gz"))
     assert mask.shape == shape and np.allclose(mask.affine, affine)
     assert np.asarray(mask.dataobj).sum() > 0
+    prob = nib.load(str(tmp_path / "o" / "one_mm_desc-lesion_probability.nii.gz"))
+    assert prob.shape == shape and prob.get_data_dtype() == np.float32
+    values = np.asarray(prob.dataobj)
+    assert 0.0 <= values.min() and values.max() <= 1.0 and values.max() > 0.5
 
 
 def bad_inputs(folder, good):
