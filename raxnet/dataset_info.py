@@ -205,6 +205,9 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         paths["lesion_frequency"] = save_nifti(freq, ref_img, out / "lesion_frequency.nii.gz", dtype=np.int16)
     summary = _summary(found, subjects, errors_df, n_freq)
     summary["data_root"] = str(data_root)
+    # the lesion definitions the tables were counted with (raxnet.components)
+    summary["connectivity"] = int(settings["connectivity"])
+    summary["slice_connectivity"] = int(settings["slice_connectivity"])
     paths["summary"] = save_json(summary, out / "summary.json")
     paths.update(make_figures(subjects, {p: pd.read_csv(paths[f"slices_{p}"]) for p in PLANES}, freq, ref_img,
                               n_freq, out, dpi=settings["dpi"]))
