@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raxnet import training
+from raxnet import runs, training
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.planes import to_slices
 
@@ -88,7 +88,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = make_work_dir(tmp_path_factory.mktemp("train_work"))
     run = {"work_dir": str(work), "seed": 7, "jobs": 1}
     first = training.run(_cfg(1), run)
-    out = training.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
     history1 = pd.read_csv(out / "history.csv")
     run1 = json.loads((out / "run.json").read_text())
     second = training.run(_cfg(3), run)
@@ -153,7 +153,7 @@ def test_finished_run_without_checkpoint_is_skipped(trained: dict, tmp_path: Pat
 
     work = tmp_path / "copy"
     shutil.copytree(trained["work"], work)
-    out = training.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
     (out / "last.keras").unlink()
     (out / "state.json").unlink()
     run = {**trained["run"], "work_dir": str(work)}
@@ -222,37 +222,6 @@ def test_changed_settings_refuse_to_resume(trained: dict) -> None:
 # --------------------------------------------------------------------------------- hand-computed
 
 
-def test_slice_dice_hand_computed() -> None:
-    pred = np.zeros((3, 2, 2), bool)
-    truth = np.zeros((3, 2, 2), bool)
-    pred[0, 0, :] = True  # 2 px
-    truth[0, 0, 0] = truth[0, 1, 0] = True  # 2 px, 1 shared -> 2*1/4
-    truth[1, 1, 1] = True  # missed entirely -> 0
-    # slice 2 empty in both -> 1
-    np.testing.assert_allclose(training.slice_dice(pred, truth), [0.5, 0.0, 1.0])
-
-
-def test_dice_3d_semantics() -> None:
-    a = np.zeros((2, 2, 2), bool)
-    assert training.dice_3d(a, a) == 1.0
-    b = a.copy()
-    b[0, 0, 0] = True
-    assert training.dice_3d(a, b) == 0.0
-    c = b.copy()
-    c[1, 1, 1] = True
-    assert training.dice_3d(c, b) == pytest.approx(2 * 1 / 3)
-
-
-def test_run_names_and_folders(tmp_path: Path) -> None:
-    from raxnet import losses
-
-    assert training.DEFAULT_LOSS == losses.DEFAULT_LOSS
-    assert training.run_name("raxnet", "tversky_focal") == "raxnet"
-    assert training.run_name("unet", "dice") == "unet-dice"
-    assert training.run_dir(tmp_path, "unet", "dice", "coronal", 3) == tmp_path / "07_train" / "unet-dice" / "coronal" / "fold_3"
-    assert training.model_path(tmp_path, "raxnet", "axial", 2).name == "model.keras"
-
-
 def test_parse_folds() -> None:
     assert training.parse_folds("all", [3, 1, 2]) == [1, 2, 3]
     assert training.parse_folds("2,1,2", [1, 2, 3]) == [2, 1]
@@ -299,7 +268,7 @@ def _info(model: str, loss: str, plane: str, fold: int, dice: float) -> dict:
     metrics = {"lesion_slice_dice": dice, "all_slice_dice": dice + 0.1, "dice_3d_mean": dice - 0.1,
                "predict_ms_per_slice": 1.5}
     return {"model": model, "loss": loss, "plane": plane, "fold": fold, "params": 100, "best_epoch": 2,
-            "time_to_best_s": 3.0, "metrics": metrics, "run_name": training.run_name(model, loss)}
+            "time_to_best_s": 3.0, "metrics": metrics, "run_name": runs.run_name(model, loss)}
 
 
 def test_comparison_table_and_figure(tmp_path: Path) -> None:
@@ -319,7 +288,7 @@ def test_comparison_table_and_figure(tmp_path: Path) -> None:
 
 def test_write_results_mean_and_sd(tmp_path: Path) -> None:
     for fold, value in ((1, 0.2), (2, 0.4), (3, 0.9)):
-        out = training.run_dir(tmp_path, "unet", "dice", "sagittal", fold)
+        out = runs.run_dir(tmp_path, "unet", "dice", "sagittal", fold)
         out.mkdir(parents=True)
         pd.DataFrame([{"fold": fold, "n_subjects": 2, "lesion_slice_dice": value, "all_slice_dice": value,
                        "dice_3d_mean": value, "dice_3d_median": value, "predict_ms_per_slice": 1.0}]).to_csv(
@@ -337,3 +306,49 @@ def test_strategy_scope_is_noop_without_gpus() -> None:
     import contextlib
 
     assert isinstance(training._strategy_scope(), contextlib.nullcontext)
+
+
+class _ConstantBatches:
+    """Batches whose every pixel is the batch number k + 1 (k = 0, 1, 2): hand-computable BN statistics."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.full((2, 4, 4, 1), self.values[i], np.float32)
+        x[1] = -self.values[i]  # a batch of +v and -v: mean 0, variance v**2
+        return x, np.zeros_like(x)
+
+
+def test_recalibrate_batch_norm_sets_exact_mean_of_batch_statistics() -> None:
+    import keras
+
+    inp = keras.Input((4, 4, 1))
+    shifted = keras.layers.Rescaling(1.0, offset=1.0, name="shift")(inp)  # batch mean 1, variance v**2
+    model = keras.Model(inp, keras.layers.BatchNormalization(momentum=0.9, name="bn")(shifted))
+    bn = model.get_layer("bn")
+    n = training.recalibrate_batch_norm(model, _ConstantBatches([1.0, 2.0, 4.0]), 8)
+    assert n == 3  # capped at the number of batches
+    # Means 1, 1, 1 -> 1; variances 1, 4, 16 -> 7 (Keras uses the biased batch variance).
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), [1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), [7.0], rtol=1e-5)
+    assert bn.momentum == 0.9  # restored
+    assert training.recalibrate_batch_norm(model, _ConstantBatches([1.0]), 0) == 0
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr() -> None:
+    train = training.settings({"train": {"learning_rate": 1e-3, "min_lr": 1e-5, "warmup_fraction": 0.1}})
+    opt = training._optimizer(train, 100)
+    sched = opt._learning_rate
+    values = [float(sched(step)) for step in (0, 5, 10, 55, 100)]
+    assert values[0] == pytest.approx(1e-4)  # warm-up starts at lr / 10
+    assert values[1] == pytest.approx(5.5e-4)  # linear: 1e-4 + 0.5 * (1e-3 - 1e-4)
+    assert values[2] == pytest.approx(1e-3)  # peak after 10 warm-up steps
+    # Half-way through the 90 decay steps: min + (max - min) / 2.
+    assert values[3] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2, rel=1e-4)
+    assert values[4] == pytest.approx(1e-5, rel=1e-4)
+    with pytest.raises(ConfigError, match="warmup_fraction"):
+        training.settings({"train": {"warmup_fraction": 1.0}})
