@@ -1,16 +1,17 @@
 """Synthetic native-space scans with a known answer, for testing and benchmarking ``predict --register``.
 
 A synthetic subject lives in MNI152NLin2009aSym on the ATLAS grid (:mod:`raxnet.synthetic`). Real scans
-do not: they sit wherever the head was in the scanner, on the scanner's grid. :func:`move_off_mni` takes
-an MNI-space T1 and lesion mask and moves them by a known random transform (rigid, plus affine scaling
-and shear, plus a mild smooth warp) onto a grid with another orientation and voxel size (LPS,
-1 x 1 x 1.2 mm by default). The lesion mask goes through exactly the same mapping (nearest neighbour),
-so it is the ground truth in native space.
+do not: they sit wherever the head was in the scanner, on the scanner's grid. :func:`random_transform`
+draws a known transform (rigid, plus affine scaling and shear, plus a mild smooth warp),
+:func:`native_grid` a grid with another orientation and voxel size (LPS, 1 x 1 x 1.2 mm by default)
+that holds the moved field of view, and :func:`resample_to_native` pulls an MNI-space T1 (cubic
+B-spline) and its lesion mask (nearest neighbour) onto it: the mask goes through exactly the same
+mapping, so it is the ground truth in native space. :func:`resample_to_mni` is the exact inverse.
 
 The mapping is a pull from native world coordinates ``x`` (mm) to MNI world coordinates
 ``A @ x + u(x)``, with ``A`` the 4x4 affine and ``u`` a smooth displacement (a few low-frequency
-sinusoids, at most ``warp_mm`` long). :func:`add_head` gives the brain-only synthetic T1 a skull and
-scalp and removes the face, as in the defaced whole-head T1w scans registration meets in practice.
+sinusoids, at most ``warp_mm`` long). Whole-head scans come from the generator itself
+(``raxnet.synthetic`` with ``whole_head``).
 """
 
 from __future__ import annotations
@@ -122,22 +123,27 @@ def native_grid(
 
 
 def _pull(volume: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray, mapping, order: int) -> np.ndarray:
-    """``volume`` (grid ``affine``) sampled at ``mapping(world points of the target grid)``."""
+    """``volume`` (grid ``affine``) sampled at ``mapping(world points of the target grid)``; order 0, 1 or 3."""
     out = np.zeros((shape[2], shape[0] * shape[1]), dtype=np.float32)
     inv = np.linalg.inv(affine)
+    volume = np.asarray(volume, dtype=np.float32)
+    if order > 1:  # B-spline coefficients once, not once per slab
+        volume = ndimage.spline_filter(volume, order=order, output=np.float32)
     # Slab by slab along the last axis keeps the coordinate arrays small at 1 mm.
     ij = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij"), -1).reshape(-1, 2)
     for k in range(shape[2]):
         vox = np.c_[ij, np.full(len(ij), k)].astype(np.float64)
         src = mapping(vox @ target_affine[:3, :3].T + target_affine[:3, 3])
-        out[k] = ndimage.map_coordinates(volume, (src @ inv[:3, :3].T + inv[:3, 3]).T, order=order, mode="constant")
-    return out.reshape(shape[2], shape[0], shape[1]).transpose(1, 2, 0)
+        out[k] = ndimage.map_coordinates(volume, (src @ inv[:3, :3].T + inv[:3, 3]).T, order=order, mode="constant",
+                                         prefilter=False)
+    out = out.reshape(shape[2], shape[0], shape[1]).transpose(1, 2, 0)
+    return np.clip(out, 0.0, None) if order > 1 else out  # B-spline overshoot below 0 is not signal
 
 
 def resample_to_native(
     volume: np.ndarray, mni_affine: np.ndarray, transform: NativeTransform, shape: Sequence[int], affine: np.ndarray, order: int
 ) -> np.ndarray:
-    """Pull ``volume`` (on an MNI grid) onto the native grid through ``transform`` (order 0 or 1)."""
+    """Pull ``volume`` (on an MNI grid) onto the native grid through ``transform``."""
     return _pull(volume, mni_affine, shape, affine, transform, order)
 
 
@@ -148,37 +154,25 @@ def resample_to_mni(
     return _pull(volume, affine, shape, mni_affine, transform.inverse, order)
 
 
-def add_head(t1: np.ndarray, spacing: float, rng: np.random.Generator, deface: bool = True) -> np.ndarray:
-    """The brain-only T1 with CSF, skull and scalp shells around its brain and, if ``deface``, no face.
+def move_off_mni(
+    t1: np.ndarray,
+    mask: np.ndarray,
+    mni_affine: np.ndarray,
+    rng: np.random.Generator,
+    voxel_mm: Sequence[float] = (1.0, 1.0, 1.2),
+    **transform_kw: float,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image, NativeTransform]:
+    """An MNI-space T1 and lesion mask moved by a random known transform onto an LPS native grid.
 
-    Shells by distance from the brain (mm): CSF to 3, cortical bone to 5, marrow to 8, bone to 10, scalp
-    (fat, textured) to 16; intensities relative to the scan's white matter, Rician-like noise added.
-    Defacing zeroes everything in front of the brain and below its lowest frontal point, as defacing
-    tools do (coronal plane 15 mm anterior to the brain's centre, axial plane at the orbits).
+    Returns ``(t1 image float32, mask image uint8, transform)``; the T1 is resampled with a cubic
+    B-spline (a scanner samples the anatomy; linear interpolation would blur a 2 mm image by up to half
+    a voxel), the mask with nearest neighbour.
     """
-    brain = ndimage.binary_fill_holes(t1 > 0)
-    wm_level = float(np.percentile(t1[brain], 90))
-    dist = ndimage.distance_transform_edt(~brain) * spacing
-    levels = [(3.0, 0.18), (5.0, 0.05), (8.0, 0.55), (10.0, 0.05), (16.0, 0.95)]
-    head = np.zeros(t1.shape, dtype=np.float32)
-    inner = 0.0
-    for outer, level in levels:
-        head[(dist > inner) & (dist <= outer)] = level
-        inner = outer
-    texture = 1.0 + 0.15 * ndimage.gaussian_filter(rng.standard_normal(t1.shape).astype(np.float32), 2.0 / spacing) * 4
-    head *= texture * wm_level
-    sd = 0.02 * wm_level
-    noisy = np.sqrt((head + sd * rng.standard_normal(t1.shape, dtype=np.float32)) ** 2 + (sd * rng.standard_normal(t1.shape, dtype=np.float32)) ** 2)
-    out = np.where(brain, t1, noisy).astype(np.float32)
-    if deface:
-        idx = np.argwhere(brain)
-        centre = idx.mean(0)
-        y_cut = centre[1] + 15.0 / spacing
-        z_cut = idx[idx[:, 1] > y_cut][:, 2].min() + 10.0 / spacing
-        jj, kk = np.meshgrid(np.arange(t1.shape[1]), np.arange(t1.shape[2]), indexing="ij")
-        face = (jj > y_cut) & (kk < z_cut)
-        out[:, face] = np.where(brain[:, face], out[:, face], 0.0)
-    return out
+    transform = random_transform(rng, **transform_kw)
+    shape, affine = native_grid(transform, t1.shape, mni_affine, voxel_mm)
+    native_t1 = resample_to_native(t1, mni_affine, transform, shape, affine, order=3)
+    native_mask = resample_to_native(np.asarray(mask, np.float32), mni_affine, transform, shape, affine, order=0)
+    return native_image(native_t1, affine), native_image(native_mask > 0.5, affine, np.uint8), transform
 
 
 def native_image(data: np.ndarray, affine: np.ndarray, dtype: type = np.float32) -> nib.Nifti1Image:
