@@ -13,6 +13,7 @@ per-lesion CSV (lesions with the same connectivity), a one-row summary CSV and a
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "save_probabilities": False,
     "qc": True,  # write <name>_qc.png
+    "register": False,  # native-space scans: register to MNI152NLin2009aSym (ANTs), segment there, map back
+    "registration": "affine",  # with register: "affine" (rigid + affine) or "syn" (+ lesion-masked SyN)
 }
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 #: Fraction of the template brain's bounding box an MNI-space scan's field of view must cover.
@@ -166,14 +169,29 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
 
     start = time.perf_counter()
     data, img = read_volume(path)
-    on_grid, resampled = to_model_grid(data, img, predictor.manifest, path)
+    if opts["register"]:
+        from raxnet import registration
+
+        registration.check_registrable(data, img, path)
+    else:
+        on_grid, resampled = to_model_grid(data, img, predictor.manifest, path)
     loading = time.perf_counter()
     predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
     start += time.perf_counter() - loading
-    probs = predictor.probabilities(on_grid, source=str(path))
-    mask = predictor.mask(probs)
+    reg = None
+    if opts["register"]:  # segmented in MNI space; every result goes back through the inverse transform
+        grid_affine = np.asarray(predictor.manifest["affine"], dtype=float)
+        reg, probs, mask = registration.register_and_segment(
+            data, img, path, tuple(predictor.manifest["grid_shape"]), grid_affine,
+            lambda v: (p := predictor.probabilities(v, source=str(path)), predictor.mask(p)),
+            registration.Settings(transform=opts["registration"]))
+        resampled, to_input = True, functools.partial(reg.to_native, affine=grid_affine)
+    else:
+        probs = predictor.probabilities(on_grid, source=str(path))
+        mask = predictor.mask(probs)
+        to_input = functools.partial(back_to_input_grid, manifest=predictor.manifest, img=img)
     if resampled:
-        mask = (back_to_input_grid(mask, predictor.manifest, img, "nearest") > 0.5).astype(np.uint8)
+        mask = (to_input(mask, interpolation="nearest") > 0.5).astype(np.uint8)
     stem = output_stem(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     mask_path = save_nifti(mask, img, out_dir / f"{stem}_desc-lesion_mask.nii.gz", dtype=np.uint8)
@@ -181,11 +199,16 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         # The mean probability map is only built (and resampled back) when it is written.
         prob = np.mean([probs[p] for p in PLANES], axis=0).astype(np.float32)
         if resampled:
-            prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
+            prob = to_input(prob, interpolation="linear")
         save_nifti(prob, img, out_dir / f"{stem}_desc-lesion_probability.nii.gz", dtype=np.float32)
-    lesions = component_table(mask, img.affine, connectivity=int(predictor.settings["connectivity"]))
+    connectivity = int(predictor.settings["connectivity"])
+    if reg is not None:
+        lesions = registration.lesion_table(mask, reg, connectivity)
+    else:
+        lesions = component_table(mask, img.affine, connectivity=connectivity)
     save_csv(lesions, out_dir / f"{stem}_lesions.csv")
     voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
+    extra = registration.write_outputs(reg, data, lesions, out_dir, stem, opts["qc"]) if reg is not None else {}
     seconds = time.perf_counter() - start
     summary = {
         "input": str(path),
@@ -195,13 +218,15 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "n_lesions": int(len(lesions)),
         "resampled": resampled,
         **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "connectivity", "tta")},
+        **extra,
         "seconds": round(seconds, 2),
     }
     save_csv(pd.DataFrame([summary]), out_dir / f"{stem}_summary.csv")
     if opts["qc"]:
         from raxnet.qc import qc_overlay
 
-        qc_overlay(data, mask, out_dir / f"{stem}_qc.png", title=f"{stem}: {int(mask.sum())} lesion voxels")
+        qc_overlay(data, mask, out_dir / f"{stem}_qc.png", title=f"{stem}: {int(mask.sum())} lesion voxels",
+                   affine=img.affine)
     log.info("%s: %d lesion voxels in %d components, %.1f s", path.name, mask.sum(), len(lesions), seconds)
     return summary
 
@@ -232,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="left-right flip test-time augmentation (default: the weight set's)")
     parser.add_argument("--save-probabilities", action="store_true", default=None, help="also write the fused probability map")
     parser.add_argument("--batch-size", type=int, help="slices per prediction batch (default 32)")
-    parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG")
+    parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG(s)")
+    parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
+                        help="the scans are in their native space: register each to MNI152NLin2009aSym (ANTs), "
+                             "segment there and map the results back onto the scan's own grid (default off)")
+    parser.add_argument("--registration", choices=("affine", "syn"),
+                        help="with --register: rigid + affine (default), or + a lesion-masked SyN stage")
     parser.add_argument("--config", help="TOML configuration file; its [predict] section sets the defaults")
     return parser
 
@@ -244,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = section(load_config(args.config), "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-             qc=args.qc)
+             qc=args.qc, register=args.register, registration=args.registration)
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
                      connectivity=args.connectivity, tta=args.tta)

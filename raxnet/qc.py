@@ -49,16 +49,28 @@ def qc_overlay(
     *,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     point: Sequence[int] | None = None,
+    affine: np.ndarray | None = None,
 ) -> Path:
     """Write a PNG with axial, coronal and sagittal views of ``t1`` and lesion contours.
 
     ``truth`` is optional (inference has none). ``point`` overrides the cut point (see
-    :func:`focus_point`). Returns ``path``.
+    :func:`focus_point`). With ``affine`` (a scan in its own space, e.g. LPS) the volumes are first
+    flipped/permuted to the closest RAS+ orientation and ``spacing`` is taken from it, so the views and
+    their labels hold for any grid. Returns ``path``.
     """
     from matplotlib.lines import Line2D
 
     from raxnet.plotting import plt
 
+    if affine is not None:
+        import nibabel as nib
+
+        ornt = nib.orientations.io_orientation(affine)
+        t1, pred_mask = (nib.orientations.apply_orientation(np.asarray(a), ornt) for a in (t1, pred_mask))
+        if truth is not None:
+            truth = nib.orientations.apply_orientation(np.asarray(truth), ornt)
+        zooms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+        spacing = tuple(float(zooms[int(i)]) for i in np.argsort(ornt[:, 0]))
     t1 = np.asarray(t1, dtype=np.float32)
     pred = np.asarray(pred_mask) != 0
     if pred.shape != t1.shape:

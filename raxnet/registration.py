@@ -28,6 +28,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,6 +64,7 @@ class Settings:
     syn_iterations: tuple[int, ...] = (100, 70, 50, 0)
     syn_shrink: tuple[int, ...] = (8, 4, 2, 1)
     syn_smoothing: tuple[float, ...] = (3, 2, 1, 0)
+    syn_metric: str = "MI"  # SyN metric: "MI" (Mattes, 32 bins; antsRegistrationSyNQuick) or "CC" (radius 2)
     brain_dilation_mm: float = 6.0  # cost-function mask = template brain dilated by this much ...
     lesion_dilation_mm: float = 4.0  # ... minus the lesion estimate dilated by this much (SyN)
     min_similarity: float = 0.5  # below this the scan is refused (see the module docstring)
@@ -71,6 +73,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
             raise ValueError(f"registration transform must be one of {', '.join(TRANSFORMS)}, got {self.transform!r}")
+        if self.syn_metric not in ("MI", "CC"):
+            raise ValueError(f"SyN metric must be MI or CC, got {self.syn_metric!r}")
 
 
 #: Cheap settings for tests: fewer iterations, no full-resolution level.
@@ -165,6 +169,8 @@ class Registration:
 
     def __post_init__(self) -> None:
         self.native_shape = tuple(int(v) for v in self.native.shape[:3])
+        # The temporary files go when the registration does, even if nobody calls close().
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         self._forward: list[str] = []  # native -> template, antsApplyTransforms order (last applied first)
         self._inverse: list[tuple[str, bool]] = []  # template -> native: (file, invert)
 
@@ -245,12 +251,17 @@ class Registration:
             mask = self._write("cost_mask_lesion", cost_function_mask(s, lesion, lesion_affine), grid_affine)
         prefix = str(self.workdir / "syn_")
         args = self._common(prefix) + ["--initial-moving-transform", self._affine_file]
-        args += self._stage("SyN[0.2,3,0]", f"MI[{self._fixed},{self._moving},1,32]", s.syn_iterations, s.syn_shrink,
-                            s.syn_smoothing, mask)
+        metric = f"{s.syn_metric}[{self._fixed},{self._moving},1,{32 if s.syn_metric == 'MI' else 2}]"
+        args += self._stage("SyN[0.2,3,0]", metric, s.syn_iterations, s.syn_shrink, s.syn_smoothing, mask)
         self._run(args)
         self._forward = [prefix + "1Warp.nii.gz", self._affine_file]
         self._inverse = [(self._affine_file, True), (prefix + "1InverseWarp.nii.gz", False)]
         self._clock("registration", t0)
+
+    @property
+    def forward_transforms(self) -> list[str]:
+        """The transform files that bring the scan onto the template, in antsApplyTransforms order."""
+        return list(self._forward)
 
     # -- applying ---------------------------------------------------------------------------------------
     def to_template(self, data: np.ndarray, shape: Sequence[int], affine: np.ndarray, interpolation: str = "bspline") -> np.ndarray:
@@ -261,8 +272,11 @@ class Registration:
 
     def to_native(self, volume: np.ndarray, affine: np.ndarray, interpolation: str = "linear") -> np.ndarray:
         """A template-space ``volume`` (grid ``affine``) resampled onto the scan's own grid."""
+        t0 = time.perf_counter()
         ref = to_ants(np.zeros(self.native_shape, np.float32), self.native.affine)
-        return self._apply(to_ants(volume, affine), ref, self._inverse, interpolation)
+        out = self._apply(to_ants(volume, affine), ref, self._inverse, interpolation)
+        self._clock("mapping", t0)
+        return out
 
     def _apply(self, moving: Any, reference: Any, transforms: list[tuple[str, bool]], interpolation: str) -> np.ndarray:
         import ants
@@ -292,7 +306,7 @@ class Registration:
         return out
 
     def close(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._cleanup()
 
     def __enter__(self) -> "Registration":
         return self
@@ -311,18 +325,25 @@ def register_and_segment(
     """Register a native scan, segment it on the weights' grid with ``segment(volume) -> (result, mask)``
     (the mask a lesion estimate on that grid) and return ``(registration, result, mask)``.
 
-    The caller closes the registration (its temporary files) once it has mapped what it needs back.
+    The registration's temporary files go with it (or with :meth:`Registration.close`).
     """
     settings = settings or Settings()
     check_registrable(data, img, path)
     reg = Registration(img, path, settings)
+
+    def on_grid() -> np.ndarray:
+        t0 = time.perf_counter()
+        out = reg.to_template(data, grid_shape, grid_affine)
+        reg._clock("registration", t0)
+        return out
+
     try:
         reg.affine(data)
-        result, mask = segment(reg.to_template(data, grid_shape, grid_affine))
+        result, mask = segment(on_grid())
         reg.check(data, mask, grid_affine)
         if settings.transform == "syn":
             reg.refine(mask, grid_affine)
-            result, mask = segment(reg.to_template(data, grid_shape, grid_affine))
+            result, mask = segment(on_grid())
     except BaseException:
         reg.close()
         raise
@@ -363,6 +384,23 @@ LESION_COLUMNS = [
     "label", "voxels", "volume_mm3", "volume_mni_mm3", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
     "mni_x_mm", "mni_y_mm", "mni_z_mm", "cortical_fraction", "hemisphere", "location",
 ]  # fmt: skip
+
+
+def write_outputs(reg: Registration, data: np.ndarray, lesions: pd.DataFrame, out_dir: Path, stem: str,
+                  qc: bool) -> dict[str, Any]:
+    """The transform files and (``qc``) the registration QC PNG; returns the summary's registration columns."""
+    xfms = reg.save_transforms(out_dir, stem)
+    if qc:
+        qc_figure(reg, data, out_dir / f"{stem}_desc-registration_qc.png",
+                  f"{stem} -> {SPACE} ({reg.settings.transform}; similarity {reg.similarity:.2f})")
+    return {
+        "lesion_volume_mni_mm3": round(float(lesions["volume_mni_mm3"].sum()), 3) if len(lesions) else 0.0,
+        "registration": reg.settings.transform,
+        "similarity": round(reg.similarity, 4),
+        "transforms": ";".join(str(x) for x in xfms),
+        "seconds_registration": round(reg.seconds.get("registration", 0.0), 2),
+        "seconds_mapping": round(reg.seconds.get("mapping", 0.0), 2),
+    }
 
 
 def qc_figure(reg: Registration, data: np.ndarray, path: Path, title: str) -> Path:
