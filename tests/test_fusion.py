@@ -184,6 +184,7 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
     assert (out / "dice_boxplot.png").is_file() and (out / "dice_by_volume_bin.png").is_file()
     info = json.loads((out / "fusion.json").read_text())
     assert info["holdout_folds"]["axial"] == [1] and info["weight_source"].startswith("cross-validation")
+    assert info["brain_mask_mm"] is None  # no stage-03 record (03_moving_converting/convert.json): no mask step
 
     # evaluate-only on the masks just written reproduces the metrics exactly (independent path), in
     # its own folder: the fusion results are not overwritten
