@@ -119,7 +119,7 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
     assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "w")
-    assert manifest["inference"] == chosen
+    assert manifest["inference"] == {**chosen, "brain_mask_mm": None}  # no stage-03 record: no brain mask
     assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
     # chosen for another model, or nothing chosen: the defaults, with the reason
     for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):
