@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from raxnet import lesions
 from raxnet.atlas import discover
@@ -22,8 +21,9 @@ from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import override, section, stage_dir
 from raxnet.errors import InputError
 from raxnet.io import check_same_grid, read_mask, read_volume, save_csv, save_figure, save_json, save_nifti
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -148,6 +148,7 @@ def _map(rows: list[dict[str, Any]], jobs: int):
         yield from pool.imap(_work, rows, chunksize=1)
 
 
+@stage_run("dataset")
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Stage 01 on ``run['data_root']``: write the tables and figures; return paths and counts."""
     global _SETTINGS
@@ -170,7 +171,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     jobs = int(run.get("jobs") or 1)
     if jobs > 1:  # build the location reference once in the parent: forked workers inherit it
         _warm_reference(rows[0])
-    for status, result in tqdm(_map(rows, jobs), total=len(rows), desc="01 lesion info", unit="subject"):
+    for status, result in progress(_map(rows, jobs), total=len(rows), desc="01 lesion info", unit="subject"):
         if status == "error":
             log.warning("skipping %s: %s", result["subject"], result["error"])
             errors.append(result)
@@ -272,7 +273,7 @@ def make_figures(
     counts = pd.cut(pd.Series(vol), VOLUME_BINS_MM3, right=False, labels=labels).value_counts().reindex(labels)
     bars = axes[1].bar(labels, counts.to_numpy(), color="tab:blue")
     axes[1].bar_label(bars)
-    axes[1].set_xlabel("lesion volume bin")
+    axes[1].set_xlabel("lesion volume bin (ml = 1,000 mm³)")
     axes[1].set_ylabel("subjects")
     axes[1].set_title("Subjects per lesion-volume bin")
     paths["fig_volume"] = save_figure(fig, out / "lesion_volume_distribution.png", dpi=dpi)
