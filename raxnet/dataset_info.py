@@ -365,7 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lesion_frequency.nii.gz,\nlesion_*.png figures, summary.json and errors.csv."
         ),
         data_root=True,
-        prog="extract_lesion_info.py",
     )
     parser.add_argument("--connectivity", type=int, choices=(6, 18, 26), help="3D component connectivity")
     args = parser.parse_args(argv)
