@@ -575,3 +575,96 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise StageInputError(f"{work}: work directory not found")
     print(write_report(work))
     return 0
+
+
+# ------------------------------------------------------------------------------------------ predict batch
+
+PREDICT_SUMMARY = "summary.csv"
+#: Lesion columns shown per scan in the predict report, when present in ``<name>_lesions.csv``.
+_LESION_VIEW = ["label", "volume_mm3", "hemisphere", "location", "mean_probability", "plane_agreement",
+                "planes_detecting"]
+
+
+def check_first(lesions: pd.DataFrame) -> pd.DataFrame:
+    """Lesions in the order to check them: lowest plane agreement, then lowest mean probability, then
+    largest (lesions.csv's order) when the confidence columns are absent."""
+    keys = [c for c in ("plane_agreement", "mean_probability") if c in lesions.columns]
+    if not keys:
+        return lesions
+    return lesions.sort_values(keys + ["label"] if "label" in lesions.columns else keys, kind="stable")
+
+
+def _scan_card(out_dir: Path, row: Mapping[str, Any]) -> str:
+    name = str(row.get("name") or Path(str(row.get("input", ""))).name)
+    failed = str(row.get("status", "ok")) != "ok"
+    head = (f'<h3><span class="badge {"fail" if failed else "good"}">{"failed" if failed else "ok"}</span> '
+            f"{esc(name)}</h3>")
+    if failed:
+        return f'<div class="qc" id="scan-{esc(name)}">{head}<p class="err">{esc(row.get("error", ""))}</p></div>'
+    bits = [f"{fmt(row.get('n_lesions'))} lesion(s)", f"{fmt(row.get('lesion_volume_mm3'), 1)} mm³",
+            f"{fmt(row.get('seconds'), 1)} s"]
+    parts = [head, f'<div class="metrics">{esc(" · ".join(bits))}</div>',
+             figure_html(out_dir / f"{name}_qc.png", out_dir, "", lazy=True)]
+    unc_png = out_dir / f"{name}_uncertainty.png"
+    if unc_png.is_file():
+        parts.append(figure_html(unc_png, out_dir, "Plane disagreement (standard deviation of the three plane "
+                                 "probabilities)", lazy=True))
+    lesions = _read_csv(out_dir / f"{name}_lesions.csv")
+    if lesions is not None and not lesions.empty:
+        view = check_first(lesions)[[c for c in _LESION_VIEW if c in lesions.columns]]
+        more = len(view) - 10
+        parts.append("<div class=\"metrics\">Lesions, to check first at the top (lowest plane agreement):</div>"
+                     + table_html(view.head(10), left=("hemisphere", "location"), ints=("label", "planes_detecting"),
+                                  digits=2))
+        if more > 0:
+            parts.append(f'<p class="muted">… {more} more in <a href="{href(out_dir / f"{name}_lesions.csv", out_dir)}">'
+                         f"{esc(name)}_lesions.csv</a></p>")
+    return f'<div class="qc" id="scan-{esc(name)}">{"".join(parts)}</div>'
+
+
+def build_predict_report(out_dir: str | Path) -> str:
+    """HTML of a ``raxnet predict`` batch: its ``summary.csv`` as a table, then each scan's overlay and lesions."""
+    out = Path(out_dir)
+    table = _read_csv(out / PREDICT_SUMMARY)
+    if table is None:
+        body = missing_html(f"No {PREDICT_SUMMARY} in this folder.")
+        return page_html("raxnet predict", esc(out.resolve()), [], body)
+    if "status" not in table.columns:
+        table["status"] = "ok"
+    table["status"] = table["status"].fillna("ok").astype(str)
+    n_failed = int((table["status"] != "ok").sum())
+    ok = table[table["status"] == "ok"]
+    cards = cards_html([
+        ("scans", len(table)), ("segmented", len(ok)), ("failed", n_failed),
+        ("median lesion volume (mm³)", float(pd.to_numeric(ok.get("lesion_volume_mm3"), errors="coerce").median())
+         if len(ok) else None),
+        ("mean time per scan (s)", float(pd.to_numeric(ok.get("seconds"), errors="coerce").mean()) if len(ok) else None),
+    ])
+    view = table.copy()
+    view["scan"] = [f'<a href="#scan-{esc(n)}">{esc(n)}</a>' for n in view.get("name", view.get("input"))]
+    cols = ["scan", "status"] + [c for c in ("n_lesions", "lesion_volume_mm3", "lesion_voxels", "seconds", "error")
+                                 if c in view.columns]
+    summary = table_html(view[cols], left=("scan", "status", "error"), raw=("scan",),
+                         ints=("n_lesions", "lesion_voxels"), digits=2)
+    order = table.assign(_f=table["status"] == "ok").sort_values("_f", kind="stable").drop(columns="_f")
+    gallery = "".join(_scan_card(out, r) for r in order.to_dict(orient="records"))
+    csv_link = f'<p>Table: <a href="{href(out / PREDICT_SUMMARY, out)}">{PREDICT_SUMMARY}</a>.</p>'
+    body = (cards + f'<section id="scans"><h2>Scans</h2>{csv_link}{summary}</section>'
+            '<section id="gallery"><h2>Overlays (failed first)</h2>'
+            "<p>Red contour: the predicted lesion mask, three views through the lesion. Lesion tables: "
+            "<code>mean_probability</code> = mean fused probability over the lesion, <code>plane_agreement</code> "
+            "= share of its voxels that every plane model alone calls lesion, <code>planes_detecting</code> = "
+            "planes that alone find any of it.</p>"
+            f'<div class="gallery">{gallery}</div></section>')
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    subtitle = f"output folder <code>{esc(out.resolve())}</code> · generated {esc(when)}"
+    return page_html("raxnet predict — batch report", subtitle, [("scans", "Scans"), ("gallery", "Overlays")], body)
+
+
+def write_predict_report(out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/report.html`` for a predict batch (from ``<out_dir>/summary.csv``)."""
+    out = Path(out_dir)
+    path = out / REPORT_NAME
+    with atomic_path(path, suffix=".html") as tmp:
+        tmp.write_text(build_predict_report(out), encoding="utf-8")
+    return path
