@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from html_checks import check_html
 
@@ -115,3 +116,30 @@ def test_cli(work, tmp_path, capsys):
     with pytest.raises(StageInputError, match="not found"):
         main(["--work-dir", str(tmp_path / "nowhere")])
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_predict_batch_report(tmp_path):
+    from raxnet.report import build_predict_report, check_first, write_predict_report
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _write(out / "summary.csv", "input,name,status,error,n_lesions,lesion_volume_mm3,lesion_voxels,seconds\n"
+                                "/x/a_T1w.nii.gz,a,ok,,2,1500.0,1500,1.5\n"
+                                "/x/b_T1w.nii.gz,b,failed,b_T1w.nii.gz: 4D image,,,,\n"
+                                "/x/c_T1w.nii.gz,c,ok,,0,0.0,0,1.2\n")
+    for name in ("a", "c"):
+        (out / f"{name}_qc.png").write_bytes(PNG)
+    (out / "a_uncertainty.png").write_bytes(PNG)
+    _write(out / "a_lesions.csv", "label,voxels,volume_mm3,hemisphere,location,mean_probability,plane_agreement,"
+                                  "planes_detecting\n1,1400,1400,left,cortical,0.9,0.95,3\n2,100,100,right,"
+                                  "subcortical,0.55,0.10,1\n")
+    page = check_html(write_predict_report(out))
+    text = " ".join(page.text)
+    assert {"scan-a", "scan-b", "scan-c"} <= set(page.ids)
+    assert "b_T1w.nii.gz: 4D image" in text and "a_uncertainty.png" in page.refs
+    html = build_predict_report(out)
+    assert html.index('id="scan-b"') < html.index('id="scan-a"')  # failed scans first in the gallery
+    assert html.index(">subcortical<") < html.index(">cortical<")  # the doubtful lesion first
+    lesions = pd.read_csv(out / "a_lesions.csv")
+    assert check_first(lesions)["label"].tolist() == [2, 1]
+    assert "No summary.csv" in build_predict_report(tmp_path / "empty")
