@@ -43,6 +43,7 @@ from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_json
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES, check_plane, padded_shape
+from raxnet.runs import read_subject_folds
 from raxnet.stage import stage_run
 
 if TYPE_CHECKING:
@@ -177,14 +178,13 @@ def _bin_sort_key(label: str) -> tuple[float, str]:
 
 
 def _read_inputs(work: Path, plane: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    subject_folds = read_subject_folds(work)
     folds_dir = stage_dir(work, "folds")
     paths = {
-        "subject_folds": folds_dir / "subject_folds.csv",
         "plane_folds": folds_dir / f"{plane}_folds.csv",
         "index": stage_dir(work, "convert") / "index.csv",
     }
     need = {
-        "subject_folds": ["subject", "fold"],
         "plane_folds": ["subject", "slice", "fold", "kind", "lesion_pixels", "area_bin"],
         "index": ["subject", "plane", "n_slices", "height", "width", "image_path", "mask_path"],
     }
@@ -200,7 +200,7 @@ def _read_inputs(work: Path, plane: str) -> tuple[pd.DataFrame, pd.DataFrame, pd
     bad_kind = set(out["plane_folds"]["kind"]) - {"lesion", "normal"}
     if bad_kind:
         raise StageInputError(f"{paths['plane_folds']}: unknown kind(s) {sorted(bad_kind)}")
-    return out["subject_folds"], out["plane_folds"], out["index"][out["index"]["plane"] == plane]
+    return subject_folds, out["plane_folds"], out["index"][out["index"]["plane"] == plane]
 
 
 def _pick_inner_val(subjects: pd.DataFrame, fraction: float, seed: int, fold: int) -> set[str]:
@@ -372,10 +372,7 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     else:
         planes = [check_plane(plane)]
     if fold is None or int(fold) == 0:
-        path = folds_dir / "subject_folds.csv"
-        if not path.is_file():
-            raise StageInputError(f"{path}: not found (run the earlier stages first)")
-        folds = sorted(int(f) for f in pd.read_csv(path)["fold"].unique())
+        folds = sorted(int(f) for f in read_subject_folds(work)["fold"].unique())
     else:
         folds = [int(fold)]
     reports = [run_one(cfg, run, p, k, depth, materialise) for p in planes for k in folds]

@@ -82,7 +82,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         out_dir = stage_dir(work, "predict")
 
         def _predict() -> dict[str, Any]:
-            predictor = Predictor(weights_dir, batch_size=opts["batch_size"], tta=opts["tta"])
+            predictor = Predictor(weights_dir, batch_size=opts["batch_size"])
             return predict_file(predictor, scan, out_dir, opts)
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)

@@ -30,6 +30,7 @@ from raxnet.intensity import normalise
 from raxnet.io import check_same_grid, load_nifti, read_mask, read_volume, save_csv, save_npy
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANE_AXIS, PLANES, from_slices, parse_planes, slice_shape, to_slices
+from raxnet.runs import resolve_data_path
 from raxnet.stage import stage_run
 
 log = get_logger(__name__)
@@ -110,11 +111,9 @@ def _worker(task: tuple[str, str, str, str, tuple[str, ...]]) -> tuple[str, dict
 
 
 def _resolve_path(value: Any, data_root: Path, subject: str, column: str) -> Path:
-    if not isinstance(value, str) or not value:
+    path = resolve_data_path(value, data_root)
+    if path is None:
         raise InputError(f"subjects.csv: subject {subject} has no {column}")
-    path = Path(value)
-    if not path.is_absolute() and not path.exists() and (data_root / path).exists():
-        path = data_root / path
     return path
 
 

@@ -41,8 +41,10 @@ Intensities
     transition). A lesion touching the lateral ventricle (or any lesion > 40 mL) enlarges the ipsilateral
     ventricle by ~2 mm (ex-vacuo dilatation). Then per site (R001, R002, ...) and per subject: gamma
     (0.8-1.25), smooth multiplicative bias field (SD ``bias`` in log units), arbitrary scanner scale
-    (WM ~300-3,000) and Rician noise (SD ~``noise`` x WM). The template is skull-stripped, so the
-    synthetic T1s are brain-extracted: background is exactly 0.
+    (WM ~300-3,000) and Rician noise (SD ~``noise`` x WM). The template is skull-stripped, so by
+    default the synthetic T1s are brain-extracted (background exactly 0); with ``whole_head`` the brain
+    is wrapped in a defaced head (CSF rim, skull, scalp, neck, noisy air; :mod:`raxnet.synthetic_head`)
+    drawn from its own stream ``(3, set, i)``, so brain, lesions, bias and noise are the same as without it.
 
 Files
     The exact ATLAS v2.0 BIDS names (``Training/R###/sub-r###s###/ses-1/anat/sub-..._ses-1_space-
@@ -61,6 +63,7 @@ Determinism: subject ``i``'s randomness is ``SeedSequence(seed, spawn_key=(0, i)
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -80,6 +83,8 @@ from raxnet import templates
 from raxnet.errors import ConfigError
 from raxnet.io import save_csv, save_json, save_nifti
 from raxnet.log import get_logger, progress
+from raxnet.random_fields import smooth_field, smooth_noise
+from raxnet.synthetic_head import build_head
 
 log = get_logger(__name__)
 
@@ -93,7 +98,11 @@ DEFAULTS: dict[str, Any] = {
     "deform_mm": 3.0,  # SD of the random anatomical displacement at the control points (mm)
     "noise": 0.025,  # mean Rician noise SD as a fraction of the white-matter intensity
     "bias": 0.1,  # SD of the log multiplicative bias field (0.1: about +-20 % across the brain)
+    "whole_head": False,  # wrap the brain in CSF, skull, scalp and neck, deface, noisy air (raxnet.synthetic_head)
 }
+
+#: The [synthetic] keys that shape each subject (the rest say how many and where).
+SUBJECT_KEYS = ("cortical_fraction", "deform_mm", "noise", "bias", "whole_head")
 
 SPACE = "space-MNI152NLin2009aSym"
 T1_SUFFIX = f"_ses-1_{SPACE}_T1w.nii.gz"
@@ -257,38 +266,6 @@ def _axes_mm(affine: np.ndarray, start: Sequence[int], stop: Sequence[int]) -> l
     ]
 
 
-def _smooth_interp_matrix(n_out: int, n_ctrl: int) -> np.ndarray:
-    """(n_out, n_ctrl) row-normalised Gaussian weights: smooth upsampling of control points."""
-    pos = np.linspace(0.0, n_ctrl - 1.0, n_out)
-    d = pos[:, None] - np.arange(n_ctrl)[None, :]
-    w = np.exp(-0.5 * (d / 0.6) ** 2)
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], n_ctrl: Sequence[int]) -> np.ndarray:
-    """Smooth random field on ``shape`` from N(0,1) control points, rescaled to unit SD."""
-    ctrl = rng.standard_normal(tuple(n_ctrl)).astype(np.float32)
-    mats = [_smooth_interp_matrix(s, c) for s, c in zip(shape, n_ctrl)]
-    out = np.tensordot(mats[0], ctrl, axes=(1, 0))
-    out = np.tensordot(out, mats[1], axes=(1, 1))  # (X, Cz, Y)
-    out = np.tensordot(out, mats[2], axes=(1, 1))  # (X, Y, Z)
-    sd = float(out.std())
-    return (out / sd if sd > 0 else out).astype(np.float32)
-
-
-def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:
-    """Gaussian-smoothed white noise with correlation ~``sigma_vox`` voxels and unit SD (coarse-grid trick)."""
-    step = max(1, int(sigma_vox // 2))
-    coarse = tuple(int(math.ceil(s / step)) + 1 for s in shape)
-    noise = rng.standard_normal(coarse).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=max(sigma_vox / step, 0.5), mode="wrap")
-    if step > 1:
-        noise = ndimage.zoom(noise, step, order=1, mode="nearest")
-    noise = noise[: shape[0], : shape[1], : shape[2]]
-    sd = float(noise.std())
-    return noise / sd if sd > 0 else noise
-
-
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     return (q * np.sign(np.diag(r))).astype(np.float32)
@@ -380,13 +357,14 @@ class _Anatomy:
         rows, self.lo, self.hi, sel = _template_rows(spacing)
         box = tuple(int(h - lo) for lo, h in zip(self.lo, self.hi))
         self.box_shape = box
+        self.box = tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi))
         self.axes_mm = _axes_mm(affine, self.lo, self.hi)
         # Smooth displacement (voxels) + small per-axis scaling about the brain centre.
         n_ctrl = [max(3, int(round(b * spacing / 25.0)) + 1) for b in box]
         coords = []
         for a in range(3):
             # Clipped at 2.5 SD: registered scans keep only a few mm of residual misalignment.
-            disp = np.clip(_smooth_field(rng, box, n_ctrl), -2.5, 2.5) * np.float32(deform_mm / spacing)
+            disp = np.clip(smooth_field(rng, box, n_ctrl), -2.5, 2.5) * np.float32(deform_mm / spacing)
             scale = np.float32(1.0 + rng.uniform(-0.03, 0.03))
             ax = np.arange(box[a], dtype=np.float32)
             ax = ax + np.float32(self.lo[a]) + (ax - np.float32(box[a] / 2.0)) * (scale - 1.0) / scale
@@ -408,7 +386,7 @@ class _Anatomy:
 
     def to_full(self, arr: np.ndarray, dtype: Any) -> np.ndarray:
         out = np.zeros(self.shape, dtype=dtype)
-        out[self.lo[0] : self.hi[0], self.lo[1] : self.hi[1], self.lo[2] : self.hi[2]] = arr
+        out[self.box] = arr
         return out
 
     def voxel_of_mm(self, xyz: Sequence[float]) -> np.ndarray:
@@ -484,7 +462,7 @@ def _grow_lesion(
         d2 = np.zeros(allowed.shape, dtype=np.float32)
         for a in range(3):
             d2 += ((rot[a, 0] * x + rot[a, 1] * y + rot[a, 2] * z) / radii[a]) ** 2
-        field = 1.0 - d2 + amp * _smooth_noise(rng, allowed.shape, corr_vox)
+        field = 1.0 - d2 + amp * smooth_noise(rng, allowed.shape, corr_vox)
         if territory != "brainstem":
             # Soft fall-off over the 10 mm next to the midline: a huge lesion ends irregularly near the
             # falx instead of along a straight cut.
@@ -627,7 +605,7 @@ def generate_subject(
         pv = np.maximum(pv, 0.85 * les) * anat.brain[sl]
         depth = ndimage.distance_transform_edt(les) * spacing
         core = CSF_LEVEL + float(rng.uniform(0.10, 0.20))
-        het = 0.04 * _smooth_noise(rng, les.shape, 1.5 / spacing)
+        het = 0.04 * smooth_noise(rng, les.shape, 1.5 / spacing)
         rim = float(rng.uniform(0.05, 0.12)) * np.exp(-np.maximum(depth - spacing, 0.0) / 1.5)
         lesion_int = np.clip(core + het + rim, CSF_LEVEL * 0.9, 0.62).astype(np.float32)
         t1[sl] = (1.0 - pv) * t1[sl] + pv * lesion_int * (t1[sl] > 0)
@@ -637,15 +615,46 @@ def generate_subject(
     gamma = scanner["gamma"] * float(rng.uniform(0.95, 1.05))
     scale = scanner["scale"] * float(rng.uniform(0.9, 1.1))
     sigma = float(p["noise"]) * scanner["noise"] * float(rng.uniform(0.8, 1.25))
-    n_ctrl = [4, 5, 4]
-    bias = np.exp(float(p["bias"]) * _smooth_field(rng, anat.box_shape, n_ctrl))
-    support = t1 > 0
-    img = np.power(t1, gamma, dtype=np.float32) * bias
     sd = sigma * WM_LEVEL**gamma
-    n1 = rng.standard_normal(anat.box_shape, dtype=np.float32)
-    n2 = rng.standard_normal(anat.box_shape, dtype=np.float32)
-    img = np.sqrt((img + sd * n1) ** 2 + (sd * n2) ** 2) * scale
-    img = np.where(support, np.clip(np.rint(img), 1, 32767), 0).astype(np.float32)
+    n_ctrl = [4, 5, 4]
+    head_info: dict[str, Any] = {}
+    if not p["whole_head"]:
+        bias = np.exp(float(p["bias"]) * smooth_field(rng, anat.box_shape, n_ctrl))
+        support = t1 > 0
+        img = np.power(t1, gamma, dtype=np.float32) * bias
+        n1 = rng.standard_normal(anat.box_shape, dtype=np.float32)
+        n2 = rng.standard_normal(anat.box_shape, dtype=np.float32)
+        img = np.sqrt((img + sd * n1) ** 2 + (sd * n2) ** 2) * scale
+        img = anat.to_full(np.where(support, np.clip(np.rint(img), 1, 32767), 0), np.float32)
+    else:
+        # The brain, its bias field and its noise are drawn exactly as without the head (same voxels,
+        # same values); the head has its own random stream, so switching it on changes nothing inside.
+        field = smooth_field(rng, anat.box_shape, n_ctrl, extend=(anat.lo, anat.shape))
+        bias = np.exp(float(p["bias"]) * field)
+        hrng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, *_keys(index, testing))))
+        brain = anat.to_full(t1 > 0, bool)
+        head, inside, hp = build_head(brain | anat.to_full(anat.brain, bool), anat.affine, hrng)
+        img = np.where(brain, anat.to_full(t1, np.float32), head)
+        np.power(img, gamma, out=img)
+        img *= bias
+        noise = []
+        outside = np.ones(anat.shape, dtype=bool)
+        outside[anat.box] = False
+        for _ in range(2):
+            n = np.empty(anat.shape, dtype=np.float32)
+            n[anat.box] = rng.standard_normal(anat.box_shape, dtype=np.float32)
+            n[outside] = hrng.standard_normal(int(outside.sum()), dtype=np.float32)
+            noise.append(n)
+        img = np.sqrt((img + sd * noise[0]) ** 2 + (sd * noise[1]) ** 2) * scale
+        img = np.clip(np.rint(img), 0, 32767)
+        img[brain] = np.maximum(img[brain], 1.0)
+        img[~inside] = 0.0
+        head_info = {
+            "head_csf_mm": round(hp.csf_mm, 2),
+            "head_skull_mm": round(hp.inner_table_mm + hp.diploe_mm + hp.outer_table_mm, 2),
+            "head_scalp_mm": round(hp.galea_mm + hp.fat_mm + hp.skin_mm, 2),
+            "head_deface_deg": round(hp.deface_deg, 1),
+        }
 
     mask = (lesion & anat.brain).astype(np.uint8)
     _, n_comp = ndimage.label(mask, structure=_STRUCT26)
@@ -670,9 +679,11 @@ def generate_subject(
         "gamma": round(gamma, 4),
         "scale": round(scale, 2),
         "noise_sd": round(sigma, 4),
+        "whole_head": bool(p["whole_head"]),
+        **head_info,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return anat.to_full(img, np.float32), anat.to_full(mask, np.uint8), anat.affine.copy(), info
+    return img.astype(np.float32, copy=False), anat.to_full(mask, np.uint8), anat.affine.copy(), info
 
 
 # --- dataset ----------------------------------------------------------------------------------------------
@@ -752,7 +763,7 @@ def generate_dataset(
         raise ConfigError(f"[synthetic] {n_sites} sites for {n_subjects} subjects: some sites would be empty")
     if math.ceil(n_subjects / n_sites) > TESTING_OFFSET - 1 or math.ceil(n_testing / n_sites) > 999 - TESTING_OFFSET:
         raise ConfigError("[synthetic] too many subjects per site for the sub-r###s### naming")
-    p = {k: v for k, v in {**DEFAULTS, **(params or {})}.items() if k in ("cortical_fraction", "deform_mm", "noise", "bias")}
+    p = {k: v for k, v in {**DEFAULTS, **(params or {})}.items() if k in SUBJECT_KEYS}
     root = Path(out_root)
     tasks = [(str(root), i, int(seed), int(spacing), False, int(n_sites), p) for i in range(n_subjects)]
     tasks += [(str(root), j, int(seed), int(spacing), True, int(n_sites), p) for j in range(n_testing)]
@@ -854,6 +865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spacing", type=int, choices=(1, 2), help="1 = real 197x233x189 grid, 2 = 99x117x95")
     parser.add_argument("--sites", type=int, help="number of sites R001..")
     parser.add_argument("--testing", type=int, help="unlabelled Testing subjects (no masks)")
+    parser.add_argument("--whole-head", action=argparse.BooleanOptionalAction, default=None,
+                        help="defaced whole-head T1s (scalp, skull, CSF rim, noisy air) instead of brain-only")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
     syn = override(
@@ -862,6 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spacing=args.spacing,
         sites=args.sites,
         testing=args.testing,
+        whole_head=args.whole_head,
     )
     cfg = {**cfg, "synthetic": syn}
     summary = run(cfg, run_cfg)
