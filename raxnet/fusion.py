@@ -13,9 +13,10 @@ This module only orchestrates; each step has its owner:
 ``weighted`` uses each plane's mean cross-validated 3D Dice (``metrics.csv`` of stage 07, see
 :func:`raxnet.runs.plane_weights`), normalised; equal weights (logged) when those are unavailable.
 
-``oof`` adds out-of-fold fusion on the train subjects: a subject of fold ``k`` is predicted by the
-three ``fold_<k>`` models, which never saw it (folds without all three models are skipped, logged, and
-listed in ``errors.csv``). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
+``oof`` adds out-of-fold fusion on the train subjects (set ``oof`` in the tables): a subject of fold ``k``
+is predicted by the three ``fold_<k>`` models, which never saw it. Folds without all three models (e.g.
+``[train] folds = "1"``) are skipped: their subjects are listed in ``skipped.csv`` with the reason and are
+neither scored nor counted as failed (``errors.csv`` lists only failures). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
 on the train set ``weighted`` is very slightly optimistic; on the hold-out it is not.
 
 ``evaluate_only`` scores existing masks (``<subject>_<method>.nii.gz`` or ``<subject>.nii.gz``) instead,
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.components import LESION_CONNECTIVITY
@@ -52,10 +52,11 @@ from raxnet.evaluation import (
 from raxnet.inference import ModelCache, predict_probabilities
 from raxnet.io import check_same_grid, read_mask, save_json, save_nifti
 from raxnet.metrics import evaluate
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, CLEAN_SUFFIX, FUSED_METHODS, fuse_all, method_names
 from raxnet.runs import FoldModel, fold_models, plane_weights, select_models, train_dir
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -91,14 +92,17 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], methods: Sequence[str],
-            extra: dict[str, Any]) -> dict[str, Any]:
-    result = write_results(out, rows, errors, methods)
+            extra: dict[str, Any], skipped: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    result = write_results(out, rows, errors, methods, skipped)
     print(result["table"])
-    log.info("08_fusion: %d subject(s) scored, %d failed -> %s",
-             result["n_subjects"] - result["n_failed"], result["n_failed"], out)
+    why = sorted({s["reason"] for s in skipped})
+    log.info("08_fusion: %d subject(s) scored, %d failed (errors.csv), %d skipped%s -> %s",
+             result["n_subjects"] - result["n_failed"], result["n_failed"], result["n_skipped"],
+             f" (skipped.csv: {'; '.join(why)})" if why else "", out)
     return {**result, **extra}
 
 
+@stage_run("fusion")
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Fuse, write masks and score every hold-out (and, with ``oof``, train) subject; see module doc."""
     f = settings(cfg)
@@ -124,29 +128,30 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     skipped_folds: dict[int, str] = {}
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
     todo: list[tuple[Subject, dict[str, list[FoldModel]]]] = []
     for s in subjects:
         if s.set == "holdout":
             todo.append((s, holdout_models))
             continue
-        if s.fold is None:
-            log.warning("%s: train subject without a fold in subject_folds.csv; skipped", s.subject)
-            errors.append({"subject": s.subject, "set": s.set, "error": "no fold in subject_folds.csv"})
+        if s.fold is None:  # stage 04's table does not match stage 02's: a failure, not a choice
+            record_failure(s, StageInputError(f"{s.subject}: train subject without a fold in subject_folds.csv"),
+                           methods, rows, errors)
             continue
         missing = [p for p in needed if s.fold not in all_models[p]]
-        if missing:
-            why = f"fold_{s.fold} model missing for {', '.join(missing)}"
+        if missing:  # e.g. [train] folds = "1": the other folds' subjects cannot be scored out of fold
+            why = f"fold_{s.fold} not trained ({', '.join(missing)})"
             if s.fold not in skipped_folds:
-                log.warning("out-of-fold: %s; its subjects are skipped", why)
+                log.info("out-of-fold: %s; its subjects are skipped", why)
             skipped_folds[s.fold] = why
-            errors.append({"subject": s.subject, "set": s.set, "error": why})
+            skipped.append({"subject": s.subject, "set": s.set, "reason": why})
             continue
         todo.append((s, {p: [all_models[p][s.fold]] for p in needed}))
 
     # hold-out first, then out-of-fold subjects grouped by fold, so each fold's models load once
     todo.sort(key=lambda item: (item[0].set != "holdout", item[0].fold or 0))
     cache = ModelCache()
-    for s, models in tqdm(todo, desc="08 fusion", unit="subject"):
+    for s, models in progress(todo, desc="08 fusion", unit="subject"):
         cache.keep_only(m.path for ms in models.values() for m in ms)  # frees the previous fold's models
         try:
             t1, truth, img = load_truth(s)
@@ -182,6 +187,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         "min_size": int(f["min_size"]),
         "connectivity": int(f["connectivity"]),
         "methods": methods,
+        "qc_method": f["qc_method"],
         "weights": weights,
         "weight_source": weight_source,
         "oof": bool(f["oof"]),
@@ -190,7 +196,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     save_json(info, out / "fusion.json")
     return _finish(out, rows, errors, methods, {"selected_folds": used, "weights": weights,
                                                     "weight_source": weight_source,
-                                                    "oof_skipped_folds": sorted(skipped_folds)})
+                                                    "oof_skipped_folds": sorted(skipped_folds)}, skipped)
 
 
 def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path) -> dict[str, Any]:
@@ -220,7 +226,7 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
         methods = ["prediction"]
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    for s in tqdm(subjects, desc="08 evaluate", unit="subject"):
+    for s in progress(subjects, desc="08 evaluate", unit="subject"):
         try:
             t1, truth, img = load_truth(s)
         except InputError as exc:
