@@ -40,7 +40,7 @@ SET_TITLES: dict[str, str] = {"holdout": "hold-out", "oof": "out-of-fold (train 
 #: Columns of ``subject_metrics.csv`` (the first 13 are the stage contract; the rest are extras).
 SUBJECT_METRIC_COLUMNS: tuple[str, ...] = (
     "subject", "set", "method", *SUMMARY_METRICS[:8], "lesion_voxels", "error",  # the contract
-    *SUMMARY_METRICS[8:], "pred_voxels", "volume_bin", "truth_lesions", "pred_lesions",
+    *SUMMARY_METRICS[8:], "pred_voxels", "volume_bin", "truth_lesions", "pred_lesions", "plane_agreement",
 )
 
 

@@ -164,10 +164,15 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         s.lesion_voxels = float(truth.sum())
         masks = fuse_all(probs, methods, threshold=float(f["threshold"]), weights=weights,
                          min_size=int(f["min_size"]), connectivity=int(f["connectivity"]))
+        # where every predicted plane alone says lesion: the share of a mask inside it = plane agreement
+        unanimous = np.logical_and.reduce([p >= float(f["threshold"]) for p in probs.values()])
         results = {}
         for m, mask in masks.items():
             save_nifti(mask, img, out / "masks" / f"{s.subject}_{m}.nii.gz", dtype=np.uint8)
             results[m] = evaluate(mask, truth, spacing=spacing, connectivity=int(f["connectivity"]))
+            n_mask = int(np.count_nonzero(mask))
+            results[m]["plane_agreement"] = (float(np.count_nonzero(unanimous & (mask > 0))) / n_mask
+                                             if n_mask else np.nan)
             rows.append(subject_row(s, m, results[m]))
         if f["save_probabilities"]:
             for p, prob in probs.items():

@@ -468,7 +468,7 @@ def _gallery(work: Path) -> str:
 
         parts = [num("lesion_voxels", "lesion voxels"), num("pred_voxels", "predicted voxels"),
                  num("hd95_mm", "HD95", 1, " mm"), num("lesion_f1", "lesion F1"), num("precision", "precision"),
-                 num("recall", "recall")]
+                 num("recall", "recall"), num("plane_agreement", "plane agreement")]
         if isinstance(r.get("volume_bin"), str) and r["volume_bin"]:
             parts.append(f"volume bin {r['volume_bin']} mm³")
         metrics_line = esc(" · ".join(p for p in parts if p))
@@ -482,7 +482,9 @@ def _gallery(work: Path) -> str:
     n_failed = int((df["error"] != "").sum())
     intro = (f"<p>Every hold-out subject ({len(df)}; {n_failed} failed), worst first, scored with the "
              f"<b>{esc(method)}</b> fusion. Green contour: ground truth; red: prediction; three views through the "
-             "lesion. Badge: 3D Dice (red &lt; 0.3 ≤ orange &lt; 0.6 ≤ green).</p>")
+             "lesion. Badge: 3D Dice (red &lt; 0.3 ≤ orange &lt; 0.6 ≤ green). <i>Plane agreement</i>: the share of "
+             "the predicted lesion that each of the three plane models alone also calls lesion (low = the planes "
+             "disagree; look closer).</p>")
     return intro + '<div class="gallery">' + "".join(cards) + "</div>"
 
 

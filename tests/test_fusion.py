@@ -153,6 +153,9 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
             assert ok.loc[(s, m), "dice"] == pytest.approx(1.0), (s, m)
             assert ok.loc[(s, m), "hd95_mm"] == 0.0 and ok.loc[(s, m), "lesion_f1"] == 1.0
         assert ok.loc[(s, "coronal"), "dice"] < 0.2  # the bad plane alone; fusion outvotes it
+        # plane agreement: every plane (coronal at p = 0.5 everywhere, >= threshold) calls the fused lesion
+        # lesion, but the coronal mask is mostly voxels that axial and sagittal reject
+        assert ok.loc[(s, "mean"), "plane_agreement"] == 1.0 and ok.loc[(s, "coronal"), "plane_agreement"] < 0.2
         assert ok.loc[(s, "coronal"), "lesion_voxels"] == 27
 
     # out-of-fold (set "oof"): sub-t1 by fold_1 (good), sub-t2 by fold_2 (zero -> empty prediction),
