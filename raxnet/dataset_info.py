@@ -306,7 +306,7 @@ def make_figures(
     axes[0].bar_label(bars)
     axes[0].set_xlabel("lesion location")
     axes[0].set_ylabel("subjects")
-    axes[0].set_title("Location (MNI152 GM map + Seitzman 2018 ROI labels)")
+    axes[0].set_title("Location (MNI152 GM map + Seitzman 2020 ROI labels)")
     table = pd.crosstab(subjects["location"], subjects["hemisphere"]).reindex(
         index=loc_order, columns=hemi_order, fill_value=0
     )

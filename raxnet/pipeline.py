@@ -18,6 +18,7 @@ import pandas as pd
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, stage_dir
 from raxnet.log import get_logger
+from raxnet.stage import update_report
 
 log = get_logger(__name__)
 
@@ -86,6 +87,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
             return predict_batch(predictor, [scan], out_dir, opts)[0][0]
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)
+        update_report(work, "predict")  # the run report links the prediction's own report
     summary = {"timings": timings, "work_dir": str(work), "predicted": predicted, "weights": str(weights_dir)}
     print_summary(work, summary)
     return summary

@@ -296,7 +296,9 @@ def predict_batch(predictor: Predictor, inputs: Sequence[Path], out_dir: Path,
                 continue
             done.append(result)
             rows.append({**row, "status": "ok", "error": "", **result})
-        save_csv(pd.DataFrame(rows).reindex(columns=BATCH_COLUMNS), out_dir / PREDICT_SUMMARY)
+        table = pd.DataFrame(rows).reindex(columns=BATCH_COLUMNS)
+        table = table.astype({"lesion_voxels": "Int64", "n_lesions": "Int64"})  # counts stay integers beside failures
+        save_csv(table, out_dir / PREDICT_SUMMARY)
         report = write_predict_report(out_dir)
         log.info("%d scan(s) segmented, %d failed: %s, %s", len(done), len(failed), out_dir / PREDICT_SUMMARY, report)
     return done, failed
@@ -323,6 +325,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print(f"{len(failed)} scan(s) failed:")
         for path, msg in failed:
-            print(f"  {path}: {msg}")
+            print(f"  {msg}" if str(path) in msg else f"  {path}: {msg}")
         return 2 if not done else 1
     return 0

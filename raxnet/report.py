@@ -82,6 +82,7 @@ figcaption { color: var(--muted); font-size: 12px; margin-top: 2px; }
          color: #fff; font-weight: 600; font-size: 12px; }
 .bad { background: #c53030; } .mid { background: #c77c02; } .good { background: #2f855a; } .fail { background: #555; }
 .err { color: #c53030; }
+.scroll { overflow-x: auto; }
 """
 
 
@@ -424,6 +425,11 @@ def _fusion(work: Path) -> str:
             if metric == "dice" and "dice_median" in g.columns:
                 view["Dice median"] = g["dice_median"].to_numpy()
         out.append(f"<h3>{esc(_set_label(set_name))}</h3>" + table_html(view, left=("method",), ints=("n", "failed")))
+    skipped = _read_csv(folder / "skipped.csv")
+    if skipped is not None and not skipped.empty:
+        reasons = "; ".join(f"{esc(r)} ({n})" for r, n in skipped["reason"].value_counts(sort=False).items())
+        out.append(f'<p>{len(skipped)} train subject(s) not scored out of fold, by design: {reasons} — '
+                   f'<a href="{href(folder / "skipped.csv", work)}">skipped.csv</a>.</p>')
     out.append('<div class="grid">'
                + figure_html(folder / "dice_boxplot.png", work, "3D Dice per subject and method")
                + figure_html(folder / "dice_by_volume_bin.png", work, "3D Dice by lesion-volume bin")
@@ -464,7 +470,9 @@ def _gallery(work: Path) -> str:
         failed = bool(r.get("error"))
         def num(key: str, label: str, digits: int = 3, unit: str = "") -> str:
             value = r.get(key)
-            return "" if value is None or pd.isna(value) else f"{label} {fmt(value, digits)}{unit}"
+            if value is None or pd.isna(value):
+                return ""
+            return f"{label} {fmt(value if key.endswith('voxels') else float(value), digits)}{unit}"
 
         parts = [num("lesion_voxels", "lesion voxels"), num("pred_voxels", "predicted voxels"),
                  num("hd95_mm", "HD95", 1, " mm"), num("lesion_f1", "lesion F1"), num("precision", "precision"),
@@ -497,15 +505,16 @@ def _logs(work: Path) -> str:
         log_file = path / LOG_NAME
         errors = _read_csv(path / "errors.csv")
         n_err = None if errors is None else len(errors)
+        page = path / REPORT_NAME
         rows.append({
-            "stage": folder,
+            "stage": folder + (f' (<a href="{href(page, work)}">report</a>)' if page.is_file() else ""),
             "log": f'<a href="{href(log_file, work)}">{LOG_NAME}</a>' if log_file.is_file() else "–",
             "errors.csv": (f'<a href="{href(path / "errors.csv", work)}">{n_err} row(s)</a>'
                            if n_err is not None else "–"),
         })
     if not rows:
         return missing_html("No stage has run.")
-    return table_html(pd.DataFrame(rows), left=("stage", "log", "errors.csv"), raw=("log", "errors.csv"))
+    return table_html(pd.DataFrame(rows), left=("stage", "log", "errors.csv"), raw=("stage", "log", "errors.csv"))
 
 
 def _overview(work: Path) -> str:
@@ -585,6 +594,8 @@ PREDICT_SUMMARY = "summary.csv"
 #: Lesion columns shown per scan in the predict report, when present in ``<name>_lesions.csv``.
 _LESION_VIEW = ["label", "volume_mm3", "hemisphere", "location", "mean_probability", "plane_agreement",
                 "planes_detecting"]
+_LESION_HEADERS = {"label": "lesion", "volume_mm3": "mm³", "hemisphere": "side", "mean_probability": "mean p",
+                   "plane_agreement": "agreement", "planes_detecting": "planes"}
 
 
 def check_first(lesions: pd.DataFrame) -> pd.DataFrame:
@@ -603,8 +614,9 @@ def _scan_card(out_dir: Path, row: Mapping[str, Any]) -> str:
             f"{esc(name)}</h3>")
     if failed:
         return f'<div class="qc" id="scan-{esc(name)}">{head}<p class="err">{esc(row.get("error", ""))}</p></div>'
-    bits = [f"{fmt(row.get('n_lesions'))} lesion(s)", f"{fmt(row.get('lesion_volume_mm3'), 1)} mm³",
-            f"{fmt(row.get('seconds'), 1)} s"]
+    n_lesions = row.get("n_lesions")
+    bits = [f"{fmt(int(n_lesions)) if pd.notna(n_lesions) else '?'} lesion(s)",
+            f"{fmt(row.get('lesion_volume_mm3'), 1)} mm³", f"{fmt(row.get('seconds'), 1)} s"]
     parts = [head, f'<div class="metrics">{esc(" · ".join(bits))}</div>',
              figure_html(out_dir / f"{name}_qc.png", out_dir, "", lazy=True)]
     unc_png = out_dir / f"{name}_uncertainty.png"
@@ -614,10 +626,12 @@ def _scan_card(out_dir: Path, row: Mapping[str, Any]) -> str:
     lesions = _read_csv(out_dir / f"{name}_lesions.csv")
     if lesions is not None and not lesions.empty:
         view = check_first(lesions)[[c for c in _LESION_VIEW if c in lesions.columns]]
+        view = view.rename(columns=_LESION_HEADERS)
         more = len(view) - 10
         parts.append("<div class=\"metrics\">Lesions, to check first at the top (lowest plane agreement):</div>"
-                     + table_html(view.head(10), left=("hemisphere", "location"), ints=("label", "planes_detecting"),
-                                  digits=2))
+                     + '<div class="scroll">'
+                     + table_html(view.head(10), left=("side", "location"), ints=("lesion", "planes"), digits=2)
+                     + "</div>")
         if more > 0:
             parts.append(f'<p class="muted">… {more} more in <a href="{href(out_dir / f"{name}_lesions.csv", out_dir)}">'
                          f"{esc(name)}_lesions.csv</a></p>")
@@ -653,10 +667,12 @@ def build_predict_report(out_dir: str | Path) -> str:
     csv_link = f'<p>Table: <a href="{href(out / PREDICT_SUMMARY, out)}">{PREDICT_SUMMARY}</a>.</p>'
     body = (cards + f'<section id="scans"><h2>Scans</h2>{csv_link}{summary}</section>'
             '<section id="gallery"><h2>Overlays (failed first)</h2>'
-            "<p>Red contour: the predicted lesion mask, three views through the lesion. Lesion tables: "
-            "<code>mean_probability</code> = mean fused probability over the lesion, <code>plane_agreement</code> "
-            "= share of its voxels that every plane model alone calls lesion, <code>planes_detecting</code> = "
-            "planes that alone find any of it.</p>"
+            "<p>Red contour: the predicted lesion mask, three views through the lesion. Heat map (with "
+            "<code>--save-uncertainty</code>): where the three plane models disagree. Lesion tables (columns of "
+            "<code>&lt;name&gt;_lesions.csv</code>): <i>mean p</i> = <code>mean_probability</code>, the mean fused "
+            "probability over the lesion; <i>agreement</i> = <code>plane_agreement</code>, the share of its voxels "
+            "that every plane model alone calls lesion; <i>planes</i> = <code>planes_detecting</code>, how many "
+            "plane models alone find any of it.</p>"
             f'<div class="gallery">{gallery}</div></section>')
     when = datetime.datetime.now().isoformat(timespec="seconds")
     subtitle = f"output folder <code>{esc(out.resolve())}</code> · generated {esc(when)}"
