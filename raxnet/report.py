@@ -425,6 +425,14 @@ def _fusion(work: Path) -> str:
             if metric == "dice" and "dice_median" in g.columns:
                 view["Dice median"] = g["dice_median"].to_numpy()
         out.append(f"<h3>{esc(_set_label(set_name))}</h3>" + table_html(view, left=("method",), ints=("n", "failed")))
+    chosen = (_read_json(folder / "postprocessing.json") or {}).get("chosen")
+    if chosen:
+        out.append(
+            f"<p>Post-processing chosen on the out-of-fold predictions of {fmt(chosen.get('n_subjects'))} train "
+            f"subject(s), never on the hold-out: fusion <b>{esc(chosen.get('fusion'))}</b>, threshold "
+            f"{fmt(chosen.get('threshold'), 2)}, lesions ≥ {fmt(chosen.get('min_lesion_mm3'), 0)} mm³ (validation "
+            f"{esc(chosen.get('metric'))} {fmt(chosen.get('score'))}); scored on the hold-out as method "
+            f"<code>selected</code> — <a href=\"{href(folder / 'postprocessing.json', work)}\">postprocessing.json</a>.</p>")
     skipped = _read_csv(folder / "skipped.csv")
     if skipped is not None and not skipped.empty:
         reasons = "; ".join(f"{esc(r)} ({n})" for r, n in skipped["reason"].value_counts(sort=False).items())
