@@ -14,6 +14,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from raxnet import cli_common
 from raxnet.cli_common import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,5 +51,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[name][0])
-    sys.argv[0] = f"raxnet {name}"  # argparse's usage line names the command the user typed
+    cli_common.PROG = f"raxnet {name}"  # usage lines name the command the user typed
     run_cli(module.main, rest)

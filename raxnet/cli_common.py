@@ -12,6 +12,11 @@ from raxnet.errors import RaxnetError
 from raxnet.log import setup_console
 
 
+#: Program name for usage lines when a stage runs as ``raxnet <command>`` (set by :mod:`raxnet.cli`); ``None``
+#: = argparse's default, the script's file name.
+PROG: str | None = None
+
+
 def stage_parser(description: str, *, data_root: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with the options every stage accepts.
 
@@ -19,7 +24,7 @@ def stage_parser(description: str, *, data_root: bool = False, prog: str | None 
     ``--jobs`` override its ``[run]`` section.
     """
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog or PROG, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="TOML configuration file (default: built-in defaults)")
     parser.add_argument("--work-dir", help="work directory; each stage writes <work-dir>/<stage folder>/ "

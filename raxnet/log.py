@@ -135,6 +135,14 @@ class _PlainFormatter(logging.Formatter):
         return _ESCAPES.sub("", super().format(record))
 
 
+def command_line() -> str:
+    """The command as typed: ``raxnet split --work-dir W`` (not ``.../raxnet/__main__.py split ...``)."""
+    head = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if head in ("__main__.py", "raxnet"):
+        head = "raxnet"
+    return " ".join([head, *sys.argv[1:]])
+
+
 def _has_outputs(folder: Path) -> bool:
     return any(p.is_file() and p.name != LOG_NAME for p in folder.rglob("*"))
 
@@ -160,7 +168,7 @@ def stage_log(folder: str | Path, title: str) -> Iterator[Path]:
         handler.handle(root.makeRecord(root.name, level, __file__, 0, msg, args, None))
 
     when = datetime.datetime.now().isoformat(timespec="seconds")
-    _file_only(logging.INFO, "=== %s started %s: %s", title, when, " ".join(sys.argv))
+    _file_only(logging.INFO, "=== %s started %s: %s", title, when, command_line())
     root.addHandler(handler)
     try:
         yield path

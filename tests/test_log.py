@@ -104,3 +104,12 @@ def test_tensorflow_banner_hidden_unless_verbose(tmp_path, verbose):
     assert ("oneDNN" in res.stderr) == verbose
     failed = subprocess.run(args[:3], capture_output=True, text=True, env={**env, "FAKE_TF_FAIL": "1"}, timeout=60)
     assert failed.returncode == 1 and "oneDNN" in failed.stderr and "libcudart" in failed.stderr
+
+
+def test_command_line_names_the_command(monkeypatch):
+    from raxnet.log import command_line
+
+    monkeypatch.setattr(sys, "argv", ["/x/raxnet/__main__.py", "split", "--work-dir", "w"])
+    assert command_line() == "raxnet split --work-dir w"
+    monkeypatch.setattr(sys, "argv", ["/repo/02_data_splitting/split_subjects.py", "--seed", "3"])
+    assert command_line() == "split_subjects.py --seed 3"
