@@ -1,8 +1,10 @@
 """Stage 03: normalised 3D volumes -> one memory-mappable 2D slice stack per subject and plane.
 
 For every subject of the split (``train``; with ``include_holdout`` also ``holdout``) the T1w volume is
-read, checked against its lesion mask's grid, normalised with :func:`raxnet.intensity.normalise` (the
-same function inference uses) and written once per plane as
+read, checked against its lesion mask's grid, passed through the brain-mask step (voxels farther than
+``brain_mask_mm`` from the MNI152 brain mask set to 0; :mod:`raxnet.brainmask`) and normalised with
+:func:`raxnet.intensity.normalise` -- :func:`raxnet.brainmask.prepare`, the same call inference makes --
+and written once per plane as
 
 * ``<stage>/<plane>/<subject>_image.npy`` -- float16, shape ``(n_slices, H, W)`` =
   ``raxnet.planes.to_slices(volume, plane)``, C-contiguous, so slice ``i`` is one contiguous read;
@@ -10,28 +12,31 @@ same function inference uses) and written once per plane as
 
 Two ``.npy`` files per subject and plane (not one file per slice) keep the file count small; both open
 with ``np.load(path, mmap_mode="r")`` so later stages read single slices without loading volumes.
-``index.csv`` lists every stack (paths relative to the stage folder). Re-running skips subjects whose
-stacks already exist with the right shape and dtype, and redoes any that are missing or corrupt.
+``index.csv`` lists every stack (paths relative to the stage folder); ``convert.json`` records the
+brain-mask setting (stage 08 and the weight export read it). Re-running skips subjects whose stacks
+already exist with the right shape and dtype, and redoes any that are missing or corrupt, or all of
+them when the brain-mask setting changed.
 """
 
 from __future__ import annotations
 
+import argparse
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, override, section, stage_dir
-from raxnet.errors import InputError, StageInputError
-from raxnet.intensity import normalise
+from raxnet.brainmask import DEFAULT_DILATION_MM, check_setting, prepare, read_record, write_record
+from raxnet.errors import ConfigError, InputError, StageInputError
 from raxnet.io import check_same_grid, load_nifti, read_mask, read_volume, save_csv, save_npy
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANE_AXIS, PLANES, from_slices, parse_planes, slice_shape, to_slices
 from raxnet.runs import resolve_data_path
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -39,12 +44,24 @@ log = get_logger(__name__)
 DEFAULTS: dict[str, Any] = {
     "planes": "all",  # planes to write: "all" or a comma list such as "axial,coronal"
     "include_holdout": False,  # also convert the hold-out subjects (needed by stage 08 / evaluation)
+    "brain_mask": True,  # zero everything farther than brain_mask_mm from the MNI152 brain mask (whole-head scans)
+    "brain_mask_mm": DEFAULT_DILATION_MM,  # dilation of the brain mask (mm)
 }
 
 IMAGE_DTYPE = np.float16
 MASK_DTYPE = np.uint8
 INDEX_COLUMNS = ["subject", "set", "plane", "n_slices", "height", "width", "image_path", "mask_path"]
 ERROR_COLUMNS = ["subject", "error"]
+
+
+def brain_mask_setting(opts: dict[str, Any]) -> float | None:
+    """The ``[convert]`` brain-mask step as a dilation in mm, or None when it is off."""
+    if not opts["brain_mask"]:
+        return None
+    try:
+        return check_setting(opts["brain_mask_mm"], "[convert] brain_mask_mm")
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def stack_paths(stage: Path, subject: str, plane: str) -> tuple[Path, Path]:
@@ -81,7 +98,8 @@ def _is_done(stage: Path, subject: str, t1_path: Path, planes: Sequence[str]) ->
 
 
 def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, stage: str | Path,
-                    planes: Sequence[str] = PLANES) -> dict[str, tuple[int, int, int]]:
+                    planes: Sequence[str] = PLANES,
+                    brain_mask_mm: float | None = None) -> dict[str, tuple[int, int, int]]:
     """Read, validate and normalise one subject and write its stacks; returns ``{plane: stack shape}``.
 
     Raises :class:`InputError` (message names the file) for a missing/corrupt/4D/NaN image, a non-binary
@@ -91,7 +109,7 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     t1, t1_img = read_volume(t1_path)
     mask, mask_img = read_mask(mask_path)
     check_same_grid(t1_img, mask_img, t1_path, mask_path)
-    norm = normalise(t1)
+    norm = prepare(t1, t1_img.affine, brain_mask_mm, source=str(t1_path))
     shapes = {}
     for plane in planes:
         img_path, msk_path = stack_paths(stage, subject, plane)
@@ -102,10 +120,10 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     return shapes
 
 
-def _worker(task: tuple[str, str, str, str, tuple[str, ...]]) -> tuple[str, dict | None, str | None]:
-    subject, t1, msk, stage, planes = task
+def _worker(task: tuple[str, str, str, str, tuple[str, ...], float | None]) -> tuple[str, dict | None, str | None]:
+    subject, t1, msk, stage, planes, brain_mask_mm = task
     try:
-        return subject, convert_subject(subject, t1, msk, stage, planes), None
+        return subject, convert_subject(subject, t1, msk, stage, planes, brain_mask_mm), None
     except InputError as exc:
         return subject, None, str(exc)
 
@@ -151,6 +169,11 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     data_root = Path(run["data_root"])
     stage = stage_dir(work, "convert", create=True)
     table = _subjects_table(work, data_root, include_holdout)
+    brain_mask_mm = brain_mask_setting(opts)
+    recorded, before = read_record(stage)
+    redo_all = recorded and before != brain_mask_mm
+    if redo_all:
+        log.info("brain-mask setting changed (%s -> %s mm): converting every subject again", before, brain_mask_mm)
 
     errors: dict[str, str] = {}
     tasks, done = [], []
@@ -161,10 +184,10 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
         except InputError as exc:
             errors[row.subject] = str(exc)
             continue
-        if _is_done(stage, row.subject, t1, planes):
+        if not redo_all and _is_done(stage, row.subject, t1, planes):
             done.append(row.subject)
         else:
-            tasks.append((row.subject, str(t1), str(msk), str(stage), planes))
+            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, brain_mask_mm))
     if done:
         log.info("%d subject(s) already converted, skipped", len(done))
 
@@ -173,9 +196,9 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     if tasks:
         if jobs > 1 and len(tasks) > 1:
             with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-                results = list(tqdm(pool.map(_worker, tasks), total=len(tasks), desc="03 convert", unit="subj"))
+                results = list(progress(pool.map(_worker, tasks), total=len(tasks), desc="03 convert", unit="subj"))
         else:
-            results = [_worker(t) for t in tqdm(tasks, desc="03 convert", unit="subj")]
+            results = [_worker(t) for t in progress(tasks, desc="03 convert", unit="subj")]
         for subject, shp, err in results:
             if err is not None:
                 log.warning("skipping %s: %s", subject, err)
@@ -200,6 +223,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
             })
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     save_csv(index, stage / "index.csv")
+    write_record(stage, brain_mask_mm)
     err_df = pd.DataFrame(sorted(errors.items()), columns=ERROR_COLUMNS)
     save_csv(err_df, stage / "errors.csv")
     log.info("converted %d subject(s) (%d skipped as done, %d error(s)) -> %s",
@@ -240,6 +264,7 @@ def load_volume_from_stacks(stage_dir_or_work: str | Path, subject: str,
             np.ascontiguousarray(from_slices(np.asarray(mask), plane)))
 
 
+@stage_run("convert")
 def run(cfg: dict, run: dict, include_holdout: bool | None = None) -> dict[str, Any]:
     """Stage 03 entry point used by the CLI and the demo pipeline; returns a small summary."""
     index = convert(cfg, run, include_holdout=include_holdout)
@@ -259,10 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--all", action="store_true", help="also convert the hold-out subjects")
     parser.add_argument("--planes", help="'all' (default) or a comma list, e.g. axial,coronal")
+    parser.add_argument("--brain-mask", action=argparse.BooleanOptionalAction, default=None,
+                        help="zero everything farther than --brain-mask-mm from the MNI152 brain mask (default on)")
+    parser.add_argument("--brain-mask-mm", type=float, help=f"brain-mask dilation in mm (default {DEFAULT_DILATION_MM:g})")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
     conv = section(cfg, "convert", DEFAULTS)
-    override(conv, planes=args.planes, include_holdout=True if args.all else None)
+    override(conv, planes=args.planes, include_holdout=True if args.all else None, brain_mask=args.brain_mask,
+             brain_mask_mm=args.brain_mask_mm)
     cfg = {**cfg, "convert": conv}
     summary = run(cfg, run_cfg)
     print(f"{summary['subjects']} subject(s), {summary['stacks']} stack pair(s) in {summary['index']}; "
@@ -270,5 +299,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if summary["subjects"] == 0 and summary["n_errors"] > 0 else 0
 
 
-__all__ = ["DEFAULTS", "convert", "convert_subject", "open_stack", "load_volume_from_stacks", "run", "main",
+__all__ = ["DEFAULTS", "brain_mask_setting", "convert", "convert_subject", "open_stack", "load_volume_from_stacks", "run", "main",
            "stack_paths", "expected_shapes"]

@@ -11,9 +11,9 @@ with the lowest inner-validation loss (never the reported outer-fold scores; :mo
 
 The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
 (:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
-the minimum lesion size in mm³, the lesion connectivity and flip TTA. ``predict`` reads them; its flags
-override them. Extension point: a step that changes what the networks see (e.g. a brain mask applied in
-stage 03) adds its setting to :data:`INFERENCE_KEYS` and :func:`inference_settings`, and predict applies it.
+the minimum lesion size in mm³, the lesion connectivity, flip TTA and the brain-mask step the networks
+were trained with (``brain_mask_mm``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
+them; its flags override them. A step that changes what the networks see adds its setting here.
 Format 1 manifests (before the block existed) read as their ``threshold`` plus the defaults below.
 """
 
@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raxnet.brainmask import check_setting, read_record
 from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
 from raxnet.io import atomic_path, load_nifti, save_json
 from raxnet.planes import PLANES
-from raxnet.runs import select_models, train_dir
+from raxnet.runs import read_subject_folds, select_models, train_dir
 
 MANIFEST = "weights.json"
 FORMAT_VERSION = 2
@@ -45,6 +46,7 @@ INFERENCE_KEYS: dict[str, Any] = {
     "connectivity": LESION_CONNECTIVITY,  # 3D connectivity of a lesion (clean-up and lesions.csv)
     "tta": False,  # left-right flip test-time augmentation
     "weights": {},  # per-plane weights of the "weighted" fusion ({} = not used)
+    "brain_mask_mm": None,  # brain-mask step before normalisation: dilation in mm, None = none (as trained)
 }
 
 
@@ -108,6 +110,7 @@ def check_inference(settings: dict[str, Any], where: str | Path) -> None:
         raise InputError(f"{where}: connectivity must be 6, 18 or 26, got {settings['connectivity']}")
     if settings["fusion"] == "weighted" and set(settings["weights"]) != set(PLANES):
         raise InputError(f"{where}: weighted fusion needs a weight for each of {', '.join(PLANES)}")
+    check_setting(settings["brain_mask_mm"], str(where))
 
 
 def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -134,6 +137,26 @@ def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], 
     }
 
 
+def training_data(work_dir: Path, planes: dict[str, Any], chosen: dict[str, list]) -> dict[str, Any]:
+    """Which data the exported models saw: the run's seed and the subjects outside each model's outer fold.
+
+    Lets a user check that an evaluation set shares no subject (and no generator seed) with training.
+    Without stage 04's fold table (an imported run) only the seed is recorded.
+    """
+    seeds = {chosen[p][0].run_info().get("seed") for p in planes}
+    record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
+    try:
+        folds = read_subject_folds(work_dir)
+    except StageInputError:
+        return record
+    seen: set[str] = set()
+    for plane in planes:  # a plane model trained on every fold but its own outer-validation fold
+        seen |= set(folds.loc[folds["fold"] != planes[plane]["fold"], "subject"].astype(str))
+    seen_list = sorted(seen)
+    record.update(n_subjects_trained_on=len(seen_list), subjects_trained_on=seen_list)
+    return record
+
+
 def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "",
                    inference: dict[str, Any] | None = None) -> Path:
     """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set.
@@ -141,13 +164,15 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     The manifest's inference decisions are ``inference`` (keys of :data:`INFERENCE_KEYS`) when given,
     else the post-processing stage 08 chose on validation data for this model
     (``08_fusion/postprocessing.json``), else the defaults; ``inference_source`` says which.
+    ``brain_mask_mm`` comes from stage 03's record (what the models saw) unless ``inference`` sets it.
     """
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     if inference is None:
         inference, source = chosen_inference(work_dir, model)
     else:
         source = {"from": "given to export_weights"}
-    decisions = {**INFERENCE_KEYS, **inference}
+    recorded, brain_mask_mm = read_record(stage_dir(work_dir, "convert"))
+    decisions = {**INFERENCE_KEYS, **({"brain_mask_mm": brain_mask_mm} if recorded else {}), **inference}
     unknown = sorted(set(decisions) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")
@@ -175,6 +200,7 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
         }
     manifest = {
         "format": FORMAT_VERSION,
+        "training_data": training_data(work_dir, planes, chosen),
         "model": model,
         "grid_shape": [int(s) for s in ref.shape[:3]],
         "affine": np.asarray(ref.affine).round(6).tolist(),

@@ -52,6 +52,7 @@ SECTIONS = {
     "convert": "raxnet.slices:DEFAULTS",
     "folds": "raxnet.folds:DEFAULTS",
     "arrays": "raxnet.batches:DEFAULTS",
+    "augment": "raxnet.augment:DEFAULTS",
     "model": "raxnet.models:DEFAULTS",
     "train": "raxnet.training:DEFAULTS",
     "fusion": "raxnet.fusion:DEFAULTS",

@@ -24,7 +24,8 @@ def fake_run(tmp_path, losses):
             d = tmp_path / "07_train" / "raxnet" / plane / f"fold_{fold}"
             d.mkdir(parents=True)
             (d / "model.keras").write_bytes(f"{plane}-{fold}".encode())
-            (d / "run.json").write_text(json.dumps({"best_val_loss": loss, "best_epoch": 3, "input_shape": [8, 8, 1]}))
+            (d / "run.json").write_text(json.dumps({"best_val_loss": loss, "best_epoch": 3, "input_shape": [8, 8, 1],
+                                                    "seed": 20261}))
     return tmp_path
 
 
@@ -38,6 +39,17 @@ def test_export_picks_lowest_inner_validation_loss(tmp_path):
         assert manifest["planes"][plane]["fold"] == 2
         assert (out / f"{plane}.keras").read_bytes() == f"{plane}-2".encode()
     assert manifest["note"] == "unit test"
+    assert manifest["training_data"] == {"seed": 20261}  # no stage-04 fold table: only the seed
+
+
+def test_manifest_records_the_subjects_the_models_trained_on(tmp_path):
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
+    (work / "04_cross_validation").mkdir()
+    pd.DataFrame({"subject": ["a", "b", "c", "d"], "fold": [1, 2, 3, 3]}).to_csv(
+        work / "04_cross_validation" / "subject_folds.csv", index=False)
+    data = read_manifest(export_weights(work, tmp_path / "w"))["training_data"]
+    # Fold 2 was chosen for every plane: its subject b never trained a model; a, c, d did.
+    assert data == {"seed": 20261, "n_subjects_trained_on": 3, "subjects_trained_on": ["a", "c", "d"]}
 
 
 def test_manifest_errors(tmp_path):
@@ -67,6 +79,19 @@ def test_manifest_carries_inference_decisions(tmp_path):
         export_weights(work, tmp_path / "w3", inference={"threshold": 1.5})
     with pytest.raises(ValueError, match="unknown inference setting"):
         export_weights(work, tmp_path / "w3", inference={"brain_mask": True})
+
+
+def test_manifest_records_stage_03_brain_mask(tmp_path):
+    """What the models saw: stage 03's brain-mask record goes into the manifest (none recorded: none)."""
+    from raxnet.brainmask import write_record
+
+    work = fake_run(tmp_path, {1: 0.40})
+    assert read_manifest(export_weights(work, tmp_path / "w"))["inference"]["brain_mask_mm"] is None
+    (work / "03_moving_converting").mkdir()
+    write_record(work / "03_moving_converting", 6.0)
+    assert read_manifest(export_weights(work, tmp_path / "w2"))["inference"]["brain_mask_mm"] == 6.0
+    with pytest.raises(InputError, match="brain_mask_mm"):
+        export_weights(work, tmp_path / "w3", inference={"brain_mask_mm": -2})
 
 
 def test_format_1_manifest_reads_with_its_threshold(tmp_path):
@@ -106,7 +131,7 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
     assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "w")
-    assert manifest["inference"] == chosen
+    assert manifest["inference"] == {**chosen, "brain_mask_mm": None}  # no stage-03 record: no brain mask
     assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
     # chosen for another model, or nothing chosen: the defaults, with the reason
     for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):
