@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from raxnet.cli_common import add_verbose
-from raxnet.errors import InputError, RaxnetError
+from raxnet.errors import ConfigError, InputError, RaxnetError
 from raxnet.io import read_volume, save_csv, save_nifti
 from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
@@ -70,7 +71,7 @@ def find_inputs(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: input not found")
-    skip = re.compile(r"(_mask|_label-|_desc-lesion|_probability|_dseg)", re.IGNORECASE)
+    skip = re.compile(r"(_mask|_label-|_desc-lesion|_probability|_dseg|_desc-uncertainty|_xfm)", re.IGNORECASE)
     files = sorted(p for p in path.rglob("*") if p.is_file() and _NIFTI.search(p.name) and not skip.search(p.name))
     if not files:
         raise InputError(f"{path}: no .nii or .nii.gz scans found in this folder")
@@ -347,8 +348,21 @@ def predict_batch(predictor: Predictor, inputs: Sequence[Path], out_dir: Path,
     return done, failed
 
 
+def _env_flag(name: str) -> bool | None:
+    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False, unset or empty -> None (Docker switches)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={os.environ[name]!r}: expected 1 or 0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``raxnet predict``."""
+    """Entry point of ``raxnet predict`` (``RAXNET_REGISTER`` / ``RAXNET_REGISTRATION`` in the environment
+    set ``--register`` / ``--registration`` when the flags are not given, as ``docker compose`` does)."""
     from raxnet.config import load_config, override, section
 
     args = build_parser().parse_args(argv)
@@ -356,7 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = section(load_config(args.config), "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
              qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm,
-             register=args.register, registration=args.registration)
+             register=_env_flag("RAXNET_REGISTER"), registration=os.environ.get("RAXNET_REGISTRATION") or None)
+    override(opts, register=args.register, registration=args.registration)
+    if opts["registration"] not in ("affine", "syn"):
+        raise ConfigError(f"[predict] registration must be affine or syn, got {opts['registration']!r}")
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
                      connectivity=args.connectivity, tta=args.tta, brain_mask_mm=opts["brain_mask_mm"])

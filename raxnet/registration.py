@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from raxnet import templates
-from raxnet.errors import InputError
+from raxnet.errors import ConfigError, InputError
 from raxnet.log import get_logger
 
 log = get_logger(__name__)
@@ -85,9 +85,20 @@ FAST = Settings(
 
 
 # --- NIfTI <-> ANTs ------------------------------------------------------------------------------------
+def _ants() -> Any:
+    """ANTsPy, or a one-line error saying how to install it."""
+    try:
+        import ants
+    except ImportError:
+        raise ConfigError(
+            "--register needs ANTsPy: pip install --no-deps -r requirements-antspyx.txt (see README, Scans in native space)"
+        ) from None
+    return ants
+
+
 def to_ants(data: np.ndarray, affine: np.ndarray) -> Any:
     """An ANTs image of ``data`` on the grid of the NIfTI ``affine`` (RAS+ world mm; ANTs works in LPS+)."""
-    import ants
+    ants = _ants()
 
     lps = _RAS_TO_LPS @ np.asarray(affine, dtype=float)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
@@ -183,7 +194,7 @@ class Registration:
         return str(path)
 
     def _run(self, args: list[str]) -> None:
-        import ants
+        ants = _ants()
 
         self.commands.append(["antsRegistration", *args])
         code = ants.registration(list(args), None)  # a list: the antsRegistration command line as is
@@ -279,7 +290,7 @@ class Registration:
         return out
 
     def _apply(self, moving: Any, reference: Any, transforms: list[tuple[str, bool]], interpolation: str) -> np.ndarray:
-        import ants
+        ants = _ants()
 
         out = ants.apply_transforms(fixed=reference, moving=moving, transformlist=[f for f, _ in transforms],
                                     whichtoinvert=[inv for _, inv in transforms],
@@ -329,6 +340,7 @@ def register_and_segment(
     """
     settings = settings or Settings()
     check_registrable(data, img, path)
+    _ants()  # refuse before any work when ANTsPy is missing
     reg = Registration(img, path, settings)
 
     def on_grid() -> np.ndarray:
