@@ -18,7 +18,7 @@ in template space after SyN / after the affine stages), with the default MI metr
 similarity check on scans that must be refused (T2-like inverted contrast, a header flipped upside
 down, noise).
 
-    nice -n 10 .venv/bin/python bench/bench_registration.py [--spacing 1] [--subjects 5,23,14] [--whole-head]
+    nice -n 10 .venv/bin/python bench/bench_registration.py [--spacing 1] [--subjects 5,23,22] [--brain-only]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spacing", type=int, default=1, choices=(1, 2), help="synthetic subjects' grid (mm)")
-    parser.add_argument("--subjects", default="5,23,14", help="subject indices (seed 7): 141 mL, 61 mL, 2.4 mL lesions")
-    parser.add_argument("--whole-head", action="store_true", help="defaced whole-head scans (default: brain only)")
+    parser.add_argument("--subjects", default="5,23,22", help="subject indices (seed 7): 141 mL, 61 mL, 41 mL lesions")
+    parser.add_argument("--brain-only", action="store_true", help="skull-stripped scans (default: defaced whole head)")
     parser.add_argument("--syn-subject", type=int, default=5, help="also run --registration syn on this one (-1: none)")
     parser.add_argument("--weights", default="weights/demo")
     parser.add_argument("--out", default="work/bench/registration")
@@ -66,13 +66,13 @@ def main() -> None:
     predictor.models  # noqa: B018  (loaded once, outside every clock)
     vox = (1.0, 1.0, 1.2) if args.spacing == 1 else (2.0, 2.0, 2.4)
     print(f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f}; weights {args.weights}; "
-          f"{args.spacing} mm subjects{' (whole head)' if args.whole_head else ''} -> LPS {vox} mm grids")
+          f"{args.spacing} mm subjects{' (brain only)' if args.brain_only else ' (defaced whole head)'} -> LPS {vox} mm grids")
     rows = []
     runs = [(int(s), "affine") for s in args.subjects.split(",")]
     if args.syn_subject >= 0:
         runs.append((args.syn_subject, "syn"))
     for index, transform in runs:
-        t1, mask, affine, info = generate_subject(index, 7, args.spacing, params={"whole_head": args.whole_head})
+        t1, mask, affine, info = generate_subject(index, 7, args.spacing, params={"whole_head": not args.brain_only})
         ref = nib.Nifti1Image(t1, affine)
         mni_path = work / f"sub-{index:02d}_space-MNI152NLin2009aSym_T1w.nii.gz"
         nib.save(ref, mni_path)
