@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--weights", default="weights/demo")
     parser.add_argument("--out", default="work/bench/registration")
     parser.add_argument("--skip-checks", action="store_true", help="skip the lesion-masking and refusal parts")
+    parser.add_argument("--checks-only", action="store_true", help="only the lesion-masking and refusal parts")
     args = parser.parse_args()
 
     from raxnet import native_synthetic as ns
@@ -71,7 +72,7 @@ def main() -> None:
     runs = [(int(s), "affine") for s in args.subjects.split(",")]
     if args.syn_subject >= 0:
         runs.append((args.syn_subject, "syn"))
-    for index, transform in runs:
+    for index, transform in [] if args.checks_only else runs:
         t1, mask, affine, info = generate_subject(index, 7, args.spacing, params={"whole_head": not args.brain_only})
         ref = nib.Nifti1Image(t1, affine)
         mni_path = work / f"sub-{index:02d}_space-MNI152NLin2009aSym_T1w.nii.gz"
@@ -106,21 +107,23 @@ def main() -> None:
             "volume_mni_mL": round(s["lesion_volume_mni_mm3"] / 1000, 2),
         })
         print(pd.DataFrame(rows[-1:]).to_string(index=False), flush=True)
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "registration.csv", index=False)
-    print("\n" + table.to_string(index=False))
-    print(f"\nload average after the scans {os.getloadavg()[0]:.1f}")
+    if rows:
+        table = pd.DataFrame(rows)
+        table.to_csv(out / "registration.csv", index=False)
+        print("\n" + table.to_string(index=False))
+        print(f"\nload average after the scans {os.getloadavg()[0]:.1f}")
     if args.skip_checks:
         return
 
     # Lesion masking on the largest lesion, 2 mm (the effect is in the template grid's lesion volume).
-    largest = max(runs, key=lambda r: generate_subject(r[0], 7, 2)[3]["lesion_mm3"])[0]
-    t1, mask, affine, info = generate_subject(largest, 7, 2)
+    head = {"whole_head": not args.brain_only}
+    largest = max(runs, key=lambda r: generate_subject(r[0], 7, 2, params=head)[3]["lesion_mm3"])[0]
+    t1, mask, affine, info = generate_subject(largest, 7, 2, params=head)
     img, mask_img, _ = ns.move_off_mni(t1, mask, affine, np.random.default_rng(largest), (2.0, 2.0, 2.4))
     data, native_truth = np.asarray(img.dataobj, np.float32), np.asarray(mask_img.dataobj, np.float32)
     shape, grid_affine = templates.grid(2)
-    print(f"\nSyN with / without the lesion in the cost function: subject {largest}, "
-          f"{info['lesion_mm3'] / 1000:.0f} mL (lesion volume in template space, SyN / affine stages)")
+    print(f"\nSyN with / without the lesion in the cost function: subject {largest}, {info['lesion_mm3'] / 1000:.0f} mL, "
+          "2 mm -> LPS 2 x 2 x 2.4 mm (lesion volume in template space, SyN / affine stages)")
     for metric in ("MI", "CC"):
         settings = dataclasses.replace(reg.Settings(), transform="syn", syn_metric=metric)
         with reg.Registration(img, Path("x"), settings) as r:
