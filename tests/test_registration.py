@@ -241,3 +241,23 @@ def test_register_is_off_by_default_and_a_config_key():
     assert opts["register"] is True and reg.Settings(transform=opts["registration"]).transform == "syn"
     with pytest.raises(ValueError, match="affine, syn"):
         reg.Settings(transform="bspline")
+
+
+def test_docker_switch_raxnet_register_sets_the_default(tmp_path, capsys, monkeypatch):
+    """docker compose passes REGISTER as RAXNET_REGISTER; the --register/--no-register flags still win."""
+    from raxnet.cli_common import run_cli
+    from raxnet.predict import main
+
+    path = tmp_path / "sub-99_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((64, 64, 1), np.float32), np.eye(4)), path)
+
+    def last_error(*extra):
+        with pytest.raises(SystemExit):
+            run_cli(main, ["--input", str(path), "--output", str(tmp_path / "o"), *extra])
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    monkeypatch.setenv("RAXNET_REGISTER", "1")
+    assert "a 2D image" in last_error()  # refused by the registration path
+    assert "a 2D image" not in last_error("--no-register")  # the MNI path refuses it its own way
+    monkeypatch.setenv("RAXNET_REGISTER", "maybe")
+    assert "RAXNET_REGISTER='maybe': expected 1 or 0" in last_error()
