@@ -25,6 +25,7 @@ the 1 mm template grid for lesion volumes in MNI space. Every step is an ``antsR
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -43,6 +44,12 @@ from raxnet.errors import ConfigError, InputError
 from raxnet.log import get_logger
 
 log = get_logger(__name__)
+
+# ITK runs single-threaded unless ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS says otherwise: its multi-threaded
+# metric sums change the last digits from run to run, and so the transform (measured: two runs on 2 threads
+# gave two different affines, on 1 thread identical ones, 15 % slower). ITK reads the variable when it first
+# runs, hence here, before any ANTs call.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 SPACE = "MNI152NLin2009aSym"
 TRANSFORMS = ("affine", "syn")
@@ -86,7 +93,9 @@ FAST = Settings(
 
 # --- NIfTI <-> ANTs ------------------------------------------------------------------------------------
 def _ants() -> Any:
-    """ANTsPy, or a one-line error saying how to install it."""
+    """ANTsPy, or a one-line error saying how to install it.
+
+    """
     try:
         import ants
     except ImportError:

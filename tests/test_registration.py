@@ -261,3 +261,14 @@ def test_docker_switch_raxnet_register_sets_the_default(tmp_path, capsys, monkey
     assert "a 2D image" not in last_error("--no-register")  # the MNI path refuses it its own way
     monkeypatch.setenv("RAXNET_REGISTER", "maybe")
     assert "RAXNET_REGISTER='maybe': expected 1 or 0" in last_error()
+
+
+def test_the_same_scan_gives_the_same_transform(moved):
+    _, _, _, img, _, _ = moved
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    files = []
+    for _ in range(2):
+        with reg.Registration(img, Path("sub-05_T1w.nii.gz"), reg.FAST) as r:
+            r.affine(data)
+            files.append(Path(r.forward_transforms[0]).read_bytes())
+    assert files[0] == files[1]
