@@ -19,8 +19,9 @@ mm, so skull, scalp, neck and the missing face do not pull on the registration. 
 
 The transforms are physical (mm), so the registration runs on a coarse template grid (2 mm) and is
 applied to any grid: the weights' grid to segment, the scan's own grid to bring the results back,
-the 1 mm template grid for lesion volumes in MNI space. Every step is an ``antsRegistration`` /
-``antsApplyTransforms`` call on files in a temporary folder (:attr:`Registration.commands` records them).
+the 1 mm template grid for lesion volumes in MNI space. Each registration is an ``antsRegistration``
+command line on files in a temporary folder (:attr:`Registration.commands` keeps them, to re-run with the
+ANTs tools); ITK runs single-threaded so that a re-run gives the identical transform.
 """
 
 from __future__ import annotations
