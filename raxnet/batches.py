@@ -40,8 +40,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from raxnet.augment import AugmentParams, augment_pair
+from raxnet.batch_plan import DEFAULTS, batch_quotas, epoch_plan  # noqa: F401  (stage-05 API)
+from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import override, section, stage_dir
+from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_json
 from raxnet.log import get_logger
@@ -49,101 +51,8 @@ from raxnet.planes import PLANES, check_plane, pad_slices, padded_shape
 
 log = get_logger(__name__)
 
-#: ``[arrays]`` section of the run configuration.
-DEFAULTS: dict[str, Any] = {
-    "batch_size": 16,  # slices per training batch
-    "lesion_fraction": 0.5,  # share of lesion slices in every training batch (rest: normal slices)
-    "inner_val_fraction": 0.1,  # share of the training-fold subjects held out for early stopping
-    "steps_per_epoch": 0,  # 0 = ceil(lesion slices / lesion slices per batch): each lesion slice once
-    "augment": False,  # augment training batches (flip, affine, intensity); never the validation sets
-    "flip_prob": 0.5,  # left-right flip probability (axial, coronal)
-    "rotate_deg": 10.0,  # max rotation in degrees
-    "scale": 0.1,  # max relative zoom
-    "shift_px": 8.0,  # max shift in pixels per axis
-    "intensity_scale": 0.1,  # max relative gain change of the foreground
-    "intensity_shift": 0.05,  # max offset added to the foreground (normalised units)
-    "bias": 0.1,  # max amplitude of each smooth bias-field term
-    "workers": 1,  # PyDataset workers (threads, or processes with use_multiprocessing)
-    "use_multiprocessing": False,  # worker processes instead of threads
-    "max_queue_size": 10,  # batches prepared ahead by the workers
-    "max_open_stacks": 32,  # memory maps kept open per worker (bounds resident memory)
-}
-
 SET_COLUMNS = ["subject", "role", "fold"]
 UNBINNED = "unbinned"
-
-
-# --------------------------------------------------------------------------- batch composition
-
-
-def batch_quotas(bin_counts: Sequence[int], n_lesion: int, steps: int) -> np.ndarray:
-    """Lesion slices per (batch, bin): ``(steps, n_bins)`` ints, each row summing to ``n_lesion``.
-
-    Entry ``[j, b]`` is ``floor`` or ``ceil`` of ``n_lesion * p_b`` (``p_b`` = bin ``b``'s share of
-    ``bin_counts``) and bin ``b``'s column sums to at least ``floor(steps * n_lesion * p_b)``, so with
-    ``steps >= sum(bin_counts) / n_lesion`` every bin gets at least as many draws as it has slices.
-    """
-    counts = np.asarray(bin_counts, dtype=np.int64)
-    if counts.ndim != 1 or counts.size == 0 or counts.sum() <= 0 or (counts < 0).any():
-        raise ValueError(f"bin counts must be non-negative with a positive sum, got {counts.tolist()}")
-    if n_lesion < 0 or steps < 1:
-        raise ValueError("n_lesion must be >= 0 and steps >= 1")
-    expected = n_lesion * counts / counts.sum()
-    base = np.floor(expected + 1e-9).astype(np.int64)
-    frac = np.clip(expected - base, 0.0, None)
-    # Spread the fractional parts over the epoch: bin b gets one extra slice in r_b batches, with
-    # r_b from largest-remainder rounding of frac_b * steps (sum r_b = steps * (n_lesion - sum base)).
-    extra_per_batch = int(n_lesion - base.sum())
-    total_extra = extra_per_batch * steps
-    want = frac * steps
-    r = np.floor(want + 1e-9).astype(np.int64)
-    left = total_extra - int(r.sum())
-    if left > 0:
-        order = np.lexsort((np.arange(r.size), -(want - r)))
-        r[order[:left]] += 1
-    quotas = np.tile(base, (steps, 1))
-    # Round-robin: r_b <= steps consecutive positions land in distinct batches, and every batch gets
-    # exactly extra_per_batch extras.
-    pos = 0
-    for b in range(counts.size):
-        for _ in range(int(r[b])):
-            quotas[pos % steps, b] += 1
-            pos += 1
-    return quotas
-
-
-def _cycle(rng: np.random.Generator, n_items: int, length: int) -> np.ndarray:
-    """``length`` draws from ``range(n_items)``: fresh permutations back to back (each item once per pass)."""
-    if length <= 0 or n_items == 0:
-        return np.zeros(0, dtype=np.int64)
-    reps = -(-length // n_items)
-    return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:length]
-
-
-def epoch_plan(lesion_bins: np.ndarray, n_bins: int, n_normal_items: int, batch_size: int, n_lesion: int,
-               steps: int, seed: int, epoch: int) -> np.ndarray:
-    """Item indices ``(steps, batch_size)`` of one epoch; lesion items are ``0..L-1`` (bin of each in
-    ``lesion_bins``), normal items ``L..L+N-1``. Depends only on ``(seed, epoch)`` and the inputs."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
-    lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
-    n_les_items = lesion_bins.size
-    counts = np.bincount(lesion_bins, minlength=n_bins)
-    quotas = batch_quotas(counts, n_lesion, steps)[rng.permutation(steps)]
-    plan = np.empty((steps, batch_size), dtype=np.int64)
-    members = [np.flatnonzero(lesion_bins == b) for b in range(n_bins)]
-    draws = [members[b][_cycle(rng, members[b].size, int(quotas[:, b].sum()))] for b in range(n_bins)]
-    ptr = np.zeros(n_bins, dtype=np.int64)
-    n_normal = batch_size - n_lesion
-    normals = n_les_items + _cycle(rng, n_normal_items, steps * n_normal)
-    for j in range(steps):
-        row = []
-        for b in range(n_bins):
-            q = int(quotas[j, b])
-            row.append(draws[b][ptr[b] : ptr[b] + q])
-            ptr[b] += q
-        row.append(normals[j * n_normal : (j + 1) * n_normal])
-        plan[j] = rng.permutation(np.concatenate(row))
-    return plan
 
 
 # --------------------------------------------------------------------------- datasets
@@ -336,30 +245,36 @@ def _bin_sort_key(label: str) -> tuple[float, str]:
 
 
 def _read_inputs(work: Path, plane: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Stage 04's fold tables and stage 03's index (rows of ``plane``), checked against each other and
+    against stage 02's split and stage 03's errors when present; StageInputError names a bad file."""
+    from raxnet.tables import (INDEX, PLANE_FOLDS, SPLIT, SUBJECT_FOLDS, check_plane_folds, check_subjects_agree,
+                               read_table)
+
     folds_dir = stage_dir(work, "folds")
-    paths = {
-        "subject_folds": folds_dir / "subject_folds.csv",
-        "plane_folds": folds_dir / f"{plane}_folds.csv",
-        "index": stage_dir(work, "convert") / "index.csv",
-    }
-    need = {
-        "subject_folds": ["subject", "fold"],
-        "plane_folds": ["subject", "slice", "fold", "kind", "lesion_pixels", "area_bin"],
-        "index": ["subject", "plane", "n_slices", "height", "width", "image_path", "mask_path"],
-    }
-    out = {}
-    for key, path in paths.items():
-        if not path.is_file():
-            raise StageInputError(f"{path}: not found (run the earlier stages first)")
-        df = pd.read_csv(path, dtype={"subject": str, "area_bin": str}, keep_default_na=True)
-        missing = [c for c in need[key] if c not in df.columns]
-        if missing:
-            raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
-        out[key] = df
-    bad_kind = set(out["plane_folds"]["kind"]) - {"lesion", "normal"}
-    if bad_kind:
-        raise StageInputError(f"{paths['plane_folds']}: unknown kind(s) {sorted(bad_kind)}")
-    return out["subject_folds"], out["plane_folds"], out["index"][out["index"]["plane"] == plane]
+    sf_path = folds_dir / "subject_folds.csv"
+    subject_folds = read_table(sf_path, SUBJECT_FOLDS)
+    split_path = stage_dir(work, "split") / "split.csv"
+    split = None
+    if split_path.is_file():
+        split = read_table(split_path, SPLIT, columns=["subject", "set"])
+        check_subjects_agree(subject_folds["subject"], sf_path, SUBJECT_FOLDS,
+                             split.loc[split["set"] == "train", "subject"], split_path, "train subjects")
+    pf_path = folds_dir / f"{plane}_folds.csv"
+    plane_folds = read_table(pf_path, PLANE_FOLDS)
+    check_plane_folds(plane_folds, pf_path, subject_folds, sf_path, split, split_path)
+    index_path = stage_dir(work, "convert") / "index.csv"
+    index = read_table(index_path, INDEX, columns=[c for c in INDEX.columns if c != "set"])
+    index = index[index["plane"] == plane]
+    errors_path = stage_dir(work, "convert") / "errors.csv"
+    if errors_path.is_file():  # a subject without stacks must be one stage 03 could not convert
+        failed = set(pd.read_csv(errors_path, dtype=str)["subject"]) if errors_path.stat().st_size else set()
+        lost = sorted(set(subject_folds["subject"]) - set(index["subject"]) - failed)
+        if lost:
+            from raxnet.tables import rerun_hint
+
+            raise StageInputError(f"{index_path}: no {plane} stacks for {len(lost)} subject(s) of {sf_path} "
+                                  f"that {errors_path} does not list: {', '.join(lost[:5])}; {rerun_hint('convert')}")
+    return subject_folds, plane_folds, index
 
 
 def _pick_inner_val(subjects: pd.DataFrame, fraction: float, seed: int, fold: int) -> set[str]:
@@ -424,6 +339,13 @@ def _plan_sets(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> _Plan
         bad = slices[(slices["slice"] < 0) | (slices["slice"] >= n_slices)].iloc[0]
         raise StageInputError(f"{plane}_folds.csv: slice {bad['slice']} of {bad['subject']} outside its stack")
     stacks = index.loc[subjects["subject"]].reset_index()
+    from raxnet.slices import IMAGE_DTYPE, MASK_DTYPE, check_stack
+
+    stage03 = stage_dir(work, "convert")
+    for r in stacks.itertuples(index=False):  # a truncated stack is refused here, not mid-training
+        shape = (int(r.n_slices), int(r.height), int(r.width))
+        check_stack(stage03 / r.image_path, shape, IMAGE_DTYPE)
+        check_stack(stage03 / r.mask_path, shape, MASK_DTYPE)
     return _Plan(stage_dir(work, "convert"), subjects, slices, shape2d,
                  padded_shape(shape2d, int(depth)), stacks, missing)
 
@@ -513,10 +435,13 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     """Stage 05 entry point: write the report of each (plane, fold); ``None`` = every plane with a
     ``<plane>_folds.csv`` and every fold of ``subject_folds.csv``. ``depth`` defaults to ``[model] depth``
     so the padding matches the network the configuration trains."""
-    if depth is None:
-        from raxnet.models import DEFAULTS as MODEL_DEFAULTS
+    from raxnet.models import DEFAULTS as MODEL_DEFAULTS
 
-        depth = int(section(cfg, "model", MODEL_DEFAULTS)["depth"])
+    if depth is not None:
+        cfg = with_flags(cfg, "model", depth=int(depth))
+    rec = record.begin("arrays", cfg, run)
+    cfg, run = rec.cfg, rec.run
+    depth = int(section(cfg, "model", MODEL_DEFAULTS)["depth"])
     work = Path(run["work_dir"])
     folds_dir = stage_dir(work, "folds")
     if plane is None or plane == "all":
@@ -526,13 +451,14 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     else:
         planes = [check_plane(plane)]
     if fold is None or int(fold) == 0:
-        path = folds_dir / "subject_folds.csv"
-        if not path.is_file():
-            raise StageInputError(f"{path}: not found (run the earlier stages first)")
-        folds = sorted(int(f) for f in pd.read_csv(path)["fold"].unique())
+        from raxnet.tables import SUBJECT_FOLDS, read_table
+
+        folds = sorted(int(f) for f in read_table(folds_dir / "subject_folds.csv", SUBJECT_FOLDS)["fold"].unique())
     else:
         folds = [int(fold)]
     reports = [run_one(cfg, run, p, k, depth, materialise) for p in planes for k in folds]
+    outputs = [Path(r["dir"]) / name for r in reports for name in ("sets.csv", "batches.csv", "summary.json")]
+    rec.finish(outputs)
     return {"reports": reports, "dirs": [r["dir"] for r in reports],
             "steps_per_epoch": reports[0]["steps_per_epoch"], "input_shape": reports[0]["input_shape"],
             "lesion_slices_never_drawn": int(sum(r["lesion_slices_never_drawn"] for r in reports))}
@@ -633,11 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_plane(args.plane)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    opts = section(cfg, "arrays", DEFAULTS)
-    override(opts, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-             augment=True if args.augment else None)
-    summary = run({**cfg, "arrays": opts}, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth,
-                  materialise=args.materialise)
+    cfg = with_flags(cfg, "arrays", batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                     augment=True if args.augment else None)
+    summary = run(cfg, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth, materialise=args.materialise)
     for r in summary["reports"]:
         print(f"{r['plane']} fold {r['fold']}: {r['steps_per_epoch']} steps/epoch, input shape "
               f"{tuple(r['input_shape'])}, {r['lesion_slices_never_drawn']} lesion slice(s) never drawn -> {r['dir']}")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from raxnet.atlas import data_path
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, stage_dir
 from raxnet.log import get_logger
@@ -77,7 +78,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     holdout = split.loc[split["set"] == "holdout", "subject"].tolist()
     predicted = None
     if holdout:
-        scan = Path(subjects.loc[holdout[0], "t1_path"])
+        scan = data_path(subjects.loc[holdout[0], "t1_path"], data_root)
         opts = section(cfg, "predict", PREDICT_DEFAULTS)
         out_dir = stage_dir(work, "predict")
 

@@ -69,3 +69,39 @@ def spacing_of(affine: np.ndarray) -> int | None:
         if np.allclose(affine, grid(s)[1], atol=1e-3):
             return s
     return None
+
+
+#: Bounding box (mm, RAS) of the MNI152 2009a brain mask (checked against the template in the tests).
+BRAIN_BOX_MM = (np.array([-72.0, -107.0, -72.0]), np.array([72.0, 73.0, 82.0]))
+#: Skull and scalp around the brain: a registered head lies inside the brain box grown by this margin.
+HEAD_MARGIN_MM = 25.0
+#: A T1w whose foreground lies less than this fraction inside that box is not in MNI space.
+MIN_INSIDE_FRACTION = 0.9
+
+
+def inside_head_fraction(t1: np.ndarray, affine: np.ndarray) -> float:
+    """Fraction of the T1w's foreground (voxels above 10 % of its 99th percentile) whose world position
+    lies inside the MNI brain box grown by :data:`HEAD_MARGIN_MM` (every 2nd voxel per axis is enough)."""
+    sub = np.asarray(t1)[::2, ::2, ::2]
+    positive = sub[sub > 0]
+    if positive.size == 0:
+        return 0.0
+    idx = np.argwhere(sub > 0.1 * float(np.percentile(positive, 99))) * 2
+    if idx.size == 0:
+        return 0.0
+    mm = idx @ np.asarray(affine, dtype=float)[:3, :3].T + np.asarray(affine, dtype=float)[:3, 3]
+    lo, hi = BRAIN_BOX_MM[0] - HEAD_MARGIN_MM, BRAIN_BOX_MM[1] + HEAD_MARGIN_MM
+    return float(np.mean(np.all((mm >= lo) & (mm <= hi), axis=1)))
+
+
+def check_mni_position(t1: np.ndarray, affine: np.ndarray, path: object) -> None:
+    """Refuse (InputError naming ``path``) a T1w whose head lies outside MNI152 space (shifted or not
+    registered): less than :data:`MIN_INSIDE_FRACTION` of its foreground inside the MNI head box."""
+    from raxnet.errors import InputError
+
+    inside = inside_head_fraction(t1, affine)
+    if inside < MIN_INSIDE_FRACTION:
+        raise InputError(
+            f"{path}: not in MNI152NLin2009aSym space ({1 - inside:.0%} of the head lies outside the template's "
+            "head box: shifted or not registered); register it to MNI152NLin2009aSym first"
+        )

@@ -66,7 +66,10 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     subjects_csv = stage_dir(work_dir, "dataset") / "subjects.csv"
     if not subjects_csv.is_file():
         raise StageInputError(f"{subjects_csv}: not found (run stage 01 first)")
-    first_t1 = pd.read_csv(subjects_csv)["t1_path"].iloc[0]
+    from raxnet.atlas import data_path
+    from raxnet.record import run_data_root
+
+    first_t1 = data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
     ref = load_nifti(first_t1)
     out_dir.mkdir(parents=True, exist_ok=True)
     planes: dict[str, Any] = {}

@@ -63,10 +63,11 @@ def test_holdout_table_has_planes_and_fusions(demo, capsys):
 
 
 def test_prediction_matches_input_grid(demo):
-    work, _ = demo
+    work, data = demo
     split = pd.read_csv(work / "02_data_splitting" / "split.csv")
     subjects = pd.read_csv(work / "01_dataset" / "subjects.csv").set_index("subject")
-    scan = nib.load(subjects.loc[split.loc[split["set"] == "holdout", "subject"].iloc[0], "t1_path"])
+    # Image paths are stored relative to the data root.
+    scan = nib.load(data / subjects.loc[split.loc[split["set"] == "holdout", "subject"].iloc[0], "t1_path"])
     (mask_path,) = (work / "09_predict").glob("*_desc-lesion_mask.nii.gz")
     mask = nib.load(str(mask_path))
     assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine)

@@ -6,15 +6,27 @@ All models are Keras 3 functional models of built-in layers with a fixed input s
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import importlib
+from typing import TYPE_CHECKING, Any, Mapping
 
-import keras
+if TYPE_CHECKING:
+    import keras
 
-from raxnet.models.attention_unet import build_attention_unet
-from raxnet.models.blocks import attention_layers
-from raxnet.models.raxnet import build_raxnet
-from raxnet.models.unet import build_unet
-from raxnet.models.xception_unet import build_xception_unet
+#: Builders live in submodules that import Keras; they are loaded on first use, so reading
+#: :data:`DEFAULTS` (configuration checks, ``--help``) does not import TensorFlow.
+_LAZY: dict[str, str] = {
+    "build_attention_unet": "raxnet.models.attention_unet",
+    "attention_layers": "raxnet.models.blocks",
+    "build_raxnet": "raxnet.models.raxnet",
+    "build_unet": "raxnet.models.unet",
+    "build_xception_unet": "raxnet.models.xception_unet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 MODEL_NAMES: tuple[str, ...] = ("raxnet", "unet", "attention_unet", "xception_unet")
 
@@ -51,15 +63,14 @@ def build_model(
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     common = {"width": int(width), "depth": int(depth), "dropout": float(dropout)}
     if name == "raxnet":
-        return build_raxnet(
+        return __getattr__("build_raxnet")(
             tuple(input_shape),
             attention=bool(attention),
             residual=bool(residual),
             separable=bool(separable),
             **common,
         )
-    builder = {"unet": build_unet, "attention_unet": build_attention_unet, "xception_unet": build_xception_unet}
-    return builder[name](tuple(input_shape), **common)
+    return __getattr__(f"build_{name}")(tuple(input_shape), **common)
 
 
 def build_from_config(
