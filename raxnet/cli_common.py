@@ -43,6 +43,15 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     return cfg, RunSettings(run, set(given))
 
 
+def _close_progress_bars() -> None:
+    """End the progress bars an error interrupted, so the ``error:`` line starts a line of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI ``main``: a :class:`RaxnetError` prints one ``error:`` line per problem and exits with its
     code (2, or 3 for an output that cannot be written); an ``OSError`` (full disk, read-only or missing
@@ -52,10 +61,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except RaxnetError as exc:
+        _close_progress_bars()
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except OSError as exc:
+        _close_progress_bars()
         print(f"error: {os_error_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_IO)
     except KeyboardInterrupt:

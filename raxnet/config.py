@@ -75,6 +75,8 @@ def defaults_of(name: str) -> dict[str, Any]:
 def _type_name(types: tuple[type, ...]) -> str:
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
              dict: "a table"}
+    if float in types:  # "a number" covers the integers
+        types = tuple(t for t in types if t is not int)
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -113,6 +115,8 @@ def check_value(section_name: str, key: str, value: Any, default: Any) -> list[s
         problems.append(f"{where} = {value!r}: expected a finite number")
     if isinstance(default, (list, tuple)) and default and isinstance(value, list):
         inner = _accepted(default[0], ("", ""))
+        if inner == (int,):  # lists of numbers (bin edges) may hold floats
+            inner = (int, float)
         bad = [v for v in value if inner and not _is(v, inner)]
         if bad:
             problems.append(f"{where}: element {bad[0]!r} is not {_type_name(inner)}")

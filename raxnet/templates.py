@@ -71,37 +71,38 @@ def spacing_of(affine: np.ndarray) -> int | None:
     return None
 
 
-#: Bounding box (mm, RAS) of the MNI152 2009a brain mask (checked against the template in the tests).
-BRAIN_BOX_MM = (np.array([-72.0, -107.0, -72.0]), np.array([72.0, 73.0, 82.0]))
-#: Skull and scalp around the brain: a registered head lies inside the brain box grown by this margin.
-HEAD_MARGIN_MM = 25.0
-#: A T1w whose foreground lies less than this fraction inside that box is not in MNI space.
-MIN_INSIDE_FRACTION = 0.9
+#: Centre (mm, RAS) of the MNI152 2009a T1 template's foreground (checked against the template in the tests).
+HEAD_CENTRE_MM = np.array([0.0, -22.0, 9.5])
+#: A registered head's centre lies within this distance of :data:`HEAD_CENTRE_MM` (skull, scalp, a missing
+#: or defaced part and large lesions move it by a few mm; a scan shifted by 60 mm is far outside).
+MAX_CENTRE_OFFSET_MM = 40.0
 
 
-def inside_head_fraction(t1: np.ndarray, affine: np.ndarray) -> float:
-    """Fraction of the T1w's foreground (voxels above 10 % of its 99th percentile) whose world position
-    lies inside the MNI brain box grown by :data:`HEAD_MARGIN_MM` (every 2nd voxel per axis is enough)."""
+def head_centre_mm(t1: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+    """World position (mm) of the centre of the T1w's foreground (voxels above 10 % of its 99th
+    percentile; every 2nd voxel per axis is enough), or None for an image without foreground."""
     sub = np.asarray(t1)[::2, ::2, ::2]
     positive = sub[sub > 0]
     if positive.size == 0:
-        return 0.0
-    idx = np.argwhere(sub > 0.1 * float(np.percentile(positive, 99))) * 2
+        return None
+    idx = np.argwhere(sub > 0.1 * float(np.percentile(positive, 99)))
     if idx.size == 0:
-        return 0.0
-    mm = idx @ np.asarray(affine, dtype=float)[:3, :3].T + np.asarray(affine, dtype=float)[:3, 3]
-    lo, hi = BRAIN_BOX_MM[0] - HEAD_MARGIN_MM, BRAIN_BOX_MM[1] + HEAD_MARGIN_MM
-    return float(np.mean(np.all((mm >= lo) & (mm <= hi), axis=1)))
+        return None
+    affine = np.asarray(affine, dtype=float)
+    return affine[:3, :3] @ (idx.mean(axis=0) * 2) + affine[:3, 3]
 
 
 def check_mni_position(t1: np.ndarray, affine: np.ndarray, path: object) -> None:
     """Refuse (InputError naming ``path``) a T1w whose head lies outside MNI152 space (shifted or not
-    registered): less than :data:`MIN_INSIDE_FRACTION` of its foreground inside the MNI head box."""
+    registered): its centre more than :data:`MAX_CENTRE_OFFSET_MM` from the template's."""
     from raxnet.errors import InputError
 
-    inside = inside_head_fraction(t1, affine)
-    if inside < MIN_INSIDE_FRACTION:
+    centre = head_centre_mm(t1, affine)
+    if centre is None:
+        return  # an empty image is refused by raxnet.io.read_t1
+    offset = float(np.linalg.norm(centre - HEAD_CENTRE_MM))
+    if offset > MAX_CENTRE_OFFSET_MM:
         raise InputError(
-            f"{path}: not in MNI152NLin2009aSym space ({1 - inside:.0%} of the head lies outside the template's "
-            "head box: shifted or not registered); register it to MNI152NLin2009aSym first"
+            f"{path}: not in MNI152NLin2009aSym space (the head's centre lies {offset:.0f} mm from the template's: "
+            "shifted or not registered); register it to MNI152NLin2009aSym first"
         )

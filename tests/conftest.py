@@ -67,4 +67,4 @@ def run_stage(main, argv, capsys):
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()
-    return code, out, [line for line in err.splitlines() if line.startswith("error:")]
+    return code, out, [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
