@@ -111,10 +111,15 @@ def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
     """One line for an OSError: the file, the system's reason and what to do."""
     where = path if path is not None else (exc.filename or "?")
     code = exc.errno
-    if code is None:  # libraries (h5py) put the errno in the text only
+    reason = None
+    if code is None:  # libraries put the errno in the text only (h5py), or report a short write (NumPy)
         m = re.search(r"errno = (\d+)", str(exc))
         code = int(m.group(1)) if m else None
-    reason = os.strerror(code) if code else (exc.strerror or str(exc))
+        short = re.search(r"(\d+) requested and (\d+) written", str(exc))
+        if short:
+            code = errno.ENOSPC
+            reason = f"only {short.group(2)} of {short.group(1)} bytes written"
+    reason = reason or (os.strerror(code) if code else (exc.strerror or str(exc)))
     hint = _WRITE_HINTS.get(code or -1, "check that the folder exists and is writable")
     return f"{where}: {reason}; {hint}"
 

@@ -180,6 +180,9 @@ def test_h5py_style_errno_in_text_is_understood(tmp_path):
 
     exc = OSError("Unable to synchronously create file (file write failed: errno = 28, error message = 'x')")
     assert "No space left on device; the disk is full" in os_error_message(exc, tmp_path / "w.h5")
+    exc = OSError("1100385 requested and 55232 written")  # NumPy's short write on a full disk
+    assert os_error_message(exc, "x.npy") == ("x.npy: only 55232 of 1100385 bytes written; the disk is full: "
+                                              "free space or choose another --work-dir / --output")
 
 
 def test_stale_temp_files_are_recognised_and_cleaned(tmp_path):
