@@ -45,7 +45,7 @@ def main() -> None:
     import keras
 
     from raxnet.config import load_config, section
-    from raxnet.fusion import fuse_mean
+    from raxnet.postprocess import fuse_mean
     from raxnet.inference import predict_plane
     from raxnet.intensity import normalise
     from raxnet.models import DEFAULTS as MODEL_DEFAULTS

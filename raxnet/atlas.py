@@ -96,9 +96,3 @@ def labelled_subjects(root: str | Path) -> pd.DataFrame:
         raise InputError(f"{Path(root)}: no labelled subject (no *{MASK_SUFFIX}.nii.gz beside any T1w)")
     return out
 
-
-def data_path(value: str | Path, data_root: str | Path) -> Path:
-    """An image path of ``subjects.csv``: stored relative to the data root (so ``--data-root`` moves a
-    dataset); an absolute path (a table made elsewhere) is kept."""
-    path = Path(str(value))
-    return path if path.is_absolute() else Path(data_root) / path

@@ -21,9 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from raxnet.intensity import CLIP_MAX
-
-#: In-plane axis of a (H, W) slice that is left-right (None: no left-right axis in the plane).
-LR_AXIS: dict[str, int | None] = {"axial": 0, "coronal": 0, "sagittal": None}
+from raxnet.planes import LR_AXIS
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_json
 from raxnet.log import get_logger
 from raxnet.planes import PLANES, check_plane, pad_slices, padded_shape
+from raxnet.runs import read_subject_folds
 
 log = get_logger(__name__)
 
@@ -247,12 +248,11 @@ def _bin_sort_key(label: str) -> tuple[float, str]:
 def _read_inputs(work: Path, plane: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Stage 04's fold tables and stage 03's index (rows of ``plane``), checked against each other and
     against stage 02's split and stage 03's errors when present; StageInputError names a bad file."""
-    from raxnet.tables import (INDEX, PLANE_FOLDS, SPLIT, SUBJECT_FOLDS, check_plane_folds, check_subjects_agree,
-                               read_table)
+    from raxnet.tables import INDEX, PLANE_FOLDS, SPLIT, SUBJECT_FOLDS, check_plane_folds, check_subjects_agree, read_table
 
     folds_dir = stage_dir(work, "folds")
     sf_path = folds_dir / "subject_folds.csv"
-    subject_folds = read_table(sf_path, SUBJECT_FOLDS)
+    subject_folds = read_subject_folds(work)
     split_path = stage_dir(work, "split") / "split.csv"
     split = None
     if split_path.is_file():
@@ -451,9 +451,7 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     else:
         planes = [check_plane(plane)]
     if fold is None or int(fold) == 0:
-        from raxnet.tables import SUBJECT_FOLDS, read_table
-
-        folds = sorted(int(f) for f in read_table(folds_dir / "subject_folds.csv", SUBJECT_FOLDS)["fold"].unique())
+        folds = sorted(int(f) for f in read_subject_folds(work)["fold"].unique())
     else:
         folds = [int(fold)]
     reports = [run_one(cfg, run, p, k, depth, materialise) for p in planes for k in folds]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from raxnet import lesions, record
 from raxnet.atlas import discover
 from raxnet.cli_common import resolve, stage_parser
+from raxnet.components import LESION_CONNECTIVITY, SLICE_CONNECTIVITY
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import EXIT_SOME_FAILED, InputError
 from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure, save_json, save_nifti
@@ -28,8 +29,8 @@ from raxnet.planes import PLANES
 log = get_logger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "connectivity": 26,  # 3D lesion components: 6, 18 or 26
-    "slice_connectivity": 8,  # 2D components per slice: 4 or 8
+    "connectivity": LESION_CONNECTIVITY,  # 3D lesion components: 6, 18 or 26 (raxnet.components)
+    "slice_connectivity": SLICE_CONNECTIVITY,  # 2D components per slice: 4 or 8
     "brain_source": "auto",  # brain_pixels from: auto (template on ATLAS grid, else T1), template, t1
     "brain_threshold": 0.05,  # T1 foreground: voxels > this fraction of the T1's 99th percentile
     "gm_min": lesions.GM_MIN,  # cortical zone: GM probability at least this (and GM >= WM)
@@ -229,6 +230,9 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         paths["lesion_frequency"] = save_nifti(freq, ref_img, out / "lesion_frequency.nii.gz", dtype=np.int16)
     summary = _summary(found, subjects, errors_df, n_freq)
     summary["data_root"] = str(data_root)
+    # the lesion definitions the tables were counted with (raxnet.components)
+    summary["connectivity"] = int(settings["connectivity"])
+    summary["slice_connectivity"] = int(settings["slice_connectivity"])
     paths["summary"] = save_json(summary, out / "summary.json")
     paths.update(make_figures(subjects, {p: pd.read_csv(paths[f"slices_{p}"]) for p in PLANES}, freq, ref_img,
                               n_freq, out, dpi=settings["dpi"]))

@@ -1,22 +1,29 @@
-"""Slice-wise prediction of a whole volume with a 2D plane model (shared by stages 07, 08 and predict).
+"""The one way to predict a volume with 2D plane models (stage 07's outer evaluation, stage 08, predict).
 
-The volume must already be normalised with :func:`raxnet.intensity.normalise`. Each slice of the plane
-is zero-padded (centred) to the model's input size, predicted in large batches, cropped back exactly
-and restacked, so the returned probability volume has the input volume's shape. Slices with no
-foreground at all (outside the head) are not sent through the network: their probability is 0.
+:func:`predict_probabilities` takes a raw (or already normalised) volume and, per plane, one or more
+plane models (loaded Keras models, or ``.keras`` paths / :class:`raxnet.runs.FoldModel` loaded once
+through a :class:`ModelCache`). It checks that the volume's slices fit each model's input, predicts every
+slice (:func:`predict_plane`), optionally with left-right flip test-time augmentation, and averages the
+models of a plane (fold ensembling). The result is one probability volume per plane, the input's shape.
+
+:func:`predict_plane`: the volume must already be normalised with :func:`raxnet.intensity.normalise`.
+Each slice of the plane is zero-padded (centred) to the model's input size, predicted in large batches,
+cropped back exactly and restacked. Slices with no foreground at all (outside the head) are not sent
+through the network: their probability is 0.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from raxnet.planes import crop_slices, from_slices, pad_slices, to_slices
+from raxnet.errors import InputError, StageInputError
+from raxnet.log import get_logger
+from raxnet.planes import LR_AXIS, crop_slices, from_slices, pad_slices, slice_shape, to_slices
 
-#: In-plane axis (of the 2D slice) that is left-right, where left-right lies in the plane.
-_LR_AXIS = {"axial": 0, "coronal": 0, "sagittal": None}
+log = get_logger(__name__)
 
 
 def model_slice_shape(model: Any) -> tuple[int, int]:
@@ -47,7 +54,7 @@ def predict_plane(
     target = model_slice_shape(model)
     probs = np.zeros((n, h, w), dtype=np.float32)
     busy = np.flatnonzero(stack.reshape(n, -1).max(axis=1) > 0)
-    lr_axis = _LR_AXIS[plane] if flip_tta else None
+    lr_axis = LR_AXIS[plane] if flip_tta else None
     for start in range(0, busy.size, batch_size):
         idx = busy[start : start + batch_size]
         x = pad_slices(stack[idx], target)[..., None]
@@ -71,3 +78,74 @@ def load_model(path: str | Path) -> Any:
     import raxnet.losses  # noqa: F401  (registers the losses a training checkpoint may reference)
 
     return keras.saving.load_model(str(path), compile=False)
+
+
+class ModelCache:
+    """Loads each ``.keras`` file once (TensorFlow graph building is the slow part)."""
+
+    def __init__(self) -> None:
+        self._models: dict[Path, Any] = {}
+
+    def get(self, path: str | Path) -> Any:
+        """The loaded model; StageInputError naming the file when it cannot be loaded."""
+        path = Path(path)
+        if path not in self._models:
+            log.info("loading %s", path)
+            try:
+                self._models[path] = load_model(path)
+            except Exception as exc:  # Keras raises many types for a truncated or foreign file
+                raise StageInputError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+        return self._models[path]
+
+    def keep_only(self, paths: Iterable[str | Path]) -> None:
+        """Forget every model not in ``paths`` (frees a finished fold's models)."""
+        keep = {Path(p) for p in paths}
+        for p in list(self._models):
+            if p not in keep:
+                del self._models[p]
+
+
+def _resolve(item: Any, cache: ModelCache | None) -> tuple[Any, str]:
+    """(loaded model, name for messages) of a loaded model, a ``.keras`` path or a FoldModel."""
+    from raxnet.runs import FoldModel
+
+    path = item.path if isinstance(item, FoldModel) else item
+    if isinstance(path, (str, Path)):
+        if cache is None:
+            raise ValueError("model paths need a ModelCache")
+        return cache.get(path), str(path)
+    return item, getattr(item, "name", "model")
+
+
+def predict_probabilities(
+    volume: np.ndarray,
+    models: Mapping[str, Sequence[Any]],
+    *,
+    cache: ModelCache | None = None,
+    batch_size: int = 32,
+    tta: bool = False,
+    normalised: bool = False,
+    source: str = "volume",
+) -> dict[str, np.ndarray]:
+    """Probability volume per plane: the mean over that plane's models, float32, ``volume``'s shape.
+
+    ``models[plane]`` lists loaded models, ``.keras`` paths or FoldModels (paths load through ``cache``).
+    ``volume`` is normalised here unless ``normalised``. A volume whose slices are larger than a
+    model's input is refused with an InputError naming ``source`` and the model.
+    """
+    from raxnet.intensity import normalise
+
+    volume = np.asarray(volume, dtype=np.float32) if normalised else normalise(volume)
+    out: dict[str, np.ndarray] = {}
+    for plane, plane_models in models.items():
+        if not plane_models:
+            raise ValueError(f"no model for plane {plane}")
+        acc = np.zeros(volume.shape, dtype=np.float32)
+        for item in plane_models:
+            model, name = _resolve(item, cache)
+            need, have = slice_shape(volume.shape, plane), model_slice_shape(model)
+            if need[0] > have[0] or need[1] > have[1]:
+                raise InputError(f"{source}: {plane} slices {need} are larger than the input {have} of {name}")
+            acc += predict_plane(model, volume, plane, batch_size=batch_size, flip_tta=tta)
+        out[plane] = acc / len(plane_models)
+    return out

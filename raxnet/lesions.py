@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
+from raxnet.components import LESION_CONNECTIVITY, SLICE_CONNECTIVITY, label, structure
 from raxnet.planes import PLANE_AXIS, PLANES, check_plane, to_slices
 
 #: Seitzman ROI labels counted as cortex (hippocampus is allocortex; amygdala is a nucleus).
@@ -50,14 +50,7 @@ SPAN_FRACTION = 0.25
 BILATERAL_FRACTION = 0.05
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
-    if rank is None:
-        raise ValueError(f"3D connectivity must be 6, 18 or 26, got {connectivity}")
-    return ndi.generate_binary_structure(3, rank)
-
-
-def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
+def components(mask: np.ndarray, connectivity: int = LESION_CONNECTIVITY) -> tuple[np.ndarray, np.ndarray]:
     """Connected components of a binary 3D mask.
 
     Returns ``(labels, sizes)``: labels renumbered so that label 1 is the largest component (ties by
@@ -67,7 +60,6 @@ def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np
     mask = np.asarray(mask) > 0
     if mask.ndim != 3:
         raise ValueError(f"components expects a 3D mask, got {mask.ndim}D")
-    structure = _structure(connectivity)
     out = np.zeros(mask.shape, dtype=np.int32)
     if not mask.any():
         return out, np.zeros(0, dtype=np.int64)
@@ -76,7 +68,7 @@ def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, np
     for axis in range(3):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    labels, n = ndi.label(mask[tuple(box)], structure=structure)
+    labels, n = label(mask[tuple(box)], connectivity)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     remap = np.zeros(n + 1, dtype=np.int32)
@@ -246,7 +238,7 @@ def subject_lesion_stats(
     mask: np.ndarray,
     affine: np.ndarray,
     *,
-    connectivity: int = 26,
+    connectivity: int = LESION_CONNECTIVITY,
     reference: LocationReference | bool | None = None,
     gm_min: float = GM_MIN,
     span_fraction: float = SPAN_FRACTION,
@@ -303,7 +295,7 @@ def component_table(
     mask: np.ndarray,
     affine: np.ndarray,
     *,
-    connectivity: int = 26,
+    connectivity: int = LESION_CONNECTIVITY,
     reference: LocationReference | bool | None = None,
     gm_min: float = GM_MIN,
     span_fraction: float = SPAN_FRACTION,
@@ -348,7 +340,8 @@ def component_table(
 SLICE_COLUMNS = ["slice", "lesion_pixels", "n_lesions", "brain_pixels"]
 
 
-def slice_stats(mask: np.ndarray, plane: str, brain: np.ndarray | None = None, connectivity: int = 8) -> pd.DataFrame:
+def slice_stats(mask: np.ndarray, plane: str, brain: np.ndarray | None = None,
+                connectivity: int = SLICE_CONNECTIVITY) -> pd.DataFrame:
     """Per-slice lesion counts for every slice of ``plane`` (lesion-free slices included).
 
     Columns: ``slice`` (index along the plane's axis: sagittal 0, coronal 1, axial 2), ``lesion_pixels``,
@@ -362,10 +355,10 @@ def slice_stats(mask: np.ndarray, plane: str, brain: np.ndarray | None = None, c
     stack = to_slices(mask, plane)
     n = stack.shape[0]
     lesion = np.count_nonzero(mask, axis=others).astype(np.int64)
-    structure = ndi.generate_binary_structure(2, {8: 2, 4: 1}[int(connectivity)])
+    structure(connectivity, 2)  # refuses a bad value even when no slice holds lesion
     n_les = np.zeros(n, dtype=np.int64)
     for i in np.flatnonzero(lesion):
-        n_les[i] = ndi.label(stack[i], structure=structure)[1]
+        n_les[i] = label(stack[i], connectivity)[1]
     if brain is not None:
         if np.shape(brain) != mask.shape:
             raise ValueError(f"brain mask shape {np.shape(brain)} does not match mask {mask.shape}")
@@ -377,6 +370,7 @@ def slice_stats(mask: np.ndarray, plane: str, brain: np.ndarray | None = None, c
     )
 
 
-def all_slice_stats(mask: np.ndarray, brain: np.ndarray | None = None, connectivity: int = 8) -> dict[str, pd.DataFrame]:
+def all_slice_stats(mask: np.ndarray, brain: np.ndarray | None = None,
+                    connectivity: int = SLICE_CONNECTIVITY) -> dict[str, pd.DataFrame]:
     """:func:`slice_stats` for the three planes."""
     return {p: slice_stats(mask, p, brain, connectivity) for p in PLANES}

@@ -193,7 +193,7 @@ def get_loss(name: str = DEFAULT_LOSS, **params: float) -> keras.losses.Loss:
 def dice_coefficient(y_true: Any, y_pred: Any, threshold: float = 0.5, smooth: float = SMOOTH) -> Any:
     """Hard Dice of one batch: predictions thresholded at ``threshold``, global over the batch."""
     t, p = _flat(y_true, y_pred)
-    p = ops.cast(p > threshold, "float32")
+    p = ops.cast(p >= threshold, "float32")  # the package's threshold rule (raxnet.postprocess.binarise)
     return (2.0 * ops.sum(t * p) + smooth) / (ops.sum(t) + ops.sum(p) + smooth)
 
 
@@ -214,7 +214,7 @@ class DiceMetric(keras.metrics.Metric):
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         t, p = _flat(y_true, y_pred)
-        p = ops.cast(p > self.threshold, "float32")
+        p = ops.cast(p >= self.threshold, "float32")
         self.tp.assign_add(ops.sum(t * p))
         self.fp.assign_add(ops.sum((1.0 - t) * p))
         self.fn.assign_add(ops.sum(t * (1.0 - p)))

@@ -2,8 +2,11 @@
 
 Every function takes ``(prediction, truth, ...)`` — two binary arrays of the same shape (any non-zero
 value is foreground) — and, where distances or volumes are involved, ``spacing=`` (voxel size in mm per
-axis), and where connected components are involved, ``connectivity=`` (6 = faces, 18 = faces + edges,
-26 = faces + edges + corners; the ATLAS scorer uses ``scipy.ndimage.label``'s default, 6).
+axis), and where lesions (connected components) are involved, ``connectivity=`` (6 = faces, 18 = faces +
+edges, 26 = faces + edges + corners; default :data:`raxnet.components.LESION_CONNECTIVITY`, 26, as the
+ATLAS R2.0 / ISLES 2022 scorer). HD95 surfaces always use the face neighbourhood
+(:data:`raxnet.components.SURFACE_CONNECTIVITY`, as medpy). This module is the one implementation of
+Dice in the package: stage 07's outer metrics (:func:`dice`, :func:`slice_dice`) and stage 08 use it.
 
 Conventions for empty masks (the ATLAS scorer's where it defines one):
 
@@ -35,11 +38,10 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-#: Default 3D connectivity: 6 (face neighbours), as ``scipy.ndimage.label`` in the ATLAS R2.0 scorer.
-DEFAULT_CONNECTIVITY = 6
-_RANK = {6: 1, 18: 2, 26: 3}
+from raxnet.components import LESION_CONNECTIVITY, SURFACE_CONNECTIVITY, label, structure
 
-#: Keys returned by :func:`evaluate` (and columns of stage 08's ``subject_metrics.csv``).
+#: Keys returned by :func:`evaluate` (stage 08's ``subject_metrics.csv`` columns are owned by
+#: :data:`raxnet.evaluation.SUBJECT_METRIC_COLUMNS`).
 METRIC_KEYS: tuple[str, ...] = (
     "dice",
     "iou",
@@ -52,20 +54,11 @@ METRIC_KEYS: tuple[str, ...] = (
     "volume_diff_mm3",
     "lesion_voxels",
     "pred_voxels",
+    "truth_lesions",
+    "pred_lesions",
 )
 
 Spacing = Sequence[float] | float | None
-
-
-def structure(connectivity: int = DEFAULT_CONNECTIVITY, ndim: int = 3) -> np.ndarray:
-    """Neighbourhood for ``connectivity`` 6, 18 or 26 in 3D (4 or 8 in 2D)."""
-    if ndim == 2:
-        ranks = {4: 1, 8: 2}
-    else:
-        ranks = _RANK
-    if connectivity not in ranks:
-        raise ValueError(f"connectivity must be one of {sorted(ranks)} for {ndim}D, got {connectivity}")
-    return ndimage.generate_binary_structure(ndim, ranks[connectivity])
 
 
 def _pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,12 +106,23 @@ def _ratio(num: int, den: int, both_empty: bool) -> float:
     return float(num) / float(den)
 
 
+def slice_dice(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice of each item of two binary stacks ``(n, ...)`` (e.g. the slices of a plane), float64 ``(n,)``.
+
+    ``2|P∩T| / (|P| + |T|)`` per item; 1.0 where both are empty (the 3D convention of :func:`dice`).
+    """
+    p, t = _pair(prediction, truth)
+    p = p.reshape(len(p), -1)
+    t = t.reshape(len(t), -1)
+    inter = np.count_nonzero(p & t, axis=1)
+    total = np.count_nonzero(p, axis=1) + np.count_nonzero(t, axis=1)
+    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0).astype(np.float64)
+
+
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Sørensen–Dice ``2|P∩T| / (|P| + |T|)``; 1.0 when both masks are empty."""
     p, t = _pair(prediction, truth)
-    inter = int(np.count_nonzero(p & t))
-    total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
-    return _ratio(2 * inter, total, total == 0)
+    return float(slice_dice(p.reshape(1, -1), t.reshape(1, -1))[0])
 
 
 def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -163,7 +167,7 @@ def surface_distances(
     truth: np.ndarray,
     *,
     spacing: Spacing = None,
-    connectivity: int = DEFAULT_CONNECTIVITY,
+    connectivity: int = SURFACE_CONNECTIVITY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances in mm: (prediction surface → truth surface, truth → prediction).
 
@@ -187,7 +191,7 @@ def hd95(
     truth: np.ndarray,
     *,
     spacing: Spacing = None,
-    connectivity: int = DEFAULT_CONNECTIVITY,
+    connectivity: int = SURFACE_CONNECTIVITY,
 ) -> float:
     """95th-percentile symmetric surface distance (mm).
 
@@ -204,15 +208,8 @@ def hd95(
     return float(np.percentile(np.concatenate([d_pt, d_tp]), 95))
 
 
-def label(mask: np.ndarray, connectivity: int = DEFAULT_CONNECTIVITY) -> tuple[np.ndarray, int]:
-    """Connected components of a binary mask: ``(labels, count)``."""
-    m = np.asarray(mask) != 0
-    labels, n = ndimage.label(m, structure=structure(connectivity, m.ndim))
-    return labels, int(n)
-
-
 def lesion_detection(
-    prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = DEFAULT_CONNECTIVITY
+    prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = LESION_CONNECTIVITY
 ) -> dict[str, int]:
     """Lesion-wise counts ``{tp, fn, fp, n_truth, n_pred}`` (ATLAS R2.0 overlap rule, see module doc)."""
     p, t = _pair(prediction, truth)
@@ -225,7 +222,7 @@ def lesion_detection(
     return {"tp": tp, "fn": n_t - tp, "fp": fp, "n_truth": n_t, "n_pred": n_p}
 
 
-def lesion_f1(prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = DEFAULT_CONNECTIVITY) -> float:
+def lesion_f1(prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = LESION_CONNECTIVITY) -> float:
     """Lesion-wise F1 ``TP / (TP + (FP + FN) / 2)``; 1.0 when both masks are empty (ATLAS R2.0)."""
     c = lesion_detection(prediction, truth, connectivity=connectivity)
     denom = c["tp"] + (c["fp"] + c["fn"]) / 2.0
@@ -233,7 +230,7 @@ def lesion_f1(prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = 
 
 
 def lesion_count_difference(
-    prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = DEFAULT_CONNECTIVITY
+    prediction: np.ndarray, truth: np.ndarray, *, connectivity: int = LESION_CONNECTIVITY
 ) -> int:
     """Absolute difference of the numbers of connected components (ATLAS "simple lesion count")."""
     p, t = _pair(prediction, truth)
@@ -244,11 +241,12 @@ def evaluate(
     prediction: np.ndarray,
     truth: np.ndarray,
     spacing: Spacing = None,
-    connectivity: int = DEFAULT_CONNECTIVITY,
+    connectivity: int = LESION_CONNECTIVITY,
 ) -> dict[str, float | int]:
     """All metrics of one prediction as a dict with the keys of :data:`METRIC_KEYS`.
 
-    ``lesion_voxels`` / ``pred_voxels`` are the truth / prediction voxel counts; ``hd95_mm`` may be NaN.
+    ``lesion_voxels`` / ``pred_voxels`` are the truth / prediction voxel counts, ``truth_lesions`` /
+    ``pred_lesions`` their lesion (connected component) counts; ``hd95_mm`` may be NaN.
     """
     p, t = _pair(prediction, truth)
     p, t = _crop_to_union(p, t)
@@ -260,11 +258,13 @@ def evaluate(
         "iou": iou(p, t),
         "precision": precision(p, t),
         "recall": recall(p, t),
-        "hd95_mm": hd95(p, t, spacing=spacing, connectivity=connectivity),
+        "hd95_mm": hd95(p, t, spacing=spacing),
         "lesion_f1": 1.0 if denom == 0 else c["tp"] / denom,
         "lesion_count_diff": abs(c["n_pred"] - c["n_truth"]),
         "volume_diff_voxels": vd_vox,
         "volume_diff_mm3": vd_mm3,
         "lesion_voxels": int(np.count_nonzero(t)),
         "pred_voxels": int(np.count_nonzero(p)),
+        "truth_lesions": c["n_truth"],
+        "pred_lesions": c["n_pred"],
     }

@@ -15,10 +15,10 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from raxnet.atlas import data_path
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, stage_dir
 from raxnet.log import get_logger
+from raxnet.runs import resolve_data_path
 
 log = get_logger(__name__)
 
@@ -78,12 +78,12 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     holdout = split.loc[split["set"] == "holdout", "subject"].tolist()
     predicted = None
     if holdout:
-        scan = data_path(subjects.loc[holdout[0], "t1_path"], data_root)
+        scan = resolve_data_path(subjects.loc[holdout[0], "t1_path"], data_root)
         opts = section(cfg, "predict", PREDICT_DEFAULTS)
         out_dir = stage_dir(work, "predict")
 
         def _predict() -> dict[str, Any]:
-            predictor = Predictor(weights_dir, batch_size=opts["batch_size"], tta=opts["tta"])
+            predictor = Predictor(weights_dir, batch_size=opts["batch_size"])
             return predict_file(predictor, scan, out_dir, opts)
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)

@@ -12,6 +12,9 @@ import numpy as np
 
 PLANES: tuple[str, ...] = ("axial", "sagittal", "coronal")
 PLANE_AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+#: In-plane axis of a plane's (H, W) slice that runs left-right (volume axis 0), None where the plane
+#: has none (a sagittal slice is one left-right position). Used by flip augmentation and flip TTA.
+LR_AXIS: dict[str, int | None] = {"axial": 0, "coronal": 0, "sagittal": None}
 
 
 def check_plane(plane: str) -> str:

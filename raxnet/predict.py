@@ -2,9 +2,12 @@
 
 For each input scan: validate it, bring it to the grid the weights were trained on (resampling an image
 that is in MNI space on another grid, refusing one that is not), normalise it exactly as in training,
-predict every slice with each plane model (batched, one model load per run), fuse the three probability
-volumes, bring the mask back to the input grid, and write the mask (uint8, the input's affine and header),
-optional probability map, a per-lesion CSV, a one-row summary CSV and a QC overlay PNG.
+predict every slice with each plane model (:func:`raxnet.inference.predict_probabilities`, batched, one
+model load per run), turn the three probability volumes into a mask with the weight set's inference
+decisions (:func:`raxnet.postprocess.postprocess`: fusion method, threshold ``p >= t``, minimum lesion
+size in mm³, connectivity; see :mod:`raxnet.weights` — flags override them), bring the mask back to the
+input grid, and write the mask (uint8, the input's affine and header), optional probability map, a
+per-lesion CSV (lesions with the same connectivity), a one-row summary CSV and a QC overlay PNG.
 """
 
 from __future__ import annotations
@@ -21,25 +24,22 @@ import pandas as pd
 from tqdm import tqdm
 
 from raxnet.errors import InputError, RaxnetError
-from raxnet.intensity import normalise
 from raxnet.io import read_volume, save_csv, save_nifti
 from raxnet.log import get_logger
 from raxnet.planes import PLANES
-from raxnet.weights import default_weights_dir, read_manifest
+from raxnet.postprocess import ALL_METHODS, postprocess
+from raxnet.weights import INFERENCE_KEYS, check_inference, default_weights_dir, read_manifest
 
 log = get_logger(__name__)
 
+#: ``[predict]``: how to run. What to decide (fusion, threshold, minimum lesion size, connectivity, TTA)
+#: comes from the weight set's ``weights.json`` (``inference``); command-line flags override it.
 DEFAULTS: dict[str, Any] = {
     "weights": "",  # weight-set folder; "" = $RAXNET_WEIGHTS or weights/demo
-    "fusion": "mean",  # mean (mean probability >= threshold) | vote (2 of 3 planes)
-    "threshold": 0.5,
-    "tta": False,  # average with left-right flipped slices (axial, coronal)
     "batch_size": 32,
     "save_probabilities": False,
     "qc": True,  # write <name>_qc.png
 }
-
-FUSIONS = ("mean", "vote")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 #: Fraction of the template brain's bounding box an MNI-space scan's field of view must cover.
 MIN_FOV_COVERAGE = 0.9
@@ -115,44 +115,49 @@ def back_to_input_grid(mask: np.ndarray, manifest: dict[str, Any], img: nib.Nift
 
 
 class Predictor:
-    """The three plane models of a weight set, loaded once, and the fusion of their predictions."""
+    """The three plane models of a weight set (loaded once) and its inference decisions.
 
-    def __init__(self, weights_dir: str | Path | None = None, batch_size: int = 32, tta: bool = False) -> None:
+    ``overrides`` (keys of :data:`raxnet.weights.INFERENCE_KEYS`; None values ignored) replace the
+    manifest's decisions; the result is :attr:`settings`.
+    """
+
+    def __init__(self, weights_dir: str | Path | None = None, batch_size: int = 32,
+                 overrides: dict[str, Any] | None = None) -> None:
+        from raxnet.inference import ModelCache
+
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         self.manifest = read_manifest(self.weights_dir)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = sorted(set(given) - set(INFERENCE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")
+        self.settings = {**self.manifest["inference"], **given}
+        check_inference(self.settings, "predict")
         self.batch_size = batch_size
-        self.tta = tta
-        self._models: dict[str, Any] | None = None
+        self._cache = ModelCache()
+
+    @property
+    def model_files(self) -> dict[str, Path]:
+        return {p: self.weights_dir / self.manifest["planes"][p]["file"] for p in PLANES}
 
     @property
     def models(self) -> dict[str, Any]:
         """The three plane models, loaded on first use (a bad input is refused before paying for it)."""
-        if self._models is None:
-            from raxnet.inference import load_model
+        return {p: self._cache.get(path) for p, path in self.model_files.items()}
 
-            self._models = {p: load_model(self.weights_dir / self.manifest["planes"][p]["file"]) for p in PLANES}
-        return self._models
-
-    def probabilities(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+    def probabilities(self, volume: np.ndarray, source: str = "volume") -> dict[str, np.ndarray]:
         """Per-plane probability volumes for a volume already on the weights' grid (not yet normalised)."""
-        from raxnet.inference import predict_plane
+        from raxnet.inference import predict_probabilities
 
-        norm = normalise(volume)
-        return {
-            p: predict_plane(m, norm, p, batch_size=self.batch_size, flip_tta=self.tta) for p, m in self.models.items()
-        }
+        return predict_probabilities(volume, {p: [path] for p, path in self.model_files.items()}, cache=self._cache,
+                                     batch_size=self.batch_size, tta=bool(self.settings["tta"]), source=source)
 
-
-def fuse(probs: dict[str, np.ndarray], method: str, threshold: float) -> np.ndarray:
-    """uint8 mask from the three plane probabilities."""
-    from raxnet.fusion import fuse_mean, fuse_vote
-
-    stack = [probs[p] for p in PLANES]
-    if method == "mean":
-        return fuse_mean(stack, threshold).astype(np.uint8)
-    if method == "vote":
-        return fuse_vote(stack, threshold).astype(np.uint8)
-    raise ValueError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
+    def mask(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+        """uint8 mask on the weights' grid from the plane probabilities, with :attr:`settings`."""
+        s = self.settings
+        return postprocess(probs, fusion=s["fusion"], threshold=float(s["threshold"]),
+                           min_lesion_mm3=float(s["min_lesion_mm3"]), spacing=self.manifest["spacing_mm"],
+                           connectivity=int(s["connectivity"]), weights=s["weights"] or None)
 
 
 def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
@@ -165,8 +170,8 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     loading = time.perf_counter()
     predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
     start += time.perf_counter() - loading
-    probs = predictor.probabilities(on_grid)
-    mask = fuse(probs, opts["fusion"], opts["threshold"])
+    probs = predictor.probabilities(on_grid, source=str(path))
+    mask = predictor.mask(probs)
     if resampled:
         mask = (back_to_input_grid(mask, predictor.manifest, img, "nearest") > 0.5).astype(np.uint8)
     stem = output_stem(path)
@@ -178,7 +183,7 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         if resampled:
             prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
         save_nifti(prob, img, out_dir / f"{stem}_desc-lesion_probability.nii.gz", dtype=np.float32)
-    lesions = component_table(mask, img.affine)
+    lesions = component_table(mask, img.affine, connectivity=int(predictor.settings["connectivity"]))
     save_csv(lesions, out_dir / f"{stem}_lesions.csv")
     voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
     seconds = time.perf_counter() - start
@@ -189,8 +194,7 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "lesion_volume_mm3": round(float(mask.sum()) * voxel_mm3, 3),
         "n_lesions": int(len(lesions)),
         "resampled": resampled,
-        "fusion": opts["fusion"],
-        "threshold": opts["threshold"],
+        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "connectivity", "tta")},
         "seconds": round(seconds, 2),
     }
     save_csv(pd.DataFrame([summary]), out_dir / f"{stem}_summary.csv")
@@ -216,9 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="a T1w NIfTI (.nii/.nii.gz) or a folder of them (searched recursively)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--weights", help="weight-set folder (default: $RAXNET_WEIGHTS or the shipped weights/demo)")
-    parser.add_argument("--fusion", choices=FUSIONS, help="how the three planes are combined (default mean)")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default 0.5)")
-    parser.add_argument("--tta", action="store_true", default=None, help="left-right flip test-time augmentation")
+    parser.add_argument("--fusion", choices=[m for m in ALL_METHODS if m != "weighted"],
+                        help="how the three planes are combined (default: the weight set's)")
+    parser.add_argument("--threshold", type=float,
+                        help="lesion where probability >= this (default: the weight set's)")
+    parser.add_argument("--min-lesion-mm3", type=float,
+                        help="remove lesions smaller than this many mm³, 0 keeps all (default: the weight set's)")
+    parser.add_argument("--connectivity", type=int, choices=(6, 18, 26),
+                        help="3D connectivity of a lesion, for clean-up and lesions.csv (default: the weight set's)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="left-right flip test-time augmentation (default: the weight set's)")
     parser.add_argument("--save-probabilities", action="store_true", default=None, help="also write the fused probability map")
     parser.add_argument("--batch-size", type=int, help="slices per prediction batch (default 32)")
     parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG")
@@ -232,10 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     opts = section(load_config(args.config), "predict", DEFAULTS)
-    override(opts, weights=args.weights, fusion=args.fusion, threshold=args.threshold, tta=args.tta,
-             save_probabilities=args.save_probabilities, batch_size=args.batch_size, qc=args.qc)
+    override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
+             qc=args.qc)
     inputs = find_inputs(args.input)
-    predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], tta=opts["tta"])
+    overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
+                     connectivity=args.connectivity, tta=args.tta)
+    predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], overrides=overrides)
     out_dir = Path(args.output)
     done, failed = [], []
     for path in tqdm(inputs, desc="predict", unit="scan", disable=len(inputs) < 2):

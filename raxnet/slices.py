@@ -31,7 +31,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from raxnet import record
-from raxnet.atlas import data_path
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, section, stage_dir, with_flags
 from raxnet.errors import EXIT_SOME_FAILED, InputError, StageInputError
@@ -39,6 +38,7 @@ from raxnet.intensity import normalise
 from raxnet.io import atomic_path, check_same_grid, load_nifti, read_mask, read_t1, save_csv, save_npy
 from raxnet.log import get_logger
 from raxnet.planes import PLANE_AXIS, PLANES, from_slices, parse_planes, slice_shape, to_slices
+from raxnet.runs import resolve_data_path
 
 log = get_logger(__name__)
 
@@ -160,9 +160,10 @@ def _worker(task: tuple[str, str, str, str, tuple[str, ...], dict]) -> tuple[str
 
 
 def _resolve_path(value: Any, data_root: Path, subject: str, column: str) -> Path:
-    if not isinstance(value, str) or not value:
+    path = resolve_data_path(value, data_root)
+    if path is None:
         raise InputError(f"subjects.csv: subject {subject} has no {column}")
-    return data_path(value, data_root)
+    return path
 
 
 def _subjects_table(work: Path, data_root: Path, include_holdout: bool) -> pd.DataFrame:

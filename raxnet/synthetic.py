@@ -35,14 +35,22 @@ the left, intersected with the subject's tissue maps; see :data:`TERRITORIES`)
     brainstem 13 % (pons, paramedian), cerebellum 12 %.
 
 Intensities
-    The lesion is hypointense: a CSF-like core 0.10-0.20 (template units, CSF ~0.31, GM ~0.66,
-    WM ~0.84) above CSF, heterogeneous (smooth noise, SD 0.04) with a brighter gliotic rim inside the
-    border, blended into the tissue with a partial-volume rim (Gaussian, sigma 0.75 mm: a ~2 mm
-    transition). A lesion touching the lateral ventricle (or any lesion > 40 mL) enlarges the ipsilateral
-    ventricle by ~2 mm (ex-vacuo dilatation). Then per site (R001, R002, ...) and per subject: gamma
-    (0.8-1.25), smooth multiplicative bias field (SD ``bias`` in log units), arbitrary scanner scale
-    (WM ~300-3,000) and Rician noise (SD ~``noise`` x WM). The template is skull-stripped, so the
-    synthetic T1s are brain-extracted: background is exactly 0.
+    The lesion is hypointense, its look drawn per subject (:func:`draw_lesion_look`, ranges in
+    :data:`PROFILES`): a core anywhere from CSF-like to 80 % of the way to grey matter (template units:
+    CSF ~0.31, GM ~0.66, WM ~0.84), smooth texture (SD 0-0.06, 1-4 mm), a brighter gliotic rim inside
+    the border (0-0.15, 1-3 mm), a CSF-like cavity deeper than 2-6 mm in 40 % of subjects, blended into
+    the tissue by a partial-volume weight (the lesion blurred with SD 0.4-1.2 mm). A lesion touching the
+    lateral ventricle (or any lesion > 40 mL) enlarges the ipsilateral ventricle by ~2 mm (ex-vacuo
+    dilatation). The tissue contrast is then remapped (GM-WM difference x 0.85-1.15, CSF +-0.04). Then
+    per site (R001, R002, ...) and per subject: gamma (0.81-1.24), smooth multiplicative bias field (SD
+    ``bias`` in log units), arbitrary scanner scale (WM ~300-3,000) and Rician noise (SD ~``noise`` x WM).
+    ``profile = "shifted"`` draws every one of these outside the training ranges (darker-than-CSF or
+    nearly grey-matter cores, coarse texture, strong rim, soft edges, GM-WM contrast x 0.4-0.6, brighter
+    CSF, gamma 0.6-0.75 or 1.35-1.6, 2.2-3.2 x noise, bias SD 0.22-0.3, 0.8-1.4 mm through-plane blur):
+    an out-of-domain test set. The template is skull-stripped, so by
+    default the synthetic T1s are brain-extracted (background exactly 0); with ``whole_head`` the brain
+    is wrapped in a defaced head (CSF rim, skull, scalp, neck, noisy air; :mod:`raxnet.synthetic_head`)
+    drawn from its own stream ``(3, set, i)``, so brain, lesions, bias and noise are the same as without it.
 
 Files
     The exact ATLAS v2.0 BIDS names (``Training/R###/sub-r###s###/ses-1/anat/sub-..._ses-1_space-
@@ -61,6 +69,7 @@ Determinism: subject ``i``'s randomness is ``SeedSequence(seed, spawn_key=(0, i)
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -68,6 +77,7 @@ import multiprocessing
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -80,6 +90,8 @@ from raxnet import templates
 from raxnet.errors import ConfigError
 from raxnet.io import save_csv, save_json, save_nifti
 from raxnet.log import get_logger
+from raxnet.random_fields import smooth_field, smooth_noise
+from raxnet.synthetic_head import build_head
 
 log = get_logger(__name__)
 
@@ -93,7 +105,12 @@ DEFAULTS: dict[str, Any] = {
     "deform_mm": 3.0,  # SD of the random anatomical displacement at the control points (mm)
     "noise": 0.025,  # mean Rician noise SD as a fraction of the white-matter intensity
     "bias": 0.1,  # SD of the log multiplicative bias field (0.1: about +-20 % across the brain)
+    "whole_head": False,  # wrap the brain in CSF, skull, scalp and neck, deface, noisy air (raxnet.synthetic_head)
+    "profile": "training",  # appearance ranges: "training", or "shifted" (all outside them: out-of-domain tests)
 }
+
+#: The [synthetic] keys that shape each subject (the rest say how many and where).
+SUBJECT_KEYS = ("cortical_fraction", "deform_mm", "noise", "bias", "whole_head", "profile")
 
 SPACE = "space-MNI152NLin2009aSym"
 T1_SUFFIX = f"_ses-1_{SPACE}_T1w.nii.gz"
@@ -162,7 +179,124 @@ _VENTRICLE_BOX = ((0.0, 30.0), (-45.0, 30.0), (-5.0, 35.0))
 
 # Template intensity levels (0..1 scale of the MNI T1): CSF / GM / WM medians are 0.31 / 0.66 / 0.84.
 CSF_LEVEL = 0.31
+GM_LEVEL = 0.66
 WM_LEVEL = 0.84
+
+# --- appearance: lesion look and scanner, drawn from a profile's ranges -------------------------------------
+Intervals = tuple[tuple[float, float], ...]
+
+#: Per-subject ranges of the ``training`` profile and of the ``shifted`` profile, whose values all lie
+#: outside the training ranges (an out-of-domain test set). A value is drawn uniformly from the union of
+#: the intervals. ``core``/``cavity`` are fractions of the way from CSF (0) to GM (1) intensity;
+#: ``texture``/``rim`` in template units (CSF 0.31, GM 0.66, WM 0.84); lengths in mm; ``gm_contrast`` is
+#: the WM-GM difference relative to the template's; ``csf_shift`` moves the CSF level; ``gamma`` and
+#: ``noise`` (a factor on ``[synthetic] noise``) are per site x per subject in training (site ranges here,
+#: then a 0.95-1.05 / 0.8-1.25 subject jitter: gamma 0.81-1.24, noise 0.4-1.9 in all) and per subject
+#: in the shifted profile; ``bias`` (SD of the log bias field) is ``[synthetic] bias`` in training;
+#: ``blur_mm`` is a Gaussian blur along one random axis (thick slices).
+PROFILES: dict[str, dict[str, Intervals]] = {
+    "training": {
+        "core": ((0.0, 0.8),),
+        "texture": ((0.0, 0.06),),
+        "texture_mm": ((1.0, 4.0),),
+        "rim": ((0.0, 0.15),),
+        "rim_mm": ((1.0, 3.0),),
+        "edge_mm": ((0.4, 1.2),),
+        "gm_contrast": ((0.85, 1.15),),
+        "csf_shift": ((-0.04, 0.04),),
+        "gamma": ((0.85, 1.18),),
+        "noise": ((0.5, 1.5),),
+        "blur_mm": ((0.0, 0.0),),
+    },
+    "shifted": {
+        "core": ((-0.3, -0.08), (0.82, 0.92)),
+        "texture": ((0.07, 0.1),),
+        "texture_mm": ((4.5, 6.0),),
+        "rim": ((0.16, 0.22),),
+        "rim_mm": ((3.2, 4.5),),
+        "edge_mm": ((1.3, 2.0),),
+        "gm_contrast": ((0.4, 0.6),),
+        "csf_shift": ((0.08, 0.13),),
+        "gamma": ((0.6, 0.75), (1.35, 1.6)),
+        "noise": ((2.2, 3.2),),
+        "bias": ((0.22, 0.3),),
+        "blur_mm": ((0.8, 1.4),),
+    },
+}
+CAVITY_PROB = 0.4  # share of subjects whose lesion core is cavitated (CSF-like beyond a depth)
+
+
+def draw_from(rng: np.random.Generator, intervals: Intervals) -> float:
+    """Uniform draw from a union of intervals (each chosen with probability proportional to its length)."""
+    lengths = np.array([hi - lo for lo, hi in intervals], dtype=float)
+    k = int(rng.choice(len(intervals), p=lengths / lengths.sum())) if lengths.sum() > 0 else 0
+    lo, hi = intervals[k]
+    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+
+@dataclass(frozen=True)
+class LesionLook:
+    """How one subject's lesions look (see :data:`PROFILES` for units and ranges)."""
+
+    core: float
+    texture: float
+    texture_mm: float
+    rim: float
+    rim_mm: float
+    edge_mm: float
+    cavity_mm: float  # depth (mm) beyond which the core turns into the cavity; 0 = no cavity
+    cavity: float
+
+
+def draw_lesion_look(rng: np.random.Generator, profile: str = "training") -> LesionLook:
+    """Draw one subject's :class:`LesionLook` from ``profile``."""
+    r = PROFILES[profile]
+    values = {k: draw_from(rng, r[k]) for k in ("core", "texture", "texture_mm", "rim", "rim_mm", "edge_mm")}
+    cavitated = rng.random() < CAVITY_PROB
+    depth, level = float(rng.uniform(2.0, 6.0)), float(rng.uniform(-0.05, 0.1))
+    return LesionLook(**values, cavity_mm=depth if cavitated else 0.0, cavity=level)
+
+
+def render_lesion(
+    t1: np.ndarray, lesion: np.ndarray, brain: np.ndarray, look: LesionLook, spacing: float, rng: np.random.Generator
+) -> None:
+    """Paint ``lesion`` into ``t1`` in place (template units, same box shape).
+
+    Intensity = core (a fraction of the way from CSF to GM) + smooth texture + a gliotic rim just inside
+    the border, turning CSF-like (the cavity) deeper than ``cavity_mm``; blended into the tissue by a
+    partial-volume weight = the lesion blurred with SD ``edge_mm`` (at least 0.85 inside the lesion).
+    """
+    if not lesion.any():
+        return
+    nzl = np.argwhere(lesion)
+    pad = int(math.ceil(max(4.0, 3.0 * look.edge_mm) / spacing))
+    lo = np.maximum(nzl.min(0) - pad, 0)
+    hi = np.minimum(nzl.max(0) + pad + 1, lesion.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    les = lesion[sl]
+    pv = ndimage.gaussian_filter(les.astype(np.float32), look.edge_mm / spacing)
+    pv = np.maximum(pv, 0.85 * les) * brain[sl]
+    depth = ndimage.distance_transform_edt(les) * spacing
+    level = CSF_LEVEL + look.core * (GM_LEVEL - CSF_LEVEL)
+    if look.cavity_mm > 0:
+        cav = CSF_LEVEL + look.cavity * (GM_LEVEL - CSF_LEVEL)
+        w = np.clip((depth - look.cavity_mm) / 1.5, 0.0, 1.0)
+        level = level + w * (cav - level)
+    inner = np.float32(level)
+    if look.texture > 0:
+        inner = inner + look.texture * smooth_noise(rng, les.shape, look.texture_mm / spacing)
+    if look.rim > 0:
+        inner = inner + look.rim * np.exp(-np.maximum(depth - spacing, 0.0) / look.rim_mm)
+    lesion_int = np.clip(inner, 0.05, 0.98 * GM_LEVEL).astype(np.float32)
+    t1[sl] = (1.0 - pv) * t1[sl] + pv * lesion_int * (t1[sl] > 0)
+
+
+def remap_contrast(t1: np.ndarray, gm_contrast: float, csf_shift: float) -> np.ndarray:
+    """Piecewise-linear remap of template intensities: CSF moves by ``csf_shift``, GM to ``WM - gm_contrast
+    x (WM - GM)``, WM and 0 stay; a lesion keeps its place between CSF and GM. Returns a new array."""
+    knots = [0.0, CSF_LEVEL, GM_LEVEL, WM_LEVEL, 2.0]
+    values = [0.0, CSF_LEVEL + csf_shift, WM_LEVEL - gm_contrast * (WM_LEVEL - GM_LEVEL), WM_LEVEL, 2.0]
+    return np.interp(t1, knots, values).astype(np.float32)
 
 
 def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
@@ -257,38 +391,6 @@ def _axes_mm(affine: np.ndarray, start: Sequence[int], stop: Sequence[int]) -> l
     ]
 
 
-def _smooth_interp_matrix(n_out: int, n_ctrl: int) -> np.ndarray:
-    """(n_out, n_ctrl) row-normalised Gaussian weights: smooth upsampling of control points."""
-    pos = np.linspace(0.0, n_ctrl - 1.0, n_out)
-    d = pos[:, None] - np.arange(n_ctrl)[None, :]
-    w = np.exp(-0.5 * (d / 0.6) ** 2)
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], n_ctrl: Sequence[int]) -> np.ndarray:
-    """Smooth random field on ``shape`` from N(0,1) control points, rescaled to unit SD."""
-    ctrl = rng.standard_normal(tuple(n_ctrl)).astype(np.float32)
-    mats = [_smooth_interp_matrix(s, c) for s, c in zip(shape, n_ctrl)]
-    out = np.tensordot(mats[0], ctrl, axes=(1, 0))
-    out = np.tensordot(out, mats[1], axes=(1, 1))  # (X, Cz, Y)
-    out = np.tensordot(out, mats[2], axes=(1, 1))  # (X, Y, Z)
-    sd = float(out.std())
-    return (out / sd if sd > 0 else out).astype(np.float32)
-
-
-def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:
-    """Gaussian-smoothed white noise with correlation ~``sigma_vox`` voxels and unit SD (coarse-grid trick)."""
-    step = max(1, int(sigma_vox // 2))
-    coarse = tuple(int(math.ceil(s / step)) + 1 for s in shape)
-    noise = rng.standard_normal(coarse).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=max(sigma_vox / step, 0.5), mode="wrap")
-    if step > 1:
-        noise = ndimage.zoom(noise, step, order=1, mode="nearest")
-    noise = noise[: shape[0], : shape[1], : shape[2]]
-    sd = float(noise.std())
-    return noise / sd if sd > 0 else noise
-
-
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     return (q * np.sign(np.diag(r))).astype(np.float32)
@@ -380,13 +482,14 @@ class _Anatomy:
         rows, self.lo, self.hi, sel = _template_rows(spacing)
         box = tuple(int(h - lo) for lo, h in zip(self.lo, self.hi))
         self.box_shape = box
+        self.box = tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi))
         self.axes_mm = _axes_mm(affine, self.lo, self.hi)
         # Smooth displacement (voxels) + small per-axis scaling about the brain centre.
         n_ctrl = [max(3, int(round(b * spacing / 25.0)) + 1) for b in box]
         coords = []
         for a in range(3):
             # Clipped at 2.5 SD: registered scans keep only a few mm of residual misalignment.
-            disp = np.clip(_smooth_field(rng, box, n_ctrl), -2.5, 2.5) * np.float32(deform_mm / spacing)
+            disp = np.clip(smooth_field(rng, box, n_ctrl), -2.5, 2.5) * np.float32(deform_mm / spacing)
             scale = np.float32(1.0 + rng.uniform(-0.03, 0.03))
             ax = np.arange(box[a], dtype=np.float32)
             ax = ax + np.float32(self.lo[a]) + (ax - np.float32(box[a] / 2.0)) * (scale - 1.0) / scale
@@ -408,7 +511,7 @@ class _Anatomy:
 
     def to_full(self, arr: np.ndarray, dtype: Any) -> np.ndarray:
         out = np.zeros(self.shape, dtype=dtype)
-        out[self.lo[0] : self.hi[0], self.lo[1] : self.hi[1], self.lo[2] : self.hi[2]] = arr
+        out[self.box] = arr
         return out
 
     def voxel_of_mm(self, xyz: Sequence[float]) -> np.ndarray:
@@ -484,7 +587,7 @@ def _grow_lesion(
         d2 = np.zeros(allowed.shape, dtype=np.float32)
         for a in range(3):
             d2 += ((rot[a, 0] * x + rot[a, 1] * y + rot[a, 2] * z) / radii[a]) ** 2
-        field = 1.0 - d2 + amp * _smooth_noise(rng, allowed.shape, corr_vox)
+        field = 1.0 - d2 + amp * smooth_noise(rng, allowed.shape, corr_vox)
         if territory != "brainstem":
             # Soft fall-off over the 10 mm next to the midline: a huge lesion ends irregularly near the
             # falx instead of along a straight cut.
@@ -582,6 +685,10 @@ def generate_subject(
     p = {**DEFAULTS, **(params or {})}
     if spacing not in (1, 2):
         raise ConfigError(f"[synthetic] spacing must be 1 or 2 mm, got {spacing}")
+    profile = str(p["profile"])
+    if profile not in PROFILES:
+        raise ConfigError(f"[synthetic] profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    ranges = PROFILES[profile]
     t0 = time.perf_counter()
     subject, site = subject_site(index, n_sites, testing)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=_keys(index, testing)))
@@ -614,38 +721,71 @@ def generate_subject(
     big = lesion.sum() * spacing**3 > 40000
     enlarged = _enlarge_ventricle(anat, lesion, vent, main_hemi, 2.0) if (touches or big) else 0
 
-    # Lesion intensities: CSF-like core, heterogeneous, gliotic rim, partial-volume blend.
-    t1 = anat.t1
-    if lesion.any():
-        nzl = np.argwhere(lesion)
-        pad = int(math.ceil(4.0 / spacing))
-        lo = np.maximum(nzl.min(0) - pad, 0)
-        hi = np.minimum(nzl.max(0) + pad + 1, anat.box_shape)
-        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        les = lesion[sl]
-        pv = ndimage.gaussian_filter(les.astype(np.float32), 0.75 / spacing)
-        pv = np.maximum(pv, 0.85 * les) * anat.brain[sl]
-        depth = ndimage.distance_transform_edt(les) * spacing
-        core = CSF_LEVEL + float(rng.uniform(0.10, 0.20))
-        het = 0.04 * _smooth_noise(rng, les.shape, 1.5 / spacing)
-        rim = float(rng.uniform(0.05, 0.12)) * np.exp(-np.maximum(depth - spacing, 0.0) / 1.5)
-        lesion_int = np.clip(core + het + rim, CSF_LEVEL * 0.9, 0.62).astype(np.float32)
-        t1[sl] = (1.0 - pv) * t1[sl] + pv * lesion_int * (t1[sl] > 0)
+    # Lesion intensities, then the tissue contrast.
+    look = draw_lesion_look(rng, profile)
+    render_lesion(anat.t1, lesion, anat.brain, look, spacing, rng)
+    shifts = {k: draw_from(rng, ranges[k]) for k in ("gm_contrast", "csf_shift")}
+    t1 = remap_contrast(anat.t1, **shifts)
 
-    # Scanner: site effect x subject jitter: gamma, bias field, scale, Rician noise.
+    # Scanner: site effect x subject jitter (training) or per subject (shifted): gamma, bias field,
+    # scale, blur, Rician noise.
     scanner = _site_scanner(seed, site)
-    gamma = scanner["gamma"] * float(rng.uniform(0.95, 1.05))
-    scale = scanner["scale"] * float(rng.uniform(0.9, 1.1))
-    sigma = float(p["noise"]) * scanner["noise"] * float(rng.uniform(0.8, 1.25))
-    n_ctrl = [4, 5, 4]
-    bias = np.exp(float(p["bias"]) * _smooth_field(rng, anat.box_shape, n_ctrl))
-    support = t1 > 0
-    img = np.power(t1, gamma, dtype=np.float32) * bias
+    gamma_jitter, scale_jitter, noise_jitter = (float(rng.uniform(a, b)) for a, b in ((0.95, 1.05), (0.9, 1.1), (0.8, 1.25)))
+    if profile == "training":
+        gamma = scanner["gamma"] * gamma_jitter
+        sigma = float(p["noise"]) * scanner["noise"] * noise_jitter
+        bias_sd = float(p["bias"])
+    else:
+        gamma = draw_from(rng, ranges["gamma"])
+        sigma = float(p["noise"]) * draw_from(rng, ranges["noise"])
+        bias_sd = draw_from(rng, ranges["bias"])
+    scale = scanner["scale"] * scale_jitter
+    blur_mm = draw_from(rng, ranges["blur_mm"])
+    blur_axis = int(rng.integers(3))
     sd = sigma * WM_LEVEL**gamma
-    n1 = rng.standard_normal(anat.box_shape, dtype=np.float32)
-    n2 = rng.standard_normal(anat.box_shape, dtype=np.float32)
-    img = np.sqrt((img + sd * n1) ** 2 + (sd * n2) ** 2) * scale
-    img = np.where(support, np.clip(np.rint(img), 1, 32767), 0).astype(np.float32)
+    n_ctrl = [4, 5, 4]
+    head_info: dict[str, Any] = {}
+    if not p["whole_head"]:
+        bias = np.exp(bias_sd * smooth_field(rng, anat.box_shape, n_ctrl))
+        support = t1 > 0
+        img = np.power(t1, gamma, dtype=np.float32) * bias
+        if blur_mm > 0:
+            img = ndimage.gaussian_filter1d(img, blur_mm / spacing, axis=blur_axis)
+        n1 = rng.standard_normal(anat.box_shape, dtype=np.float32)
+        n2 = rng.standard_normal(anat.box_shape, dtype=np.float32)
+        img = np.sqrt((img + sd * n1) ** 2 + (sd * n2) ** 2) * scale
+        img = anat.to_full(np.where(support, np.clip(np.rint(img), 1, 32767), 0), np.float32)
+    else:
+        # The brain, its bias field and its noise are drawn exactly as without the head (same voxels,
+        # same values); the head has its own random stream, so switching it on changes nothing inside.
+        field = smooth_field(rng, anat.box_shape, n_ctrl, extend=(anat.lo, anat.shape))
+        bias = np.exp(bias_sd * field)
+        hrng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, *_keys(index, testing))))
+        brain = anat.to_full(t1 > 0, bool)
+        head, inside, hp = build_head(brain | anat.to_full(anat.brain, bool), anat.affine, hrng)
+        img = np.where(brain, anat.to_full(t1, np.float32), head)
+        np.power(img, gamma, out=img)
+        img *= bias
+        if blur_mm > 0:
+            img = ndimage.gaussian_filter1d(img, blur_mm / spacing, axis=blur_axis)
+        noise = []
+        outside = np.ones(anat.shape, dtype=bool)
+        outside[anat.box] = False
+        for _ in range(2):
+            n = np.empty(anat.shape, dtype=np.float32)
+            n[anat.box] = rng.standard_normal(anat.box_shape, dtype=np.float32)
+            n[outside] = hrng.standard_normal(int(outside.sum()), dtype=np.float32)
+            noise.append(n)
+        img = np.sqrt((img + sd * noise[0]) ** 2 + (sd * noise[1]) ** 2) * scale
+        img = np.clip(np.rint(img), 0, 32767)
+        img[brain] = np.maximum(img[brain], 1.0)
+        img[~inside] = 0.0
+        head_info = {
+            "head_csf_mm": round(hp.csf_mm, 2),
+            "head_skull_mm": round(hp.inner_table_mm + hp.diploe_mm + hp.outer_table_mm, 2),
+            "head_scalp_mm": round(hp.galea_mm + hp.fat_mm + hp.skin_mm, 2),
+            "head_deface_deg": round(hp.deface_deg, 1),
+        }
 
     mask = (lesion & anat.brain).astype(np.uint8)
     _, n_comp = ndimage.label(mask, structure=_STRUCT26)
@@ -667,12 +807,24 @@ def generate_subject(
         "lesion_mm3": voxels * spacing**3,
         "requested_mm3": round(requested, 1),
         "ventricle_enlarged": bool(enlarged > 0),
+        "profile": profile,
+        "lesion_core": round(look.core, 3),
+        "lesion_texture": round(look.texture, 3),
+        "lesion_rim": round(look.rim, 3),
+        "lesion_edge_mm": round(look.edge_mm, 2),
+        "lesion_cavity_mm": round(look.cavity_mm, 2),
+        "gm_contrast": round(shifts["gm_contrast"], 3),
+        "csf_shift": round(shifts["csf_shift"], 3),
         "gamma": round(gamma, 4),
         "scale": round(scale, 2),
         "noise_sd": round(sigma, 4),
+        "bias_sd": round(bias_sd, 3),
+        "blur_mm": round(blur_mm, 2),
+        "whole_head": bool(p["whole_head"]),
+        **head_info,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return anat.to_full(img, np.float32), anat.to_full(mask, np.uint8), anat.affine.copy(), info
+    return img.astype(np.float32, copy=False), anat.to_full(mask, np.uint8), anat.affine.copy(), info
 
 
 # --- dataset ----------------------------------------------------------------------------------------------
@@ -750,10 +902,11 @@ def generate_dataset(
     if n_subjects < 1 or n_sites < 1 or n_testing < 0:
         raise ConfigError("[synthetic] needs subjects >= 1, sites >= 1 and testing >= 0")
     if n_sites > n_subjects:
-        raise ConfigError(f"[synthetic] {n_sites} sites for {n_subjects} subjects: some sites would be empty")
+        log.info("%d subject(s): using %d site(s) instead of %d", n_subjects, n_subjects, n_sites)
+        n_sites = n_subjects
     if math.ceil(n_subjects / n_sites) > TESTING_OFFSET - 1 or math.ceil(n_testing / n_sites) > 999 - TESTING_OFFSET:
         raise ConfigError("[synthetic] too many subjects per site for the sub-r###s### naming")
-    p = {k: v for k, v in {**DEFAULTS, **(params or {})}.items() if k in ("cortical_fraction", "deform_mm", "noise", "bias")}
+    p = {k: v for k, v in {**DEFAULTS, **(params or {})}.items() if k in SUBJECT_KEYS}
     root = Path(out_root)
     tasks = [(str(root), i, int(seed), int(spacing), False, int(n_sites), p) for i in range(n_subjects)]
     tasks += [(str(root), j, int(seed), int(spacing), True, int(n_sites), p) for j in range(n_testing)]
@@ -853,8 +1006,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", dest="data_root", help="output root (same as --data-root; default [run] data_root)")
     parser.add_argument("--subjects", type=int, help="labelled Training subjects")
     parser.add_argument("--spacing", type=int, choices=(1, 2), help="1 = real 197x233x189 grid, 2 = 99x117x95")
-    parser.add_argument("--sites", type=int, help="number of sites R001..")
+    parser.add_argument("--sites", type=int, help="number of sites R001.. (at most --subjects)")
     parser.add_argument("--testing", type=int, help="unlabelled Testing subjects (no masks)")
+    parser.add_argument("--whole-head", action=argparse.BooleanOptionalAction, default=None,
+                        help="defaced whole-head T1s (scalp, skull, CSF rim, noisy air) instead of brain-only")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="appearance ranges: training (default) or shifted (out-of-domain test data)")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
     syn = override(
@@ -863,6 +1020,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spacing=args.spacing,
         sites=args.sites,
         testing=args.testing,
+        whole_head=args.whole_head,
+        profile=args.profile,
     )
     cfg = {**cfg, "synthetic": syn}
     summary = run(cfg, run_cfg)

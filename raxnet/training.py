@@ -12,7 +12,7 @@ looked at during training. Fold k is then used once, for the outer metrics:
   :func:`raxnet.inference.predict_plane`, restacked, thresholded and compared in 3D.
 
 Run folders are ``<work>/07_train/<run name>/<plane>/fold_<k>/`` where the run name is the model name
-for the default loss (``tversky_focal``) and ``<model>-<loss>`` for any other loss (see :func:`run_name`).
+for the default loss (``tversky_focal``) and ``<model>-<loss>`` for any other loss (see :func:`raxnet.runs.run_name`, which owns the layout).
 Each holds ``model.keras`` (the best model, uncompiled: loads with plain ``keras.saving.load_model``),
 ``history.csv``, ``metrics.csv`` (one summary row), ``subject_dice.csv`` (one row per validation
 subject), ``run.json`` and the resume checkpoint (``last.keras`` with optimizer state, ``best.weights.h5``,
@@ -41,11 +41,9 @@ from raxnet.errors import ConfigError, InputError, RaxnetError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_figure, save_json
 from raxnet.log import get_logger
 from raxnet.planes import from_slices, parse_planes
+from raxnet.runs import DEFAULT_LOSS, read_subject_folds, run_dir, run_name
 
 log = get_logger(__name__)
-
-#: The loss whose runs live in ``<model>/`` (other losses: ``<model>-<loss>/``).
-DEFAULT_LOSS = "tversky_focal"
 
 #: Section ``[train]``.
 DEFAULTS: dict[str, Any] = {
@@ -70,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "xla": False,  # jit_compile=True (GPU); False leaves Keras' default
     "deterministic": True,  # tf.config.experimental.enable_op_determinism (reproducible re-runs)
     "predict_batch_size": 32,  # slices per batch for the outer-fold prediction
-    "threshold": 0.5,  # probability > threshold = lesion (outer metrics)
+    "threshold": 0.5,  # probability >= threshold = lesion (outer metrics; raxnet.postprocess.binarise)
     "resume": True,  # continue an interrupted run from its last checkpoint
     "verbose": 2,  # Keras fit verbosity (2 = one line per epoch, for logs)
 }
@@ -90,24 +88,6 @@ COMPARISON_COLUMNS = [
     "model", "loss", "plane", "fold", "params", "best_epoch", "time_to_best_s", "predict_ms_per_slice",
     "lesion_slice_dice", "all_slice_dice", "dice_3d_mean",
 ]
-
-
-# ----------------------------------------------------------------------------------------- naming
-
-
-def run_name(model_name: str, loss_name: str) -> str:
-    """Folder name of a (model, loss) run: ``model`` for the default loss, else ``model-loss``."""
-    return model_name if loss_name == DEFAULT_LOSS else f"{model_name}-{loss_name}"
-
-
-def run_dir(work_dir: str | Path, model_name: str, loss_name: str, plane: str, fold: int) -> Path:
-    """``<work>/07_train/<run name>/<plane>/fold_<k>``."""
-    return stage_dir(work_dir, "train") / run_name(model_name, loss_name) / plane / f"fold_{int(fold)}"
-
-
-def model_path(work_dir: str | Path, model_name: str, plane: str, fold: int, loss_name: str = DEFAULT_LOSS) -> Path:
-    """Path of the trained plane model that later stages load."""
-    return run_dir(work_dir, model_name, loss_name, plane, fold) / "model.keras"
 
 
 def _split_names(value: str | Sequence[str]) -> list[str]:
@@ -135,17 +115,6 @@ def parse_folds(value: str | int | Sequence[int], available: Sequence[int]) -> l
     if missing or not folds:
         raise ConfigError(f"fold(s) {missing or value} not in stage-04 folds {available}")
     return list(dict.fromkeys(folds))
-
-
-def read_subject_folds(work_dir: str | Path) -> pd.DataFrame:
-    """Stage-04 ``subject_folds.csv`` (subject, fold); StageInputError when missing or malformed."""
-    path = stage_dir(work_dir, "folds") / "subject_folds.csv"
-    if not path.is_file():
-        raise StageInputError(f"{path}: not found (run stage 04 first)")
-    df = pd.read_csv(path)
-    if not {"subject", "fold"} <= set(df.columns) or df.empty:
-        raise StageInputError(f"{path}: expected columns subject, fold and at least one row")
-    return df
 
 
 # --------------------------------------------------------------------------------------- settings
@@ -419,30 +388,6 @@ def _clear_run(out: Path) -> None:
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def slice_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-slice Dice of binary stacks (n, ...) ; a slice empty in both counts as 1."""
-    p = pred.reshape(len(pred), -1).astype(bool)
-    t = truth.reshape(len(truth), -1).astype(bool)
-    inter = np.logical_and(p, t).sum(axis=1)
-    total = p.sum(axis=1) + t.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
-    return d.astype(np.float64)
-
-
-def dice_3d(pred: np.ndarray, truth: np.ndarray) -> float:
-    """3D Dice of two binary volumes (empty/empty = 1.0); uses raxnet.metrics.dice when present."""
-    try:
-        from raxnet.metrics import dice  # type: ignore[attr-defined]
-    except ImportError:
-        dice = None
-    if dice is not None:
-        return float(dice(pred, truth))
-    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
-    total = int(p.sum()) + int(t.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total
-
-
 def evaluate_fold(
     model: Any, cfg: dict[str, Any], run: dict[str, Any], plane: str, fold: int, depth: int,
     val_subjects: Sequence[str], train: dict[str, Any],
@@ -451,7 +396,9 @@ def evaluate_fold(
     from tqdm.auto import tqdm
 
     from raxnet import batches
-    from raxnet.inference import model_slice_shape, predict_plane
+    from raxnet.inference import model_slice_shape, predict_probabilities
+    from raxnet.metrics import dice, slice_dice
+    from raxnet.postprocess import binarise
     from raxnet.slices import open_stack
 
     thr = float(train["threshold"])
@@ -461,7 +408,7 @@ def evaluate_fold(
         x, y = ds[i][:2]
         p = np.asarray(model.predict_on_batch(np.asarray(x, np.float32)), np.float32)
         t = np.asarray(y) > 0.5
-        dices.append(slice_dice(p > thr, t))
+        dices.append(slice_dice(binarise(p, thr), t))
         has_lesion.append(t.reshape(len(t), -1).any(axis=1))
     d = np.concatenate(dices) if dices else np.zeros(0)
     les = np.concatenate(has_lesion) if has_lesion else np.zeros(0, bool)
@@ -483,15 +430,16 @@ def evaluate_fold(
             errors.append({"subject": subject, "error": str(exc)})
             continue
         t0 = time.perf_counter()
-        prob = predict_plane(model, volume, plane, batch_size=bs)
+        # the stage-03 stacks are already normalised
+        prob = predict_probabilities(volume, {plane: [model]}, batch_size=bs, normalised=True, source=subject)[plane]
         seconds += time.perf_counter() - t0
         n_pred += int((np.asarray(image).reshape(len(image), -1).max(axis=1) > 0).sum())
-        pred = prob > thr
+        pred = binarise(prob, thr)
         rows.append({
             "subject": subject,
             "lesion_voxels": int(truth.sum()),
             "predicted_voxels": int(pred.sum()),
-            "dice_3d": dice_3d(pred, truth),
+            "dice_3d": dice(pred, truth),
         })
     subj = pd.DataFrame(rows, columns=["subject", "lesion_voxels", "predicted_voxels", "dice_3d"])
     d3 = subj["dice_3d"].to_numpy(float)

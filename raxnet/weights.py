@@ -3,11 +3,18 @@
 A weight set is a folder::
 
     weights/demo/
-        weights.json          # grid the models were trained on, which fold per plane, provenance
+        weights.json          # grid, which fold per plane, every inference decision, provenance
         axial.keras  sagittal.keras  coronal.keras
 
 :func:`export_weights` builds one from a training work directory (stage 07), choosing per plane the fold
-with the lowest inner-validation loss (never the reported outer-fold scores).
+with the lowest inner-validation loss (never the reported outer-fold scores; :mod:`raxnet.runs`).
+
+The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
+(:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
+the minimum lesion size in mm³, the lesion connectivity and flip TTA. ``predict`` reads them; its flags
+override them. Extension point: a step that changes what the networks see (e.g. a brain mask applied in
+stage 03) adds its setting to :data:`INFERENCE_KEYS` and :func:`inference_settings`, and predict applies it.
+Format 1 manifests (before the block existed) read as their ``threshold`` plus the defaults below.
 """
 
 from __future__ import annotations
@@ -20,14 +27,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
-from raxnet.fusion import select_models
 from raxnet.io import atomic_path, load_nifti, save_json
 from raxnet.planes import PLANES
+from raxnet.runs import select_models, train_dir
 
 MANIFEST = "weights.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: The inference decisions of a weight set and their defaults (what format 1 implied).
+INFERENCE_KEYS: dict[str, Any] = {
+    "fusion": "mean",  # raxnet.postprocess method: mean | vote | weighted | axial | sagittal | coronal
+    "threshold": 0.5,  # lesion where probability >= threshold
+    "min_lesion_mm3": 0.0,  # lesions (connected components) smaller than this are removed; 0 = keep all
+    "connectivity": LESION_CONNECTIVITY,  # 3D connectivity of a lesion (clean-up and lesions.csv)
+    "tta": False,  # left-right flip test-time augmentation
+    "weights": {},  # per-plane weights of the "weighted" fusion ({} = not used)
+}
 
 
 def default_weights_dir() -> Path:
@@ -56,28 +74,71 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     for plane, entry in manifest["planes"].items():
         if not (weights_dir / entry["file"]).is_file():
             raise InputError(f"{weights_dir / entry['file']}: model file for plane {plane} not found")
+    manifest["inference"] = inference_settings(manifest, path)
     return manifest
 
 
-def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "") -> Path:
-    """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set."""
+def inference_settings(manifest: dict[str, Any], path: str | Path = MANIFEST) -> dict[str, Any]:
+    """The manifest's inference decisions, completed with :data:`INFERENCE_KEYS` defaults and checked.
+
+    Format 1 (no ``inference`` block) contributes its top-level ``threshold``.
+    """
+    given = dict(manifest.get("inference") or {})
+    if "inference" not in manifest and "threshold" in manifest:
+        given["threshold"] = manifest["threshold"]
+    unknown = sorted(set(given) - set(INFERENCE_KEYS))
+    if unknown:
+        raise InputError(f"{path}: unknown inference setting(s) {', '.join(unknown)}")
+    out = {**INFERENCE_KEYS, **given}
+    check_inference(out, path)
+    return out
+
+
+def check_inference(settings: dict[str, Any], where: str | Path) -> None:
+    """InputError naming ``where`` when an inference decision is out of range."""
+    from raxnet.postprocess import ALL_METHODS
+
+    if settings["fusion"] not in ALL_METHODS:
+        raise InputError(f"{where}: fusion {settings['fusion']!r} is not one of {', '.join(ALL_METHODS)}")
+    if not 0.0 < float(settings["threshold"]) < 1.0:
+        raise InputError(f"{where}: threshold must be in (0, 1), got {settings['threshold']}")
+    if float(settings["min_lesion_mm3"]) < 0:
+        raise InputError(f"{where}: min_lesion_mm3 must be >= 0, got {settings['min_lesion_mm3']}")
+    if int(settings["connectivity"]) not in (6, 18, 26):
+        raise InputError(f"{where}: connectivity must be 6, 18 or 26, got {settings['connectivity']}")
+    if settings["fusion"] == "weighted" and set(settings["weights"]) != set(PLANES):
+        raise InputError(f"{where}: weighted fusion needs a weight for each of {', '.join(PLANES)}")
+
+
+def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "",
+                   inference: dict[str, Any] | None = None) -> Path:
+    """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set.
+
+    ``inference`` (keys of :data:`INFERENCE_KEYS`) sets the manifest's inference decisions; the rest
+    keep their defaults.
+    """
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    train_dir = stage_dir(work_dir, "train") / model
+    decisions = {**INFERENCE_KEYS, **(inference or {})}
+    unknown = sorted(set(decisions) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")
+    check_inference(decisions, "export-weights")
     subjects_csv = stage_dir(work_dir, "dataset") / "subjects.csv"
     if not subjects_csv.is_file():
         raise StageInputError(f"{subjects_csv}: not found (run stage 01 first)")
-    from raxnet.atlas import data_path
     from raxnet.record import run_data_root
+    from raxnet.runs import resolve_data_path
 
-    first_t1 = data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
+    # subjects.csv stores image paths relative to the run's data root (its config.toml).
+    first_t1 = resolve_data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
     ref = load_nifti(first_t1)
     out_dir.mkdir(parents=True, exist_ok=True)
     planes: dict[str, Any] = {}
     # The same choice stage 08 makes: lowest inner-validation loss, never the reported outer fold.
-    chosen = select_models(train_dir, PLANES, ensemble=False)
+    chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=False)
     for plane in PLANES:
         best = chosen[plane][0]
-        info = json.loads((best.path.parent / "run.json").read_text())
+        info = best.run_info()
         with atomic_path(out_dir / f"{plane}.keras") as tmp:
             shutil.copyfile(best.path, tmp)
         planes[plane] = {
@@ -95,7 +156,7 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
         "spacing_mm": [float(s) for s in ref.header.get_zooms()[:3]],
         "space": "MNI152NLin2009aSym",
         "planes": planes,
-        "threshold": 0.5,
+        "inference": decisions,
         "note": note,
     }
     save_json(manifest, out_dir / MANIFEST)

@@ -136,6 +136,7 @@ def test_stage_good_and_bad_subjects(tree: Path, tmp_path: Path) -> None:
     assert summary["unlabelled"] == 1 and summary["processed"] == 2 and summary["errors"] == 6
     assert summary["lesion_volume_mm3"]["q50"] == 16.0
     assert summary["hemisphere_counts"] == {"left": 1, "right": 1}
+    assert summary["connectivity"] == 26 and summary["slice_connectivity"] == 8  # recorded in the run
     for name in ("lesion_volume_distribution", "lesion_area_per_plane", "lesion_location", "lesion_frequency"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     freq = nib.load(str(out / "lesion_frequency.nii.gz")).get_fdata()

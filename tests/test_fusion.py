@@ -1,4 +1,4 @@
-"""raxnet.fusion: pure fusion functions, model selection, weights, end-to-end stage 08 on a tiny work dir."""
+"""raxnet.fusion (stage 08): end to end on a tiny work dir, evaluate-only, the command line."""
 
 import json
 import shutil
@@ -8,117 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raxnet import evaluation as E
 from raxnet import fusion as F
 from raxnet import metrics as M
-from raxnet.errors import StageInputError
 from raxnet.planes import padded_shape, slice_shape
 
 SHAPE = (12, 16, 14)
 AFFINE = np.array([[1.0, 0, 0, -6.0], [0, 1.0, 0, -8.0], [0, 0, 1.5, -10.0], [0, 0, 0, 1]])
 SPACING = (1.0, 1.0, 1.5)
-
-
-# --- pure functions -------------------------------------------------------------------------------
-
-
-def test_mean_and_vote_disagree_in_known_voxels():
-    # voxel 0: 0.9, 0.3, 0.4 -> mean 0.533 >= 0.5 -> 1, but only 1 of 3 votes -> 0
-    # voxel 1: 0.55, 0.55, 0.0 -> mean 0.367 -> 0, but 2 of 3 votes -> 1
-    probs = {
-        "axial": np.array([[[0.9, 0.55]]]),
-        "sagittal": np.array([[[0.3, 0.55]]]),
-        "coronal": np.array([[[0.4, 0.0]]]),
-    }
-    mean, vote = F.fuse_mean(probs, 0.5), F.fuse_vote(probs, 0.5)
-    assert mean.dtype == np.uint8 and vote.dtype == np.uint8
-    assert mean.ravel().tolist() == [1, 0]
-    assert vote.ravel().tolist() == [0, 1]
-    # the threshold is a parameter: at 0.35 voxel 1's mean (0.367) passes, its votes stay 2
-    assert F.fuse_mean(probs, 0.35).ravel().tolist() == [1, 1]
-    assert F.fuse_vote(probs, 0.35).ravel().tolist() == [1, 1]  # 0.9, 0.4 >= 0.35 in voxel 0
-    # lists work as well as dicts; mean exactly at the threshold counts as lesion (>=)
-    assert F.fuse_mean([np.full(2, 0.6), np.full(2, 0.6), np.full(2, 0.3)], 0.5).tolist() == [1, 1]
-
-
-def test_weighted_fusion():
-    probs = {"axial": np.array([0.9, 0.2]), "sagittal": np.array([0.1, 0.2]), "coronal": np.array([0.1, 0.9])}
-    # all weight on axial = axial alone
-    assert F.fuse_weighted(probs, {"axial": 1, "sagittal": 0, "coronal": 0}).tolist() == [1, 0]
-    # weights are normalised: (2*0.9 + 1*0.1 + 1*0.1) / 4 = 0.5 -> 1; (0.4 + 0.2 + 0.9) / 4 = 0.375 -> 0
-    assert F.fuse_weighted(probs, {"axial": 2, "sagittal": 1, "coronal": 1}).tolist() == [1, 0]
-    # equal weights = mean
-    assert F.fuse_weighted(probs, [1, 1, 1]).tolist() == F.fuse_mean(probs).tolist()
-    with pytest.raises(ValueError, match="non-negative"):
-        F.fuse_weighted(probs, [1, -1, 1])
-    with pytest.raises(ValueError, match="weights for"):
-        F.fuse_weighted(probs, [1, 1])
-
-
-def test_remove_small_components():
-    m = np.zeros((6, 6, 6), np.uint8)
-    m[0, 0, 0] = 1  # 1 voxel
-    m[3, 3, 1:4] = 1  # 3 voxels
-    m[4, 4, 4] = 1  # touches the 3-voxel line at a corner only ((3,3,3)-(4,4,4))
-    out = F.remove_small_components(m, 2, connectivity=6)
-    assert out.dtype == np.uint8 and out.sum() == 3 and out[3, 3, 1:4].all()
-    out26 = F.remove_small_components(m, 2, connectivity=26)
-    assert out26.sum() == 4 and out26[4, 4, 4] == 1  # joined to the line under 26-connectivity
-    assert F.remove_small_components(m, 0).sum() == m.sum()
-    assert F.remove_small_components(m, 5, connectivity=26).sum() == 0
-
-
-def test_method_names_and_fuse_all_clean_variants():
-    assert F.method_names(["mean", "axial"], 0) == ["mean", "axial"]
-    assert F.method_names(["axial", "mean", "vote"], 3) == ["axial", "mean", "vote", "mean_clean", "vote_clean"]
-    with pytest.raises(Exception, match="unknown fusion method"):
-        F.method_names(["median"], 0)
-    p = np.zeros((5, 5, 5), np.float32)
-    p[0, 0, 0] = 0.9
-    p[2:4, 2:4, 2] = 0.8
-    probs = {"axial": p, "sagittal": p, "coronal": p}
-    masks = F.fuse_all(probs, F.method_names(["axial", "mean"], 2), min_size=2)
-    assert masks["mean"].sum() == 5 and masks["mean_clean"].sum() == 4 and masks["axial"].sum() == 5
-
-
-# --- stage 07 outputs: selection and weights --------------------------------------------------------
-
-
-def _fake_fold(root, plane, fold, val_loss=None, metrics=None):
-    d = root / plane / f"fold_{fold}"
-    d.mkdir(parents=True)
-    (d / "model.keras").write_bytes(b"")
-    if val_loss is not None:
-        (d / "run.json").write_text(json.dumps({"best_val_loss": val_loss, "plane": plane, "fold": fold}))
-    if metrics is not None:
-        metrics.to_csv(d / "metrics.csv", index=False)
-
-
-def test_select_models_uses_inner_validation_loss_only(tmp_path):
-    good_metrics = pd.DataFrame({"dice_3d_mean": [0.9]})
-    _fake_fold(tmp_path, "axial", 1, 0.30, good_metrics)  # best outer Dice, worse val loss
-    _fake_fold(tmp_path, "axial", 2, 0.10, pd.DataFrame({"dice_3d_mean": [0.1]}))
-    _fake_fold(tmp_path, "axial", 3, None)  # no run.json: not eligible for best-fold selection
-    sel = F.select_models(tmp_path, ["axial"], ensemble=False)
-    assert [m.fold for m in sel["axial"]] == [2]
-    assert [m.fold for m in F.select_models(tmp_path, ["axial"], ensemble=True)["axial"]] == [1, 2, 3]
-    with pytest.raises(StageInputError, match="sagittal"):
-        F.select_models(tmp_path, ["sagittal"], ensemble=False)
-
-
-def test_plane_weights_tolerant_reading(tmp_path):
-    _fake_fold(tmp_path, "axial", 1, 0.1, pd.DataFrame({"dice_3d_mean": [0.6]}))
-    _fake_fold(tmp_path, "axial", 2, 0.1, pd.DataFrame({"dice_3d_mean": [0.4]}))
-    _fake_fold(tmp_path, "sagittal", 1, 0.1, pd.DataFrame({"subject": ["a", "b"], "dice": [0.2, 0.4]}))
-    _fake_fold(tmp_path, "coronal", 1, 0.1, pd.DataFrame({"subject": ["a", "b"], "dice_3d": [0.1, np.nan]}))
-    w, source = F.plane_weights(tmp_path)
-    assert source.startswith("cross-validation")
-    raw = {"axial": 0.5, "sagittal": 0.3, "coronal": 0.1}
-    for p in raw:
-        assert w[p] == pytest.approx(raw[p] / 0.9)
-    # a plane without usable metrics -> equal weights, and the reason is reported
-    (tmp_path / "coronal" / "fold_1" / "metrics.csv").write_text("loss\n0.3\n")
-    w, source = F.plane_weights(tmp_path)
-    assert w == {p: pytest.approx(1 / 3) for p in raw} and "coronal" in source
 
 
 # --- end to end on a tiny work dir ----------------------------------------------------------------
@@ -238,7 +135,8 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
         assert res["weights"][p] == pytest.approx(v / sum(raw.values()))
 
     df = pd.read_csv(out / "subject_metrics.csv", keep_default_na=False, na_values=[""])
-    assert list(df.columns[:13]) == list(F.METRIC_COLUMNS[:13])
+    assert list(df.columns[:13]) == list(E.SUBJECT_METRIC_COLUMNS[:13])
+    assert list(df.columns) == list(E.SUBJECT_METRIC_COLUMNS)
     methods = ["axial", "sagittal", "coronal", "mean", "vote", "weighted", "mean_clean", "vote_clean",
                "weighted_clean"]
     hold = df[df["set"] == "holdout"]
@@ -355,15 +253,6 @@ def test_evaluate_only_missing_corrupt_and_wrong_grid_predictions(tmp_path):
     assert (work / "08_fusion" / "evaluate_pred" / "qc" / "sub-b_qc.png").is_file()
     with pytest.raises(Exception, match="not found"):
         F.evaluate_only({}, {"work_dir": str(work), "data_root": str(root)}, tmp_path / "nope")
-
-
-def test_find_predictions_prefers_longest_subject_name(tmp_path):
-    for name in ("sub-1_mean.nii.gz", "sub-10_mean.nii.gz", "sub-10.nii.gz", "sub-2-vote.nii", "other.nii.gz"):
-        (tmp_path / name).write_bytes(b"")
-    found = F.find_predictions(tmp_path, ["sub-1", "sub-10", "sub-2"])
-    assert set(found["sub-1"]) == {"mean"}
-    assert set(found["sub-10"]) == {"mean", "prediction"}
-    assert set(found["sub-2"]) == {"vote"}
 
 
 def test_cli_main_writes_outputs(tmp_path):

@@ -48,3 +48,24 @@ def test_model_slice_shape_requires_fixed_input():
     inputs = keras.Input((None, None, 1))
     with pytest.raises(ValueError, match="fixed input size"):
         model_slice_shape(keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs)))
+
+
+def test_predict_probabilities_averages_folds_and_checks_slice_size(tmp_path):
+    from raxnet.errors import InputError
+    from raxnet.inference import ModelCache, predict_probabilities
+
+    volume = np.random.default_rng(2).uniform(0.1, 1, VOLUME_SHAPE).astype(np.float32)
+    shape = padded_shape(slice_shape(VOLUME_SHAPE, "axial"), 2)
+    a = sigmoid_model(shape)
+    b = sigmoid_model(shape)
+    b.layers[-1].set_weights([np.full((1, 1, 1, 1), 2.0, np.float32), np.zeros(1, np.float32)])  # sigmoid(2x)
+    path = tmp_path / "b.keras"
+    b.save(path)
+    got = predict_probabilities(volume, {"axial": [a, path]}, cache=ModelCache(), normalised=True)
+    expected = 0.5 * (1 / (1 + np.exp(-volume)) + 1 / (1 + np.exp(-2 * volume)))
+    np.testing.assert_allclose(got["axial"], expected, atol=1e-6)
+    small = sigmoid_model((2, 2))
+    with pytest.raises(InputError, match="scan.nii: axial slices"):
+        predict_probabilities(volume, {"axial": [small]}, normalised=True, source="scan.nii")
+    with pytest.raises(ValueError, match="ModelCache"):
+        predict_probabilities(volume, {"axial": [path]}, normalised=True)

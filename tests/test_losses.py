@@ -122,8 +122,10 @@ def test_parameters_are_used_and_serialised():
 
 
 def test_dice_coefficient_and_metric():
-    # Hard threshold 0.5 (strict): the 0.5 predictions count as background -> TP 0, FN 1.
-    assert float(losses.dice_coefficient(T22, P22)) == pytest.approx(1 / 2)  # (0 + 1) / (1 + 0 + 1)
+    # Hard threshold 0.5, the package's rule p >= t: the two 0.5 predictions are lesion -> TP 1, FP 1.
+    assert float(losses.dice_coefficient(T22, P22)) == pytest.approx(3 / 4)  # (2 + 1) / (1 + 2 + 1)
+    just_below = np.nextafter(np.float32(0.5), np.float32(0)) * (P22 > 0)  # -> TP 0, FN 1
+    assert float(losses.dice_coefficient(T22, just_below)) == pytest.approx(1 / 2)  # (0 + 1) / (1 + 0 + 1)
     p = np.array([[0.9, 0.6], [0.2, 0]], np.float32).reshape(1, 2, 2, 1)  # TP 1, FP 1
     assert float(losses.dice_coefficient(T22, p)) == pytest.approx(3 / 4)  # (2 + 1) / (1 + 2 + 1)
 
@@ -135,5 +137,8 @@ def test_dice_coefficient_and_metric():
     assert float(metric.result()) == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
     metric.reset_state()
     assert float(metric.result()) == 1.0
+    metric.update_state(T22, P22)  # p = 0.5 counts as lesion (>=): TP 1, FP 1
+    assert float(metric.result()) == pytest.approx(2 / 3)
+    metric.reset_state()
     again = losses.DiceMetric.from_config(metric.get_config())
     assert again.threshold == 0.5 and again.name == "dice"

@@ -74,8 +74,9 @@ def test_diagonal_voxels_depend_on_connectivity():
     # 6-connectivity: the second voxel is its own predicted component touching no lesion -> 1 FP.
     assert M.lesion_f1(corner, single, connectivity=6) == pytest.approx(1 / (1 + 0.5))
     assert M.lesion_f1(corner, single, connectivity=26) == 1.0
-    # default is 6 (ATLAS scorer = scipy.ndimage.label's default structure)
-    assert M.lesion_f1(corner, single) == M.lesion_f1(corner, single, connectivity=6)
+    # default is 26 (raxnet.components.LESION_CONNECTIVITY, as the ATLAS R2.0 / ISLES 2022 scorer)
+    assert M.lesion_f1(corner, single) == M.lesion_f1(corner, single, connectivity=26)
+    assert M.lesion_count_difference(corner, single) == 0
     with pytest.raises(ValueError, match="connectivity"):
         M.label(single, 8)
 
@@ -170,3 +171,27 @@ def test_evaluate_invariant_to_zero_padding_and_border():
     big = M.evaluate(big_p, big_t, spacing=(1.0, 2.0, 0.5), connectivity=18)
     assert small == pytest.approx(big)
     assert 0 < small["dice"] < 1 and small["hd95_mm"] > 0
+
+
+# --- per-slice Dice (stage 07) and the 3D Dice it shares ------------------------------------------
+
+
+def test_slice_dice_hand_computed() -> None:
+    pred = np.zeros((3, 2, 2), bool)
+    truth = np.zeros((3, 2, 2), bool)
+    pred[0, 0, :] = True  # 2 px
+    truth[0, 0, 0] = truth[0, 1, 0] = True  # 2 px, 1 shared -> 2*1/4
+    truth[1, 1, 1] = True  # missed entirely -> 0
+    # slice 2 empty in both -> 1
+    np.testing.assert_allclose(M.slice_dice(pred, truth), [0.5, 0.0, 1.0])
+
+
+def test_dice_3d_semantics() -> None:
+    a = np.zeros((2, 2, 2), bool)
+    assert M.dice(a, a) == 1.0
+    b = a.copy()
+    b[0, 0, 0] = True
+    assert M.dice(a, b) == 0.0
+    c = b.copy()
+    c[1, 1, 1] = True
+    assert M.dice(c, b) == pytest.approx(2 * 1 / 3)

@@ -1,5 +1,6 @@
 """`raxnet predict` end to end with the shipped weights (weights/demo) on generated scans."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,67 @@ def test_names_and_discovery(tmp_path):
     for name in ("a_T1w.nii.gz", "b.nii", "a_label-L_desc-T1lesion_mask.nii.gz", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in find_inputs(tmp_path)] == ["a_T1w.nii.gz", "b.nii"]
+
+
+# --------------------------------------------------------------- the weight set's inference decisions
+
+PROB_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _probabilities():
+    """Hand-made plane probabilities on a 6x6x6 grid (2 mm voxels, 8 mm³), isolated voxels A, B, D and a
+    2-voxel blob E:  A (.9, .3, .4): mean .533, 1 vote at .5, 2 at .35;  B (.55, .55, 0): mean .367,
+    2 votes at .5 and .35;  D (.9, .2, .2): mean .433, 1 vote at .35;  E (.9, .9, .9) on 2 voxels."""
+    probs = {p: np.zeros((6, 6, 6), np.float32) for p in ("axial", "sagittal", "coronal")}
+    for (x, y, z), values in {(0, 0, 0): (.9, .3, .4), (0, 4, 0): (.55, .55, 0), (4, 0, 0): (.9, .2, .2),
+                              (4, 4, 4): (.9, .9, .9), (4, 4, 5): (.9, .9, .9)}.items():
+        for p, v in zip(probs, values):
+            probs[p][x, y, z] = v
+    return probs
+
+
+def _fixed_weight_set(folder, inference):
+    folder.mkdir()
+    planes = {p: {"file": f"{p}.keras"} for p in ("axial", "sagittal", "coronal")}
+    for p in planes:
+        (folder / f"{p}.keras").write_bytes(b"")
+    manifest = {"format": 2, "grid_shape": [6, 6, 6], "affine": PROB_AFFINE.tolist(), "spacing_mm": [2.0, 2.0, 2.0],
+                "planes": planes, "inference": inference}
+    (folder / "weights.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkeypatch):
+    import raxnet.predict as predict_module
+
+    class FixedProbabilities(predict_module.Predictor):
+        @property
+        def models(self):
+            return {}
+
+        def probabilities(self, volume, source="volume"):
+            return _probabilities()
+
+    monkeypatch.setattr(predict_module, "Predictor", FixedProbabilities)
+    weights = _fixed_weight_set(tmp_path / "w", {"fusion": "vote", "threshold": 0.35})
+    scan = tmp_path / "scan_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((6, 6, 6), 100.0, np.float32), PROB_AFFINE), str(scan))
+
+    def lesion_voxels(*flags):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+        assert run_predict(["--input", scan, "--output", out, "--weights", weights, "--no-qc", *flags]) == 0
+        mask = np.asarray(nib.load(str(out / "scan_desc-lesion_mask.nii.gz")).dataobj)
+        summary = pd.read_csv(out / "scan_summary.csv").iloc[0]
+        return {tuple(int(i) for i in v) for v in np.argwhere(mask)}, summary
+
+    A, B, D, E = (0, 0, 0), (0, 4, 0), (4, 0, 0), {(4, 4, 4), (4, 4, 5)}
+    got, summary = lesion_voxels()  # the manifest's: vote at 0.35
+    assert got == {A, B} | E
+    assert summary["fusion"] == "vote" and summary["threshold"] == 0.35 and summary["connectivity"] == 26
+    assert lesion_voxels("--fusion", "mean")[0] == {A, B, D} | E  # mean at the manifest's 0.35
+    assert lesion_voxels("--threshold", "0.5")[0] == {B} | E  # vote at 0.5
+    assert lesion_voxels("--min-lesion-mm3", "16")[0] == E  # 8 mm³ single voxels removed, the 16 mm³ blob kept
+    # the clean-up size comes from the manifest as well
+    (tmp_path / "w2").mkdir()
+    weights = _fixed_weight_set(tmp_path / "w2" / "set", {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 9.0})
+    assert lesion_voxels()[0] == E  # mean at 0.5: A and E; A (8 mm³) is under 9 mm³

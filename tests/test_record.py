@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_TOML, run_stage, write_synthetic
 
-from raxnet import batches, dataset_info, folds, model_report, record, slices, splitting
+from raxnet import batches, dataset_info, folds, record, slices, splitting
 from raxnet.errors import ConfigError, StageInputError
 
 

@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage, stats
 
 from raxnet import synthetic as S
+from raxnet import synthetic_head as H
 from raxnet import templates
 from raxnet.errors import ConfigError
 from raxnet.io import read_mask, read_volume
@@ -34,11 +35,18 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
     return root, table
 
 
+#: A gliotic, textured lesion look with a rim and no cavity (for the contrast and partial-volume tests).
+LOOK = S.LesionLook(core=0.4, texture=0.04, texture_mm=1.5, rim=0.1, rim_mm=1.5, edge_mm=0.75, cavity_mm=0.0,
+                    cavity=0.0)
+
+
 @pytest.fixture(scope="module")
 def subject_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    # A 45 mL left MCA lesion (seed 0, index 1). Bias field off: the contrast test compares the lesion
-    # with CSF ~8 cm away, where a smooth bias field of +-20 % would confound the intrinsic contrast.
-    return S.generate_subject(1, 0, 1, params={"bias": 0.0})
+    # A 45 mL left MCA lesion (seed 0, index 1) with the fixed LOOK. Bias field off: the contrast test
+    # compares the lesion with CSF ~8 cm away, where a smooth bias field of +-20 % would confound it.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(S, "draw_lesion_look", lambda rng, profile="training": LOOK)
+        return S.generate_subject(1, 0, 1, params={"bias": 0.0})
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +293,197 @@ def test_volume_quantile_knots() -> None:
     assert S.volume_quantile(0.25) == pytest.approx(1169.5)
     assert S.volume_quantile(1.0) == pytest.approx(496656.0)
     assert S.COUNT_PROBS.sum() == pytest.approx(1.0) and S.COUNT_PROBS[0] == 0
+
+
+# --- whole-head scans ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def head_pair() -> tuple[tuple, tuple]:
+    """The same 2 mm subject brain-only and whole-head."""
+    return S.generate_subject(3, SEED, 2), S.generate_subject(3, SEED, 2, params={"whole_head": True})
+
+
+def test_whole_head_keeps_the_brain_and_its_mask_exactly(head_pair: tuple[tuple, tuple]) -> None:
+    (b_t1, b_mask, _, b_info), (h_t1, h_mask, _, h_info) = head_pair
+    brain = b_t1 > 0
+    assert np.array_equal(b_mask, h_mask)
+    assert np.array_equal(b_t1[brain], h_t1[brain])  # same voxels, same values: the head has its own stream
+    assert not b_info["whole_head"] and h_info["whole_head"]
+    assert {k: v for k, v in b_info.items() if k != "seconds" and not k.startswith("head_")} == {
+        k: v for k, v in h_info.items() if k not in ("seconds", "whole_head") and not k.startswith("head_")
+    } | {"whole_head": False}
+
+
+def test_whole_head_has_scalp_skull_defacing_and_noisy_air(head_pair: tuple[tuple, tuple]) -> None:
+    (b_t1, _, _, _), (h_t1, _, affine, info) = head_pair
+    brain = b_t1 > 0
+    wm = float(np.median(b_t1[ndimage.binary_erosion(templates.template_data("wm", 2) > 0.95)]))
+    dist = ndimage.distance_transform_edt(~brain) * 2.0  # mm from the brain
+    shell = (dist > 0) & (dist <= 20) & (h_t1 > 0)
+    assert shell.sum() > 0.5 * ((dist > 0) & (dist <= 20)).sum()  # the brain is wrapped in tissue
+    assert np.percentile(h_t1[shell], 99) > wm  # scalp fat / marrow brighter than white matter
+    assert np.percentile(h_t1[shell], 5) < 0.3 * wm  # dark cortical bone and CSF
+    # Defacing: an exactly-zero region in front of and below the brain, never within 5 mm of it.
+    lab, _ = ndimage.label(h_t1 == 0)
+    cut = lab == np.bincount(lab.ravel())[1:].argmax() + 1  # the largest zero region
+    y = affine[1, 1] * np.arange(h_t1.shape[1]) + affine[1, 3]
+    z = affine[2, 2] * np.arange(h_t1.shape[2]) + affine[2, 3]
+    front_low = np.broadcast_to((y > 60)[None, :, None] & (z < -40)[None, None, :], cut.shape)
+    assert cut[front_low].mean() > 0.9 and cut.sum() > front_low.sum()
+    assert dist[cut].min() >= 5.0
+    zero = h_t1 == 0
+    # Air far from the head: Rician noise, not zeros; the noise floor is low.
+    air = (dist > 45) & ~zero
+    assert air.sum() > 1000 and np.median(h_t1[air]) > 0 and np.median(h_t1[air]) < 0.15 * wm
+    assert 0 < info["head_csf_mm"] and 0 < info["head_skull_mm"] < 12 and 30 <= info["head_deface_deg"] <= 55
+
+
+def test_whole_head_deterministic_and_varies_between_subjects() -> None:
+    a = S.generate_subject(0, SEED, 2, params={"whole_head": True})
+    b = S.generate_subject(0, SEED, 2, params={"whole_head": True})
+    c = S.generate_subject(1, SEED, 2, params={"whole_head": True})
+    assert a[0].tobytes() == b[0].tobytes()
+    assert a[3]["head_deface_deg"] != c[3]["head_deface_deg"]
+
+
+def test_head_layers_in_anatomical_order_around_a_sphere() -> None:
+    """A 60 mm ball 'brain' on the 2 mm grid: along the ray to the vertex, CSF, bone, marrow, bone,
+    muscle, fat, skin, then air, at the drawn thicknesses (thickness fields switched off by SD 0)."""
+    shape, affine = templates.grid(2)
+    ijk = np.indices(shape, dtype=np.float32)
+    xyz = [affine[a, a] * ijk[a] + affine[a, 3] for a in range(3)]
+    brain = (xyz[0] ** 2 + xyz[1] ** 2 + (xyz[2] - 20.0) ** 2) < 60.0**2
+    hp = H.HeadParams(
+        closing_mm=8.0, csf_mm=2.0, inner_table_mm=4.0, diploe_mm=6.0, outer_table_mm=4.0, galea_mm=4.0,
+        temporalis_mm=0.0, fat_mm=6.0, skin_mm=4.0, csf=0.25, bone=0.05, marrow=0.6, muscle=0.4, fat=1.0,
+        skin=0.55, sinus=0.0, neck_z_mm=-60.0, neck_taper=0.3, deface_deg=45.0, deface_margin_mm=10.0,
+    )
+    head, inside, _ = H.build_head(brain, affine, np.random.default_rng(0), hp, field_sd=0.0)
+    assert not head[brain].any() and inside[brain].all()
+    i0, j0 = int(-affine[0, 3] / 2), int(-affine[1, 3] / 2)
+    ray = head[i0, j0, :]
+    z = affine[2, 2] * np.arange(shape[2]) + affine[2, 3]
+    d = z - 20.0 - 60.0  # voxel centres along the ray: the ball's surface lies half-way, at d = -1 mm
+    def at(mm: float) -> float:
+        return float(ray[np.flatnonzero(np.isclose(d, mm))[0]])
+    # Edges (mm from the surface): CSF 0-2, inner table -6, diploe -12, outer table -16, galea -20,
+    # fat -26, skin -30, then air.
+    assert at(0.0) == pytest.approx(0.25, abs=0.02)
+    assert at(4.0) == pytest.approx(0.05, abs=0.02)
+    assert at(8.0) == pytest.approx(0.6, rel=0.35)  # marrow texture
+    assert at(12.0) == at(14.0) == pytest.approx(0.05, abs=0.02)
+    assert at(18.0) == pytest.approx(0.4, rel=0.3)  # muscle texture
+    assert at(20.0) == at(24.0) == pytest.approx(1.0, abs=0.02)
+    assert at(28.0) == pytest.approx(0.55, abs=0.02)
+    assert at(32.0) == 0.0
+
+
+def test_upsample2_equals_scipy_zoom() -> None:
+    rng = np.random.default_rng(0)
+    for shape in ((5, 6, 7), (4, 9)):
+        a = rng.random(shape).astype(np.float32)
+        ref = ndimage.zoom(a, 2, order=1, grid_mode=True, mode="nearest")
+        np.testing.assert_allclose(H.upsample2(a), ref, atol=1e-5)
+
+
+def test_profile_hand_values() -> None:
+    x = np.array([-1.0, 0.0, 1.0, 1.5, 2.0, 3.0, 5.0])
+    out = H._profile(x, [1.0, 3.0], [10.0, 20.0, 0.0], 1.0)
+    np.testing.assert_allclose(out, [10, 10, 15, 20, 20, 10, 0])
+
+
+def test_make_synthetic_atlas_whole_head_flag(tmp_path: Path) -> None:
+    out = tmp_path / "ATLAS_2"
+    # One subject with the default 4 sites: one site is used.
+    assert S.main(["--out", str(out), "--subjects", "1", "--seed", "3", "--spacing", "2", "--whole-head"]) == 0
+    table = pd.read_csv(out / "synthetic_lesions.csv")
+    assert table["whole_head"].tolist() == [True]
+    meta = json.loads((out / "dataset_description.json").read_text())
+    assert meta["SyntheticParameters"]["whole_head"] is True and meta["SyntheticParameters"]["sites"] == 1
+    assert table["site"].tolist() == ["R001"]
+    t1, _ = read_volume(S.subject_paths(out, table["subject"][0], table["site"][0])[0])
+    assert (t1 == 0).any() and (t1[0, 0] > 0).any()  # defaced zeros and noisy air
+
+
+# --- lesion look and the shifted profile -----------------------------------------------------------------------
+def test_render_lesion_hand_values() -> None:
+    """An 8-voxel cube in uniform WM (0.84) at 1 mm, sharp edge: core, rim and cavity levels exactly."""
+    t1 = np.full((20, 20, 20), 0.84, dtype=np.float32)
+    lesion = np.zeros(t1.shape, dtype=bool)
+    lesion[6:14, 6:14, 6:14] = True
+    brain = np.ones(t1.shape, dtype=bool)
+    rng = np.random.default_rng(0)
+    plain = S.LesionLook(core=0.5, texture=0.0, texture_mm=1.0, rim=0.0, rim_mm=1.0, edge_mm=0.01, cavity_mm=0.0,
+                         cavity=0.0)
+    a = t1.copy()
+    S.render_lesion(a, lesion, brain, plain, 1.0, rng)
+    level = S.CSF_LEVEL + 0.5 * (S.GM_LEVEL - S.CSF_LEVEL)  # 0.485: half-way from CSF to GM
+    np.testing.assert_allclose(a[lesion], level, atol=1e-6)
+    np.testing.assert_allclose(a[~lesion], 0.84, atol=1e-6)
+    # Rim +0.1 on the border voxels (depth 1 mm), decaying by e per mm inwards; a cavity at depth 4 mm.
+    rimmed = S.LesionLook(core=0.5, texture=0.0, texture_mm=1.0, rim=0.1, rim_mm=1.0, edge_mm=0.01,
+                          cavity_mm=2.0, cavity=0.0)
+    b = t1.copy()
+    S.render_lesion(b, lesion, brain, rimmed, 1.0, rng)
+    assert b[6, 10, 10] == pytest.approx(level + 0.1, abs=1e-6)  # depth 1
+    assert b[7, 10, 10] == pytest.approx(level + 0.1 * np.exp(-1.0), abs=1e-6)  # depth 2
+    # depth 4: cavity weight (4 - 2) / 1.5 -> 1: CSF level, plus the rim's tail exp(-3)
+    assert b[9, 9, 9] == pytest.approx(S.CSF_LEVEL + 0.1 * np.exp(-3.0), abs=1e-5)
+    # A soft edge blends outside the mask; inside the lesion the weight is at least 0.85.
+    soft = S.LesionLook(core=0.5, texture=0.0, texture_mm=1.0, rim=0.0, rim_mm=1.0, edge_mm=1.5, cavity_mm=0.0,
+                        cavity=0.0)
+    c = t1.copy()
+    S.render_lesion(c, lesion, brain, soft, 1.0, rng)
+    assert 0.485 < c[5, 10, 10] < 0.84 and c[6, 10, 10] <= 0.85 * level + 0.15 * 0.84 + 1e-6
+
+
+def test_remap_contrast_hand_values() -> None:
+    x = np.array([0.0, S.CSF_LEVEL, S.GM_LEVEL, S.WM_LEVEL, 0.5 * (S.CSF_LEVEL + S.GM_LEVEL), 1.0], np.float32)
+    out = S.remap_contrast(x, gm_contrast=0.5, csf_shift=0.05)
+    gm = S.WM_LEVEL - 0.5 * (S.WM_LEVEL - S.GM_LEVEL)  # 0.75
+    np.testing.assert_allclose(out, [0.0, 0.36, gm, S.WM_LEVEL, 0.5 * (0.36 + gm), 1.0], atol=1e-6)
+
+
+def test_draw_from_union_and_seeded() -> None:
+    iv = ((0.0, 1.0), (5.0, 7.0))
+    a = [S.draw_from(np.random.default_rng(3), iv) for _ in range(2)]
+    assert a[0] == a[1]
+    rng = np.random.default_rng(0)
+    v = np.array([S.draw_from(rng, iv) for _ in range(3000)])
+    assert (((v >= 0) & (v <= 1)) | ((v >= 5) & (v <= 7))).all()
+    assert abs((v >= 5).mean() - 2 / 3) < 0.03  # chosen in proportion to length
+    assert S.draw_from(rng, ((0.3, 0.3),)) == 0.3
+
+
+def _outside(value: float, intervals: tuple[tuple[float, float], ...]) -> bool:
+    return all(not (lo <= value <= hi) for lo, hi in intervals)
+
+
+def test_shifted_profile_lies_outside_the_training_ranges() -> None:
+    train, shifted = S.PROFILES["training"], S.PROFILES["shifted"]
+    for key, intervals in shifted.items():
+        if key in train and key not in ("gamma", "noise"):
+            for lo, hi in intervals:
+                assert _outside(lo, train[key]) and _outside(hi, train[key]), key
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        look = S.draw_lesion_look(rng, "shifted")
+        for key in ("core", "texture", "texture_mm", "rim", "rim_mm", "edge_mm"):
+            assert _outside(getattr(look, key), train[key]), (key, look)
+    # Realised scanner values of shifted subjects vs everything the training profile can produce
+    # (site range x subject jitter): gamma 0.81-1.24, noise SD <= 0.025 x 1.5 x 1.25, bias SD 0.1.
+    for i in range(2):
+        info = S.generate_subject(i, SEED, 2, params={"profile": "shifted"})[3]
+        assert info["profile"] == "shifted"
+        assert _outside(info["gamma"], ((0.85 * 0.95, 1.18 * 1.05),))
+        assert info["noise_sd"] > 0.025 * 1.5 * 1.25 and info["bias_sd"] > 0.1
+        assert info["gm_contrast"] < 0.85 and info["csf_shift"] > 0.04 and info["blur_mm"] > 0
+    with pytest.raises(ConfigError, match="profile"):
+        S.generate_subject(0, SEED, 2, params={"profile": "odd"})
+
+
+def test_training_looks_cover_their_ranges() -> None:
+    rng = np.random.default_rng(1)
+    looks = [S.draw_lesion_look(rng) for _ in range(400)]
+    core = np.array([lk.core for lk in looks])
+    assert core.min() < 0.05 and core.max() > 0.75  # from CSF-like to near grey matter
+    assert 0.3 < np.mean([lk.cavity_mm > 0 for lk in looks]) < 0.5

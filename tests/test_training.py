@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raxnet import training
+from raxnet import runs, training
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.planes import to_slices
 
@@ -88,7 +88,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     work = make_work_dir(tmp_path_factory.mktemp("train_work"))
     run = {"work_dir": str(work), "seed": 7, "jobs": 1}
     first = training.run(_cfg(1), run)
-    out = training.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
     history1 = pd.read_csv(out / "history.csv")
     run1 = json.loads((out / "run.json").read_text())
     second = training.run(_cfg(3), run)
@@ -153,7 +153,7 @@ def test_finished_run_without_checkpoint_is_skipped(trained: dict, tmp_path: Pat
 
     work = tmp_path / "copy"
     shutil.copytree(trained["work"], work)
-    out = training.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
     (out / "last.keras").unlink()
     (out / "state.json").unlink()
     run = {**trained["run"], "work_dir": str(work)}
@@ -222,37 +222,6 @@ def test_changed_settings_refuse_to_resume(trained: dict) -> None:
 # --------------------------------------------------------------------------------- hand-computed
 
 
-def test_slice_dice_hand_computed() -> None:
-    pred = np.zeros((3, 2, 2), bool)
-    truth = np.zeros((3, 2, 2), bool)
-    pred[0, 0, :] = True  # 2 px
-    truth[0, 0, 0] = truth[0, 1, 0] = True  # 2 px, 1 shared -> 2*1/4
-    truth[1, 1, 1] = True  # missed entirely -> 0
-    # slice 2 empty in both -> 1
-    np.testing.assert_allclose(training.slice_dice(pred, truth), [0.5, 0.0, 1.0])
-
-
-def test_dice_3d_semantics() -> None:
-    a = np.zeros((2, 2, 2), bool)
-    assert training.dice_3d(a, a) == 1.0
-    b = a.copy()
-    b[0, 0, 0] = True
-    assert training.dice_3d(a, b) == 0.0
-    c = b.copy()
-    c[1, 1, 1] = True
-    assert training.dice_3d(c, b) == pytest.approx(2 * 1 / 3)
-
-
-def test_run_names_and_folders(tmp_path: Path) -> None:
-    from raxnet import losses
-
-    assert training.DEFAULT_LOSS == losses.DEFAULT_LOSS
-    assert training.run_name("raxnet", "tversky_focal") == "raxnet"
-    assert training.run_name("unet", "dice") == "unet-dice"
-    assert training.run_dir(tmp_path, "unet", "dice", "coronal", 3) == tmp_path / "07_train" / "unet-dice" / "coronal" / "fold_3"
-    assert training.model_path(tmp_path, "raxnet", "axial", 2).name == "model.keras"
-
-
 def test_parse_folds() -> None:
     assert training.parse_folds("all", [3, 1, 2]) == [1, 2, 3]
     assert training.parse_folds("2,1,2", [1, 2, 3]) == [2, 1]
@@ -299,7 +268,7 @@ def _info(model: str, loss: str, plane: str, fold: int, dice: float) -> dict:
     metrics = {"lesion_slice_dice": dice, "all_slice_dice": dice + 0.1, "dice_3d_mean": dice - 0.1,
                "predict_ms_per_slice": 1.5}
     return {"model": model, "loss": loss, "plane": plane, "fold": fold, "params": 100, "best_epoch": 2,
-            "time_to_best_s": 3.0, "metrics": metrics, "run_name": training.run_name(model, loss)}
+            "time_to_best_s": 3.0, "metrics": metrics, "run_name": runs.run_name(model, loss)}
 
 
 def test_comparison_table_and_figure(tmp_path: Path) -> None:
@@ -319,7 +288,7 @@ def test_comparison_table_and_figure(tmp_path: Path) -> None:
 
 def test_write_results_mean_and_sd(tmp_path: Path) -> None:
     for fold, value in ((1, 0.2), (2, 0.4), (3, 0.9)):
-        out = training.run_dir(tmp_path, "unet", "dice", "sagittal", fold)
+        out = runs.run_dir(tmp_path, "unet", "dice", "sagittal", fold)
         out.mkdir(parents=True)
         pd.DataFrame([{"fold": fold, "n_subjects": 2, "lesion_slice_dice": value, "all_slice_dice": value,
                        "dice_3d_mean": value, "dice_3d_median": value, "predict_ms_per_slice": 1.0}]).to_csv(

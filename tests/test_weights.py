@@ -52,3 +52,41 @@ def test_export_without_training_is_a_clear_error(tmp_path):
     work = fake_run(tmp_path, {})
     with pytest.raises(StageInputError, match="no fold_<k>/model.keras"):
         export_weights(work, tmp_path / "w")
+
+
+def test_manifest_carries_inference_decisions(tmp_path):
+    from raxnet.weights import INFERENCE_KEYS
+
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25})
+    manifest = read_manifest(export_weights(work, tmp_path / "w"))
+    assert manifest["format"] == 2 and manifest["inference"] == INFERENCE_KEYS
+    chosen = {"fusion": "vote", "threshold": 0.4, "min_lesion_mm3": 64.0}
+    manifest = read_manifest(export_weights(work, tmp_path / "w2", inference=chosen))
+    assert manifest["inference"] == {**INFERENCE_KEYS, **chosen}
+    with pytest.raises(InputError, match="threshold"):
+        export_weights(work, tmp_path / "w3", inference={"threshold": 1.5})
+    with pytest.raises(ValueError, match="unknown inference setting"):
+        export_weights(work, tmp_path / "w3", inference={"brain_mask": True})
+
+
+def test_format_1_manifest_reads_with_its_threshold(tmp_path):
+    (tmp_path / "a.keras").write_bytes(b"")
+    old = {"format": 1, "grid_shape": [1, 1, 1], "affine": np.eye(4).tolist(), "threshold": 0.4,
+           "planes": {"axial": {"file": "a.keras"}}}
+    (tmp_path / MANIFEST).write_text(json.dumps(old))
+    inference = read_manifest(tmp_path)["inference"]
+    assert inference["threshold"] == 0.4 and inference["fusion"] == "mean" and inference["min_lesion_mm3"] == 0
+    (tmp_path / MANIFEST).write_text(json.dumps({**old, "inference": {"fusion": "median"}}))
+    with pytest.raises(InputError, match="median"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({**old, "inference": {"brain": 1}}))
+    with pytest.raises(InputError, match="unknown inference setting"):
+        read_manifest(tmp_path)
+
+
+def test_shipped_demo_manifest_is_format_2():
+    from pathlib import Path
+
+    manifest = read_manifest(Path(__file__).resolve().parents[1] / "weights" / "demo")
+    assert manifest["format"] == 2
+    assert manifest["inference"]["fusion"] == "mean" and manifest["inference"]["threshold"] == 0.5

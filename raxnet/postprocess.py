@@ -1,0 +1,178 @@
+"""From plane probabilities to a lesion mask: the threshold rule, three-plane fusion, small-lesion removal.
+
+Pure array functions (no file, no model), shared by stage 07's outer metrics, stage 08 and ``raxnet predict``.
+
+Threshold rule (the only one in the package): a voxel is lesion when its probability is ``>= threshold``
+(:func:`binarise`). Fusion methods (``probs`` per plane, ``threshold`` t):
+
+``axial``, ``sagittal``, ``coronal``
+    one plane alone, ``p >= t``.
+``mean``
+    mean of the three probabilities ``>= t`` (the original RAX-Net fusion).
+``vote``
+    majority vote of the thresholded planes (at least 2 of 3 with ``p >= t``).
+``weighted``
+    weighted mean probability ``>= t`` (weights normalised to sum 1).
+
+Small-lesion removal (:func:`remove_small_lesions`) drops connected components (``connectivity``,
+default :data:`raxnet.components.LESION_CONNECTIVITY`) smaller than a volume in mm³; the voxel count
+it corresponds to on a grid is :func:`min_voxels`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from raxnet.components import LESION_CONNECTIVITY, label
+from raxnet.errors import ConfigError
+from raxnet.planes import PLANES
+
+FUSED_METHODS: tuple[str, ...] = ("mean", "vote", "weighted")
+ALL_METHODS: tuple[str, ...] = tuple(PLANES) + FUSED_METHODS
+CLEAN_SUFFIX = "_clean"
+
+Probs = Mapping[str, np.ndarray] | Sequence[np.ndarray]
+
+
+def binarise(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 mask of ``prob >= threshold`` (the package's one threshold rule)."""
+    return (np.asarray(prob) >= threshold).astype(np.uint8)
+
+
+def _stack(probs: Probs) -> tuple[np.ndarray, list[Any]]:
+    keys = list(probs) if isinstance(probs, Mapping) else list(range(len(probs)))
+    if not keys:
+        raise ValueError("no probability volumes to fuse")
+    arrays = [np.asarray(probs[k]) for k in keys]  # type: ignore[index]
+    # keep float64 input exact (a float32 cast can move 0.5 just below the threshold); ints -> float32
+    dtype = np.result_type(np.float32, *arrays)
+    arrays = [a.astype(dtype, copy=False) for a in arrays]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"probability volumes differ in shape: {[a.shape for a in arrays]}")
+    return np.stack(arrays), keys
+
+
+def fuse_mean(probs: Probs, threshold: float = 0.5) -> np.ndarray:
+    """uint8 mask where the mean probability of the planes is ``>= threshold``."""
+    stack, _ = _stack(probs)
+    # float64 so that e.g. (0.6 + 0.6 + 0.3) / 3 is not pushed below 0.5 by float32 rounding.
+    return binarise(stack.mean(axis=0, dtype=np.float64), threshold)
+
+
+def fuse_vote(probs: Probs, threshold: float = 0.5) -> np.ndarray:
+    """uint8 majority vote: more than half of the planes have probability ``>= threshold`` (2 of 3)."""
+    stack, _ = _stack(probs)
+    votes = binarise(stack, threshold).sum(axis=0)
+    return (2 * votes > stack.shape[0]).astype(np.uint8)
+
+
+def fuse_weighted(probs: Probs, weights: Mapping[str, float] | Sequence[float], threshold: float = 0.5) -> np.ndarray:
+    """uint8 mask where the weighted mean probability is ``>= threshold``.
+
+    ``weights`` are aligned with ``probs`` (by key for mappings, by position otherwise), must be
+    non-negative with a positive sum, and are normalised here.
+    """
+    stack, keys = _stack(probs)
+    if isinstance(weights, Mapping):
+        if isinstance(probs, Mapping):
+            missing = [k for k in keys if k not in weights]
+            if missing:
+                raise ValueError(f"no weight for {missing}")
+            w = np.array([float(weights[k]) for k in keys])
+        else:
+            raise ValueError("weights given by name need probabilities given by name")
+    else:
+        w = np.asarray(list(weights), dtype=np.float64)
+    if w.shape != (stack.shape[0],):
+        raise ValueError(f"{w.size} weights for {stack.shape[0]} probability volumes")
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, non-negative and not all zero, got {w.tolist()}")
+    w = w / w.sum()
+    return binarise(np.tensordot(w, stack.astype(np.float64), axes=1), threshold)
+
+
+def remove_small_components(mask: np.ndarray, min_size: int, connectivity: int = LESION_CONNECTIVITY) -> np.ndarray:
+    """uint8 copy of ``mask`` without connected components of fewer than ``min_size`` voxels."""
+    m = np.asarray(mask) != 0
+    if min_size <= 1 or not m.any():
+        return m.astype(np.uint8)
+    labels, n = label(m, connectivity)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def min_voxels(min_lesion_mm3: float, spacing: Sequence[float]) -> int:
+    """Smallest whole number of voxels (of size ``spacing`` mm) whose volume is ``>= min_lesion_mm3``."""
+    voxel_mm3 = float(np.prod([float(s) for s in spacing]))
+    if min_lesion_mm3 <= 0:
+        return 0
+    # round first so that 40 mm³ on an 8 mm³ grid is exactly 5 voxels, not 6 after float error
+    return int(math.ceil(round(float(min_lesion_mm3) / voxel_mm3, 9)))
+
+
+def remove_small_lesions(mask: np.ndarray, min_lesion_mm3: float, spacing: Sequence[float],
+                         connectivity: int = LESION_CONNECTIVITY) -> np.ndarray:
+    """uint8 copy of ``mask`` without lesions (components) smaller than ``min_lesion_mm3``."""
+    return remove_small_components(mask, min_voxels(min_lesion_mm3, spacing), connectivity)
+
+
+def method_names(methods: Iterable[str], min_size: int) -> list[str]:
+    """Validated method list, followed by ``<fused>_clean`` variants when ``min_size > 0``."""
+    out: list[str] = []
+    for m in methods:
+        if m not in ALL_METHODS:
+            raise ConfigError(f"unknown fusion method {m!r}; expected some of {', '.join(ALL_METHODS)}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ConfigError("fusion.methods is empty")
+    if min_size > 0:
+        out += [f"{m}{CLEAN_SUFFIX}" for m in list(out) if m in FUSED_METHODS]
+    return out
+
+
+def fuse(probs: Mapping[str, np.ndarray], method: str, threshold: float = 0.5,
+         weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """uint8 mask of one method of :data:`ALL_METHODS` from per-plane probability volumes."""
+    planes = {p: probs[p] for p in PLANES if p in probs}
+    if method in PLANES:
+        return binarise(probs[method], threshold)
+    if method == "mean":
+        return fuse_mean(planes, threshold)
+    if method == "vote":
+        return fuse_vote(planes, threshold)
+    if method == "weighted":
+        return fuse_weighted(planes, weights or {p: 1.0 for p in planes}, threshold)
+    raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(ALL_METHODS)}")
+
+
+def fuse_all(
+    probs: Mapping[str, np.ndarray],
+    methods: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    weights: Mapping[str, float] | None = None,
+    min_size: int = 0,
+    connectivity: int = LESION_CONNECTIVITY,
+) -> dict[str, np.ndarray]:
+    """Every requested mask (names from :func:`method_names`) from per-plane probability volumes."""
+    out: dict[str, np.ndarray] = {}
+    for m in methods:
+        clean = m.endswith(CLEAN_SUFFIX)
+        base = m[: -len(CLEAN_SUFFIX)] if clean else m
+        mask = out[base] if base in out else fuse(probs, base, threshold, weights)
+        out[m] = remove_small_components(mask, min_size, connectivity) if clean else mask
+    return out
+
+
+def postprocess(probs: Mapping[str, np.ndarray], *, fusion: str, threshold: float, min_lesion_mm3: float,
+                spacing: Sequence[float], connectivity: int = LESION_CONNECTIVITY,
+                weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """The final mask of one setting: fuse, threshold, then remove lesions under ``min_lesion_mm3``."""
+    mask = fuse(probs, fusion, threshold, weights)
+    return remove_small_lesions(mask, min_lesion_mm3, spacing, connectivity)
