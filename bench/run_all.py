@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "models": [],
     "train_step": ["--steps", "3"],
     "inference": [],
+    "postprocess_selection": [],
 }
 
 

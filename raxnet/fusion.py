@@ -18,6 +18,15 @@ three ``fold_<k>`` models, which never saw it (folds without all three models ar
 listed in ``errors.csv``). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
 on the train set ``weighted`` is very slightly optimistic; on the hold-out it is not.
 
+Post-processing chosen on validation data (``select``, on by default; :mod:`raxnet.postprocess_selection`):
+the train subjects are predicted out of fold (even without ``oof``, which only decides whether they are
+reported) and every candidate of the grid ``select_methods`` × ``select_thresholds`` ×
+``select_min_lesion_mm3`` is scored on them; the choice (best mean ``select_metric``; lesion removal kept
+only if it improves it) is made before the first hold-out subject is read, written to
+``postprocessing.json`` (choice, validation scores, the ``inference`` block ``raxnet export-weights``
+copies into ``weights.json``) and ``postprocessing_candidates.csv`` (mean scores of every candidate), and
+applied to the hold-out as method ``selected``.
+
 ``evaluate_only`` scores existing masks (``<subject>_<method>.nii.gz`` or ``<subject>.nii.gz``) instead,
 writing the same tables under ``08_fusion/evaluate_<folder name>/``.
 
@@ -50,11 +59,12 @@ from raxnet.evaluation import (
     write_results,
 )
 from raxnet.inference import ModelCache, predict_probabilities
-from raxnet.io import check_same_grid, read_mask, save_json, save_nifti
+from raxnet.io import check_same_grid, read_mask, save_csv, save_json, save_nifti
 from raxnet.metrics import evaluate
 from raxnet.log import get_logger
 from raxnet.planes import PLANES
-from raxnet.postprocess import ALL_METHODS, CLEAN_SUFFIX, FUSED_METHODS, fuse_all, method_names
+from raxnet.postprocess import ALL_METHODS, CLEAN_SUFFIX, FUSED_METHODS, fuse_all, method_names, postprocess
+from raxnet.postprocess_selection import check_grid, choose, score_candidates, summarise_candidates
 from raxnet.runs import FoldModel, fold_models, plane_weights, select_models, train_dir
 
 log = get_logger(__name__)
@@ -73,7 +83,17 @@ DEFAULTS: dict[str, Any] = {
     "qc": True,  # write qc/<subject>_qc.png overlays
     "qc_method": "mean",  # which method's mask the QC overlay shows
     "evaluate_only": "",  # folder of existing masks to score instead of predicting ("" = off)
+    # Post-processing chosen on out-of-fold predictions of the train subjects, never on the hold-out
+    # (raxnet.postprocess_selection); applied to the hold-out as method "selected" and exported to weights.json.
+    "select": True,
+    "select_metric": "dice",  # dice | lesion_f1 (mean over the out-of-fold subjects)
+    "select_methods": ["mean", "vote", "weighted"],  # fusion methods tried
+    "select_thresholds": [0.3, 0.4, 0.5, 0.6, 0.7],  # lesion where probability >= threshold
+    "select_min_lesion_mm3": [0, 20, 50, 100, 200, 500],  # smaller lesions removed (0 = keep all)
 }
+
+#: Name of the hold-out method that applies the post-processing chosen on validation data.
+SELECTED = "selected"
 
 
 def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,8 +105,11 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"fusion.connectivity must be 6, 18 or 26, got {f['connectivity']}")
     if int(f["min_size"]) < 0 or int(f["batch_size"]) < 1:
         raise ConfigError("fusion.min_size must be >= 0 and fusion.batch_size >= 1")
-    if isinstance(f["methods"], str):
-        f["methods"] = [m.strip() for m in f["methods"].split(",") if m.strip()]
+    for key in ("methods", "select_methods"):
+        if isinstance(f[key], str):
+            f[key] = [m.strip() for m in f[key].split(",") if m.strip()]
+    if f["select"]:
+        check_grid(f["select_methods"], f["select_thresholds"], f["select_min_lesion_mm3"], f["select_metric"])
     return f
 
 
@@ -99,6 +122,43 @@ def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]],
     return {**result, **extra}
 
 
+def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list[dict[str, Any]],
+                           subjects: Sequence[str], weights: Mapping[str, float]) -> dict[str, Any]:
+    """Choose on the out-of-fold candidate scores; write ``postprocessing.json`` and its candidates CSV."""
+    record: dict[str, Any] = {
+        "source": "out-of-fold predictions of the train subjects (fold_<k> models on fold k); hold-out never read",
+        "model": f["model"],
+        "metric": f["select_metric"],
+        "grid": {"methods": list(f["select_methods"]), "thresholds": [float(t) for t in f["select_thresholds"]],
+                 "min_lesion_mm3": [float(v) for v in f["select_min_lesion_mm3"]]},
+        "subjects": list(subjects),
+    }
+    if not candidate_rows:
+        record.update(chosen=None, inference=None,
+                      reason="no train subject could be predicted out of fold (train every fold's three planes, "
+                             "check 08_fusion/errors.csv)")
+        log.warning("post-processing not chosen: %s", record["reason"])
+        save_json(record, out / "postprocessing.json")
+        return record
+    candidates = summarise_candidates(candidate_rows)
+    chosen = choose(candidates, metric=f["select_metric"], default_threshold=float(f["threshold"]),
+                    methods=f["select_methods"])
+    is_chosen = ((candidates["method"] == chosen["fusion"]) & (candidates["threshold"] == chosen["threshold"])
+                 & (candidates["min_lesion_mm3"] == chosen["min_lesion_mm3"]))
+    save_csv(candidates.assign(chosen=is_chosen), out / "postprocessing_candidates.csv", float_format="%.6g")
+    record["chosen"] = chosen
+    record["inference"] = {
+        "fusion": chosen["fusion"], "threshold": chosen["threshold"], "min_lesion_mm3": chosen["min_lesion_mm3"],
+        "connectivity": int(f["connectivity"]), "tta": bool(f["tta"]),
+        "weights": dict(weights) if chosen["fusion"] == "weighted" else {},
+    }
+    save_json(record, out / "postprocessing.json")
+    log.info("post-processing chosen on %d out-of-fold subject(s): %s, threshold %.2f, lesions >= %g mm³ "
+             "(validation %s %.3f)", chosen["n_subjects"], chosen["fusion"], chosen["threshold"],
+             chosen["min_lesion_mm3"], chosen["metric"], chosen["score"])
+    return record
+
+
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Fuse, write masks and score every hold-out (and, with ``oof``, train) subject; see module doc."""
     f = settings(cfg)
@@ -107,15 +167,18 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     work, data_root = Path(run["work_dir"]), Path(run["data_root"])
     out = stage_dir(work, "fusion", create=True)
     methods = method_names(f["methods"], int(f["min_size"]))
+    select = bool(f["select"])
+    tried = list(methods) + (list(f["select_methods"]) if select else [])
     models_dir = train_dir(work, f["model"])
     # fused methods need all three planes; otherwise only the planes asked for are predicted
-    needed = list(PLANES) if any(m in FUSED_METHODS for m in methods) else [p for p in PLANES if p in methods]
+    needed = list(PLANES) if any(m in FUSED_METHODS for m in tried) else [p for p in PLANES if p in tried]
     holdout_models = select_models(models_dir, needed, bool(f["ensemble"]))
-    weights, weight_source = plane_weights(models_dir, needed) if "weighted" in methods else ({}, "unused")
+    weights, weight_source = plane_weights(models_dir, needed) if "weighted" in tried else ({}, "unused")
     if weights:
         log.info("weighted fusion weights (%s): %s", weight_source,
                  ", ".join(f"{p} {w:.3f}" for p, w in weights.items()))
-    subjects = load_subjects(work, data_root, oof=bool(f["oof"]))
+    # out-of-fold subjects are predicted when they are reported (oof) or choose the post-processing (select)
+    subjects = load_subjects(work, data_root, oof=bool(f["oof"]) or select)
     if not any(s.set == "holdout" for s in subjects):
         raise StageInputError(f"{stage_dir(work, 'split') / 'split.csv'}: no hold-out subject")
 
@@ -143,10 +206,22 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             continue
         todo.append((s, {p: [all_models[p][s.fold]] for p in needed}))
 
-    # hold-out first, then out-of-fold subjects grouped by fold, so each fold's models load once
-    todo.sort(key=lambda item: (item[0].set != "holdout", item[0].fold or 0))
+    # out-of-fold subjects first, grouped by fold so each fold's models load once; the post-processing is
+    # chosen on them before the first hold-out subject is read
+    todo.sort(key=lambda item: (item[0].set == "holdout", item[0].fold or 0))
     cache = ModelCache()
+    candidate_rows: list[dict[str, Any]] = []
+    oof_scored: list[str] = []
+    postprocessing: dict[str, Any] | None = None
+    grid = dict(methods=f["select_methods"], thresholds=f["select_thresholds"],
+                sizes_mm3=f["select_min_lesion_mm3"], connectivity=int(f["connectivity"]), weights=weights)
     for s, models in tqdm(todo, desc="08 fusion", unit="subject"):
+        holdout = s.set == "holdout"
+        if holdout and select and postprocessing is None:
+            postprocessing = _choose_postprocessing(f, out, candidate_rows, oof_scored, weights)
+            if postprocessing["inference"] is not None:
+                methods = methods + [SELECTED]
+        report = holdout or bool(f["oof"])
         cache.keep_only(m.path for ms in models.values() for m in ms)  # frees the previous fold's models
         try:
             t1, truth, img = load_truth(s)
@@ -154,11 +229,21 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             probs = predict_probabilities(t1, models, cache=cache, batch_size=int(f["batch_size"]),
                                           tta=bool(f["tta"]), source=str(s.t1_path))
         except InputError as exc:
-            record_failure(s, exc, methods, rows, errors)
+            record_failure(s, exc, methods if report else [], rows, errors)
             continue
         s.lesion_voxels = float(truth.sum())
-        masks = fuse_all(probs, methods, threshold=float(f["threshold"]), weights=weights,
-                         min_size=int(f["min_size"]), connectivity=int(f["connectivity"]))
+        if not holdout and select:
+            candidate_rows += score_candidates(probs, truth, spacing, **grid)
+            oof_scored.append(s.subject)
+        if not report:
+            continue
+        masks = fuse_all(probs, [m for m in methods if m != SELECTED], threshold=float(f["threshold"]),
+                         weights=weights, min_size=int(f["min_size"]), connectivity=int(f["connectivity"]))
+        if holdout and SELECTED in methods:
+            chosen = postprocessing["inference"]
+            masks[SELECTED] = postprocess(probs, fusion=chosen["fusion"], threshold=chosen["threshold"],
+                                          min_lesion_mm3=chosen["min_lesion_mm3"], spacing=spacing,
+                                          connectivity=chosen["connectivity"], weights=chosen["weights"] or None)
         results = {}
         for m, mask in masks.items():
             save_nifti(mask, img, out / "masks" / f"{s.subject}_{m}.nii.gz", dtype=np.uint8)
@@ -186,11 +271,13 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         "weight_source": weight_source,
         "oof": bool(f["oof"]),
         "oof_skipped_folds": {str(k): v for k, v in sorted(skipped_folds.items())},
+        "postprocessing": (postprocessing or {}).get("inference"),
     }
     save_json(info, out / "fusion.json")
     return _finish(out, rows, errors, methods, {"selected_folds": used, "weights": weights,
-                                                    "weight_source": weight_source,
-                                                    "oof_skipped_folds": sorted(skipped_folds)})
+                                                "weight_source": weight_source,
+                                                "oof_skipped_folds": sorted(skipped_folds),
+                                                "postprocessing": postprocessing})
 
 
 def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path) -> dict[str, Any]:
@@ -213,7 +300,7 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
     subjects = load_subjects(work, data_root, oof=bool(f["oof"]), need_split=False)
     preds = find_predictions(pred_dir, [s.subject for s in subjects])
     found = {m for d in preds.values() for m in d}
-    known = [m for m in list(ALL_METHODS) + [x + CLEAN_SUFFIX for x in FUSED_METHODS] if m in found]
+    known = [m for m in [*ALL_METHODS, *(x + CLEAN_SUFFIX for x in FUSED_METHODS), SELECTED] if m in found]
     methods = known + sorted(found - set(known))
     if not methods:
         log.warning("%s: no <subject>*.nii.gz prediction for any of %d subjects", pred_dir, len(subjects))

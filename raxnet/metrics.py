@@ -83,7 +83,7 @@ def _spacing(spacing: Spacing, ndim: int) -> tuple[float, ...]:
     return sp
 
 
-def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cropped to the bounding box of their union, padded by one background voxel.
 
     Every metric here is unchanged by this (all foreground, every component and every surface voxel
@@ -178,7 +178,7 @@ def surface_distances(
     if not p.any() or not t.any():
         raise ValueError("surface distances need two non-empty masks")
     sp = _spacing(spacing, p.ndim)
-    p, t = _crop_to_union(p, t)
+    p, t = crop_to_union(p, t)
     s_p = _surface(p, connectivity)
     s_t = _surface(t, connectivity)
     dist_to_t = ndimage.distance_transform_edt(~s_t, sampling=sp)
@@ -249,7 +249,7 @@ def evaluate(
     ``pred_lesions`` their lesion (connected component) counts; ``hd95_mm`` may be NaN.
     """
     p, t = _pair(prediction, truth)
-    p, t = _crop_to_union(p, t)
+    p, t = crop_to_union(p, t)
     c = lesion_detection(p, t, connectivity=connectivity)
     denom = c["tp"] + (c["fp"] + c["fn"]) / 2.0
     vd_vox, vd_mm3 = volume_difference(p, t, spacing=spacing)

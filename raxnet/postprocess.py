@@ -94,16 +94,20 @@ def fuse_weighted(probs: Probs, weights: Mapping[str, float] | Sequence[float], 
     return binarise(np.tensordot(w, stack.astype(np.float64), axes=1), threshold)
 
 
+def keep_large_components(labels: np.ndarray, n: int, min_size: int) -> np.ndarray:
+    """uint8 mask of the labelled components (1..n) with at least ``min_size`` voxels."""
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= max(int(min_size), 1)
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
 def remove_small_components(mask: np.ndarray, min_size: int, connectivity: int = LESION_CONNECTIVITY) -> np.ndarray:
     """uint8 copy of ``mask`` without connected components of fewer than ``min_size`` voxels."""
     m = np.asarray(mask) != 0
     if min_size <= 1 or not m.any():
         return m.astype(np.uint8)
-    labels, n = label(m, connectivity)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[labels].astype(np.uint8)
+    return keep_large_components(*label(m, connectivity), min_size)
 
 
 def min_voxels(min_lesion_mm3: float, spacing: Sequence[float]) -> int:

@@ -65,7 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,  # initial learning rate
     "weight_decay": 1e-4,  # AdamW decoupled weight decay (ignored by adam)
     "clipnorm": 1.0,  # gradient norm clipping; 0 = off
-    "schedule": "plateau",  # plateau (ReduceLROnPlateau on inner val loss) | cosine | constant
+    "schedule": "cosine",  # cosine (warm-up, then cosine decay to min_lr over the step budget) | plateau | constant
+    "warmup_fraction": 0.05,  # cosine: share of the step budget spent warming up linearly from lr/10
+    "bn_recalibration_batches": 32,  # before every inner validation, re-estimate batch-norm statistics on
+    # this many un-augmented training batches (precise BN); 0 = Keras' moving averages only
     "lr_factor": 0.5,  # plateau: multiply the learning rate by this ...
     "lr_patience": 4,  # ... after this many epochs without inner val-loss improvement
     "min_lr": 1e-6,  # plateau floor / cosine final learning rate
@@ -88,7 +91,8 @@ _OPTIMIZERS = ("adam", "adamw")
 #: [train] keys that change what a run computes: a checkpoint made with other values is not resumed.
 _FINGERPRINT_KEYS = (
     "validation_steps", "optimizer", "learning_rate", "weight_decay", "clipnorm",
-    "schedule", "lr_factor", "lr_patience", "min_lr", "mixed_precision",
+    "schedule", "lr_factor", "lr_patience", "min_lr", "mixed_precision", "warmup_fraction",
+    "bn_recalibration_batches",
 )
 #: [arrays] keys that only change how batches are served, not which: free to change on resume.
 _ARRAYS_RUNTIME_KEYS = ("workers", "use_multiprocessing", "max_queue_size", "max_open_stacks")
@@ -145,6 +149,8 @@ def settings(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"[train].{key} must be >= 0")
     if not (0.0 < float(t["lr_factor"]) < 1.0):
         raise ConfigError("[train].lr_factor must be in (0, 1)")
+    if not (0.0 <= float(t["warmup_fraction"]) < 1.0):
+        raise ConfigError("[train].warmup_fraction must be in [0, 1)")
     if float(t["learning_rate"]) <= 0:
         raise ConfigError("[train].learning_rate must be > 0")
     return t
@@ -254,7 +260,11 @@ def _optimizer(train: dict[str, Any], total_steps: int) -> Any:
     lr: Any = float(train["learning_rate"])
     if train["schedule"] == "cosine":
         alpha = min(1.0, float(train["min_lr"]) / lr)
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, total_steps), alpha=alpha)
+        warmup = int(round(float(train["warmup_fraction"]) * total_steps))
+        lr = keras.optimizers.schedules.CosineDecay(
+            lr / 10.0 if warmup else lr, decay_steps=max(1, total_steps - warmup), alpha=alpha,
+            warmup_target=lr if warmup else None, warmup_steps=warmup,
+        )
     clip = {"clipnorm": float(train["clipnorm"])} if float(train["clipnorm"]) > 0 else {}
     if str(train["optimizer"]).lower() == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=float(train["weight_decay"]), **clip)
@@ -389,6 +399,58 @@ def _monitor_class() -> type:
             remove_uncommitted(self.out, st)
 
     return TrainingMonitor
+
+
+def _precise_bn_class() -> type:
+    import keras
+
+    class PreciseBatchNorm(keras.callbacks.Callback):
+        """Re-estimate every batch-norm layer's statistics before each inner validation ("precise BN").
+
+        Keras' moving averages (momentum 0.9) follow the last few augmented, half-lesion batches: measured on
+        the 2 mm synthetic set, an epoch's inference-mode inner-validation Dice fell from 0.81 to 0.51 while
+        the same weights with re-estimated statistics gave 0.82. Here the statistics are the exact means
+        over ``n`` un-augmented training batches of the current epoch's plan (deterministic, so a resumed
+        run repeats an uninterrupted one), computed with the weights frozen.
+        """
+
+        def __init__(self, train_ds: Any, n: int):
+            super().__init__()
+            self.ds, self.n = train_ds, int(n)
+
+        def on_test_begin(self, logs: dict | None = None) -> None:
+            recalibrate_batch_norm(self.model, self.ds, self.n)
+
+    return PreciseBatchNorm
+
+
+def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int) -> int:
+    """Set each BatchNormalization's moving mean/variance to their average over ``n_batches`` batches.
+
+    Batches are read without augmentation (``read_items``) when the dataset offers it. Returns the
+    number of batches used (0: no batch-norm layer or no batch).
+    """
+    import keras
+
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    n = min(int(n_batches), len(train_ds))
+    if not bns or n <= 0:
+        return 0
+    momenta = [layer.momentum for layer in bns]
+    try:
+        for i in range(n):
+            if hasattr(train_ds, "read_items"):
+                x = train_ds.read_items(train_ds.batch_items(i))[0][..., None]
+            else:
+                x = train_ds[i][0]
+            for layer in bns:
+                # new = m * old + (1 - m) * batch with m = i / (i + 1): the running mean of the batches.
+                layer.momentum = i / (i + 1.0)
+            model(np.asarray(x, np.float32), training=True)
+    finally:
+        for layer, m in zip(bns, momenta):
+            layer.momentum = m
+    return n
 
 
 def _new_state(fingerprint: str, inputs: dict[str, str]) -> dict[str, Any]:
@@ -531,7 +593,7 @@ def train_one(
     """Train, checkpoint and evaluate one (plane, outer fold, model, loss) run; returns its run.json dict.
 
     Skips a finished run (reads its run.json) unless ``force``; resumes an unfinished one from
-    ``last.keras`` when ``[train].resume``.
+    its committed checkpoint (``state.json``) when ``[train].resume``.
     """
     import keras
 
@@ -624,9 +686,12 @@ def train_one(
         )
         if remaining:
             monitor = _monitor_class()(out, state, history, train)
+            callbacks = [keras.callbacks.TerminateOnNaN()]
+            if int(train["bn_recalibration_batches"]) > 0:
+                callbacks.append(_precise_bn_class()(train_ds, int(train["bn_recalibration_batches"])))
             model.fit(
                 train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=state["epoch"],
-                callbacks=[keras.callbacks.TerminateOnNaN(), monitor], verbose=int(train["verbose"]),
+                callbacks=[*callbacks, monitor], verbose=int(train["verbose"]),
                 # The stage-05 batches are already redrawn from (seed, epoch); Keras' own batch-order
                 # shuffle would draw from a global RNG and make a resumed run differ from an uninterrupted one.
                 shuffle=False,

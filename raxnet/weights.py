@@ -110,15 +110,44 @@ def check_inference(settings: dict[str, Any], where: str | Path) -> None:
         raise InputError(f"{where}: weighted fusion needs a weight for each of {', '.join(PLANES)}")
 
 
+def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stage 08's validation-chosen inference decisions for ``model`` and where they came from.
+
+    ``({}, reason)`` (= the defaults) when ``08_fusion/postprocessing.json`` is absent, made for another
+    model, or chose nothing.
+    """
+    path = stage_dir(work_dir, "fusion") / "postprocessing.json"
+    if not path.is_file():
+        return {}, {"from": "defaults", "reason": f"{path} not found (stage 08 with select = true writes it)"}
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    if record.get("model") != model:
+        return {}, {"from": "defaults", "reason": f"{path} was chosen for model {record.get('model')!r}, not {model!r}"}
+    if not record.get("inference"):
+        return {}, {"from": "defaults", "reason": f"{path}: {record.get('reason', 'nothing chosen')}"}
+    chosen = record["chosen"]
+    return dict(record["inference"]), {
+        "from": str(path), "metric": chosen["metric"], "validation_score": chosen["score"],
+        "n_subjects": chosen["n_subjects"], "on": record["source"],
+    }
+
+
 def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "",
                    inference: dict[str, Any] | None = None) -> Path:
     """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set.
 
-    ``inference`` (keys of :data:`INFERENCE_KEYS`) sets the manifest's inference decisions; the rest
-    keep their defaults.
+    The manifest's inference decisions are ``inference`` (keys of :data:`INFERENCE_KEYS`) when given,
+    else the post-processing stage 08 chose on validation data for this model
+    (``08_fusion/postprocessing.json``), else the defaults; ``inference_source`` says which.
     """
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    decisions = {**INFERENCE_KEYS, **(inference or {})}
+    if inference is None:
+        inference, source = chosen_inference(work_dir, model)
+    else:
+        source = {"from": "given to export_weights"}
+    decisions = {**INFERENCE_KEYS, **inference}
     unknown = sorted(set(decisions) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")
@@ -157,6 +186,7 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
         "space": "MNI152NLin2009aSym",
         "planes": planes,
         "inference": decisions,
+        "inference_source": source,
         "note": note,
     }
     save_json(manifest, out_dir / MANIFEST)

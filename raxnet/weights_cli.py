@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from raxnet.weights import export_weights
+from raxnet.weights import export_weights, read_manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="raxnet export-weights",
         description="Copy <work-dir>/07_train/<model>/<plane>/fold_<k>/model.keras of the fold with the lowest "
-        "inner-validation loss per plane into OUT, with a weights.json manifest that `raxnet predict --weights OUT` reads.",
+        "inner-validation loss per plane into OUT, with a weights.json manifest that `raxnet predict --weights OUT` reads. "
+        "Its inference decisions (fusion, threshold, minimum lesion size, connectivity, TTA) are those stage 08 chose "
+        "on out-of-fold validation data (<work-dir>/08_fusion/postprocessing.json), else the defaults.",
     )
     parser.add_argument("--work-dir", required=True, help="work directory of a training run (stages 01 and 07)")
     parser.add_argument("--out", required=True, help="weight-set folder to write")
@@ -20,5 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="free text stored in the manifest (provenance)")
     args = parser.parse_args(argv)
     out = export_weights(args.work_dir, args.out, model=args.model, note=args.note)
-    print(f"weight set written to {out}/")
+    manifest = read_manifest(out)
+    decisions = ", ".join(f"{k} {v}" for k, v in manifest["inference"].items() if k != "weights")
+    print(f"weight set written to {out}/\ninference: {decisions} (from {manifest['inference_source']['from']})")
     return 0

@@ -138,7 +138,7 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
     assert list(df.columns[:13]) == list(E.SUBJECT_METRIC_COLUMNS[:13])
     assert list(df.columns) == list(E.SUBJECT_METRIC_COLUMNS)
     methods = ["axial", "sagittal", "coronal", "mean", "vote", "weighted", "mean_clean", "vote_clean",
-               "weighted_clean"]
+               "weighted_clean", "selected"]
     hold = df[df["set"] == "holdout"]
     # EVERY hold-out subject is present for every method, failures with their error and NaN metrics
     assert sorted(hold["subject"].unique()) == ["sub-h1", "sub-h2", "sub-h3", "sub-h4"]
@@ -153,11 +153,13 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
             assert ok.loc[(s, m), "dice"] == pytest.approx(1.0), (s, m)
             assert ok.loc[(s, m), "hd95_mm"] == 0.0 and ok.loc[(s, m), "lesion_f1"] == 1.0
         assert ok.loc[(s, "coronal"), "dice"] < 0.2  # the bad plane alone; fusion outvotes it
+        assert ok.loc[(s, "selected"), "dice"] == pytest.approx(1.0)
         assert ok.loc[(s, "coronal"), "lesion_voxels"] == 27
 
     # out-of-fold: sub-t1 by fold_1 (good), sub-t2 by fold_2 (zero -> empty prediction), sub-t3 skipped
     train = df[df["set"] == "train"].set_index(["subject", "method"])
     assert sorted({s for s, _ in train.index}) == ["sub-t1", "sub-t2"]
+    assert "selected" not in {m for _, m in train.index}  # chosen on them: never scored on them
     assert train.loc[("sub-t1", "mean"), "dice"] == pytest.approx(1.0)
     assert train.loc[("sub-t2", "mean"), "dice"] == 0.0 and np.isnan(train.loc[("sub-t2", "mean"), "hd95_mm"])
     assert res["oof_skipped_folds"] == [3]
@@ -198,6 +200,51 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
     pd.testing.assert_frame_equal(ok1[list(M.METRIC_KEYS[:8])], ok2[list(M.METRIC_KEYS[:8])])
 
 
+def test_postprocessing_chosen_out_of_fold_before_any_holdout_subject_is_read(tiny_work, monkeypatch, tmp_path):
+    """Every candidate ties on the out-of-fold subjects here (sub-t1 perfect, sub-t2 empty: mean Dice 0.5),
+    so the choice is the first method at the default threshold without removal; the spy shows that no
+    hold-out subject had been read when it was made."""
+    root, src = tiny_work
+    work = tmp_path / "work"
+    shutil.copytree(src, work, ignore=shutil.ignore_patterns("08_fusion"))
+    read, seen_at_choice = [], []
+    real_load, real_choose = F.load_truth, F._choose_postprocessing
+
+    def spy_load(s):
+        read.append(s.subject)
+        return real_load(s)
+
+    def spy_choose(*args, **kwargs):
+        seen_at_choice.extend(read)
+        return real_choose(*args, **kwargs)
+
+    monkeypatch.setattr(F, "load_truth", spy_load)
+    monkeypatch.setattr(F, "_choose_postprocessing", spy_choose)
+    res = _run(root, work, qc=False, select_thresholds=[0.3, 0.5, 0.7], select_min_lesion_mm3=[0, 10])
+    assert seen_at_choice == ["sub-t1", "sub-t2"]  # fold order; sub-t3's fold has no coronal model
+    assert {"sub-h1", "sub-h2"} <= set(read)
+    out = work / "08_fusion"
+    record = json.loads((out / "postprocessing.json").read_text())
+    assert record["subjects"] == ["sub-t1", "sub-t2"] and record == res["postprocessing"]
+    assert record["inference"] == {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0,
+                                   "connectivity": 26, "tta": False, "weights": {}}
+    assert record["chosen"]["score"] == pytest.approx(0.5) and record["chosen"]["n_subjects"] == 2
+    cand = pd.read_csv(out / "postprocessing_candidates.csv")
+    assert len(cand) == 3 * 3 * 2 and cand["chosen"].sum() == 1 and (cand["dice_mean"] == 0.5).all()
+    df = pd.read_csv(out / "subject_metrics.csv")
+    assert set(df["set"]) == {"holdout"}  # oof off: the train subjects chose, they are not reported
+    assert df[(df["method"] == "selected") & (df["subject"] == "sub-h1")]["dice"].item() == pytest.approx(1.0)
+    assert json.loads((out / "fusion.json").read_text())["postprocessing"] == record["inference"]
+
+    # the weight set exported from this run carries the choice, and says where it came from
+    from raxnet.weights import export_weights, read_manifest
+
+    manifest = read_manifest(export_weights(work, tmp_path / "weights"))
+    assert manifest["inference"] == record["inference"]
+    assert manifest["inference_source"]["from"] == str(out / "postprocessing.json")
+    assert manifest["inference_source"]["validation_score"] == pytest.approx(0.5)
+
+
 def test_end_to_end_ensemble_tta_is_reproducible(tiny_work, tmp_path):
     root, src = tiny_work
     work = tmp_path / "work"
@@ -214,11 +261,12 @@ def test_end_to_end_ensemble_tta_is_reproducible(tiny_work, tmp_path):
     p = np.asarray(prob.dataobj)
     t1, truth = _subject_volumes(0)
     assert p[truth > 0].min() == pytest.approx(2 / 3, abs=1e-3)
-    first = (work / "08_fusion" / "subject_metrics.csv").read_bytes()
-    first_summary = (work / "08_fusion" / "summary.csv").read_bytes()
+    assert got["selected"] == pytest.approx(1.0)
+    outputs = ("subject_metrics.csv", "summary.csv", "postprocessing.json", "postprocessing_candidates.csv")
+    first = {name: (work / "08_fusion" / name).read_bytes() for name in outputs}
     _run(root, work, **kw)
-    assert (work / "08_fusion" / "subject_metrics.csv").read_bytes() == first
-    assert (work / "08_fusion" / "summary.csv").read_bytes() == first_summary
+    for name in outputs:
+        assert (work / "08_fusion" / name).read_bytes() == first[name], name
 
 
 # --- evaluate-only without TensorFlow models ----------------------------------------------------

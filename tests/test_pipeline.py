@@ -52,11 +52,23 @@ def test_every_stage_wrote_its_folder(demo):
     assert (work / "weights" / "weights.json").is_file()
 
 
+def test_weight_set_carries_the_postprocessing_chosen_out_of_fold(demo):
+    import json
+
+    work, _ = demo
+    record = json.loads((work / "08_fusion" / "postprocessing.json").read_text())
+    manifest = json.loads((work / "weights" / "weights.json").read_text())
+    assert record["subjects"] and record["inference"] == manifest["inference"]
+    assert manifest["inference_source"]["from"].endswith("postprocessing.json")
+    split = pd.read_csv(work / "02_data_splitting" / "split.csv")
+    assert not set(record["subjects"]) & set(split.loc[split["set"] == "holdout", "subject"])
+
+
 def test_holdout_table_has_planes_and_fusions(demo, capsys):
     work, _ = demo
     summary = pd.read_csv(work / "08_fusion" / "summary.csv")
     holdout = summary[summary["set"] == "holdout"]
-    assert {"axial", "sagittal", "coronal", "mean", "vote", "weighted", "mean_clean"} <= set(holdout["method"])
+    assert {"axial", "sagittal", "coronal", "mean", "vote", "weighted", "mean_clean", "selected"} <= set(holdout["method"])
     assert (holdout["n"] == 2).all()  # every hold-out subject scored
     metrics = pd.read_csv(work / "08_fusion" / "subject_metrics.csv")
     assert metrics["dice"].between(0, 1).all()

@@ -222,3 +222,29 @@ def test_in_process_callers_count_as_explicit(tmp_path):
         record.begin("folds", {"trian": {}}, {"work_dir": str(work)})
     with pytest.raises(StageInputError):
         record.read_record(work, "dataset") or record.check_images(work, tmp_path / "nope", [], "x")
+
+
+def test_stage_07_trains_the_model_stage_06_described(chain, tmp_path, capsys):
+    """Issue repro: ``build_model.py --width 8`` reported one network, then ``train.py --plane coronal
+    --fold 1`` (no --config) trained the default width-32 one for up to 60 epochs on all folds."""
+    from raxnet import model_report, training
+
+    work = _copy(chain, tmp_path)
+    code, _, err = run_stage(model_report.main, ["--work-dir", work, "--width", 6, "--models", "raxnet"], capsys)
+    assert code == 0 and not err
+    code, _, err = run_stage(training.main, ["--work-dir", work, "--plane", "coronal", "--fold", 1], capsys)
+    assert code == 0 and not err
+    described = pd.read_csv(work / "06_model" / "models.csv").set_index(["model", "plane"])
+    info = json.loads((work / "07_train" / "raxnet" / "coronal" / "fold_1" / "run.json").read_text())
+    assert info["params"] == described.loc[("raxnet", "coronal"), "params"]
+    assert info["config"]["model"]["width"] == 6 and info["epochs_run"] == 1  # tiny.toml: epochs = 1
+    assert info["config"]["arrays"]["steps_per_epoch"] == 2
+    assert not (work / "07_train" / "raxnet" / "coronal" / "fold_2").exists()  # tiny.toml: folds = "1"
+    # The configuration file again: its width 4 contradicts what stage 06 described.
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text(TINY_TOML)
+    code, _, err = run_stage(training.main, ["--config", tiny, "--work-dir", work, "--plane", "coronal"], capsys)
+    assert code == 2 and len(err) == 1
+    assert "[model] width = 4 contradicts 6, which stage 06 used" in err[0] and "fresh run" in err[0]
+    code, _, err = run_stage(training.main, ["--work-dir", work, "--plane", "coronal", "--model", "unet"], capsys)
+    assert code == 2 and len(err) == 1 and "stage 06 did not describe unet" in err[0]

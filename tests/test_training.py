@@ -355,3 +355,49 @@ def test_strategy_scope_is_noop_without_gpus() -> None:
     import contextlib
 
     assert isinstance(training._strategy_scope(), contextlib.nullcontext)
+
+
+class _ConstantBatches:
+    """Batches whose every pixel is the batch number k + 1 (k = 0, 1, 2): hand-computable BN statistics."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.full((2, 4, 4, 1), self.values[i], np.float32)
+        x[1] = -self.values[i]  # a batch of +v and -v: mean 0, variance v**2
+        return x, np.zeros_like(x)
+
+
+def test_recalibrate_batch_norm_sets_exact_mean_of_batch_statistics() -> None:
+    import keras
+
+    inp = keras.Input((4, 4, 1))
+    shifted = keras.layers.Rescaling(1.0, offset=1.0, name="shift")(inp)  # batch mean 1, variance v**2
+    model = keras.Model(inp, keras.layers.BatchNormalization(momentum=0.9, name="bn")(shifted))
+    bn = model.get_layer("bn")
+    n = training.recalibrate_batch_norm(model, _ConstantBatches([1.0, 2.0, 4.0]), 8)
+    assert n == 3  # capped at the number of batches
+    # Means 1, 1, 1 -> 1; variances 1, 4, 16 -> 7 (Keras uses the biased batch variance).
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), [1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), [7.0], rtol=1e-5)
+    assert bn.momentum == 0.9  # restored
+    assert training.recalibrate_batch_norm(model, _ConstantBatches([1.0]), 0) == 0
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr() -> None:
+    train = training.settings({"train": {"learning_rate": 1e-3, "min_lr": 1e-5, "warmup_fraction": 0.1}})
+    opt = training._optimizer(train, 100)
+    sched = opt._learning_rate
+    values = [float(sched(step)) for step in (0, 5, 10, 55, 100)]
+    assert values[0] == pytest.approx(1e-4)  # warm-up starts at lr / 10
+    assert values[1] == pytest.approx(5.5e-4)  # linear: 1e-4 + 0.5 * (1e-3 - 1e-4)
+    assert values[2] == pytest.approx(1e-3)  # peak after 10 warm-up steps
+    # Half-way through the 90 decay steps: min + (max - min) / 2.
+    assert values[3] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2, rel=1e-4)
+    assert values[4] == pytest.approx(1e-5, rel=1e-4)
+    with pytest.raises(ConfigError, match="warmup_fraction"):
+        training.settings({"train": {"warmup_fraction": 1.0}})

@@ -90,3 +90,30 @@ def test_shipped_demo_manifest_is_format_2():
     manifest = read_manifest(Path(__file__).resolve().parents[1] / "weights" / "demo")
     assert manifest["format"] == 2
     assert manifest["inference"]["fusion"] == "mean" and manifest["inference"]["threshold"] == 0.5
+
+
+def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
+    from raxnet.weights import INFERENCE_KEYS
+    from raxnet.weights_cli import main
+
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25})
+    (work / "08_fusion").mkdir()
+    chosen = {"fusion": "vote", "threshold": 0.4, "min_lesion_mm3": 50.0, "connectivity": 26, "tta": True,
+              "weights": {}}
+    record = {"model": "raxnet", "source": "out-of-fold", "inference": chosen,
+              "chosen": {"metric": "dice", "score": 0.7, "n_subjects": 12}}
+    (work / "08_fusion" / "postprocessing.json").write_text(json.dumps(record))
+    assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
+    assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "w")
+    assert manifest["inference"] == chosen
+    assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
+    # chosen for another model, or nothing chosen: the defaults, with the reason
+    for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):
+        (work / "08_fusion" / "postprocessing.json").write_text(json.dumps(other))
+        manifest = read_manifest(export_weights(work, tmp_path / "w2"))
+        assert manifest["inference"] == INFERENCE_KEYS and manifest["inference_source"]["from"] == "defaults"
+    assert "no out-of-fold subject" in manifest["inference_source"]["reason"]
+    # an explicit choice wins over stage 08's
+    manifest = read_manifest(export_weights(work, tmp_path / "w3", inference={"threshold": 0.6}))
+    assert manifest["inference"]["threshold"] == 0.6 and manifest["inference_source"]["from"] == "given to export_weights"

@@ -1,0 +1,91 @@
+"""raxnet.postprocess_selection: the post-processing chosen on validation maps is the known best one."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet import postprocess_selection as S
+from raxnet.errors import ConfigError
+
+SHAPE = (8, 8, 8)
+GRID = dict(methods=["mean", "vote"], thresholds=[0.4, 0.5], sizes_mm3=[2])
+
+
+def case(corner, speck, speck_is_lesion=False):
+    """A 2x2x2 lesion seen by two planes at 0.45 and missed by the third (0.1), and a 1-voxel speck that
+    every plane gives 0.8. Mean on the lesion = 0.333: no mean threshold of the grid finds it; vote >= 0.4
+    does (2 of 3). The speck is a false positive unless ``speck_is_lesion``."""
+    truth = np.zeros(SHAPE, np.uint8)
+    lesion = tuple(slice(c, c + 2) for c in corner)
+    truth[lesion] = 1
+    probs = {p: np.zeros(SHAPE, np.float32) for p in ("axial", "sagittal", "coronal")}
+    for p, v in zip(probs, (0.45, 0.45, 0.1)):
+        probs[p][lesion] = v
+        probs[p][speck] = 0.8
+    if speck_is_lesion:
+        truth[speck] = 1
+    return probs, truth
+
+
+def scores(cases, **grid):
+    rows = []
+    for i, (probs, truth) in enumerate(cases):
+        rows += [{"subject": i, **r} for r in S.score_candidates(probs, truth, (1.0, 1.0, 1.0), **{**GRID, **grid})]
+    return S.summarise_candidates(rows)
+
+
+def test_picks_the_known_best_setting():
+    cases = [case((1, 1, 1), (6, 6, 6)), case((4, 4, 4), (0, 7, 0))]
+    cand = scores(cases).set_index(["method", "threshold", "min_lesion_mm3"])
+    # hand-computed per subject: vote@0.4 finds lesion (8) + speck (1): Dice 16/17; without the speck 1.0;
+    # every other candidate finds the speck only (Dice 0) or nothing
+    assert cand.loc[("vote", 0.4, 0.0), "dice_mean"] == pytest.approx(16 / 17)
+    assert cand.loc[("vote", 0.4, 2.0), "dice_mean"] == 1.0
+    assert cand.loc[("vote", 0.4, 0.0), "lesion_f1_mean"] == pytest.approx(2 / 3)  # TP 1, FP 1
+    for key in [("mean", 0.4, 0.0), ("mean", 0.5, 0.0), ("vote", 0.5, 0.0), ("vote", 0.5, 2.0)]:
+        assert cand.loc[key, "dice_mean"] == 0.0
+    assert (cand["n_subjects"] == 2).all() and len(cand) == 2 * 2 * 2  # 0 is always a candidate size
+    for metric in ("dice", "lesion_f1"):
+        chosen = S.choose(cand.reset_index(), metric=metric)
+        assert (chosen["fusion"], chosen["threshold"], chosen["min_lesion_mm3"]) == ("vote", 0.4, 2.0)
+        assert chosen["score"] == 1.0 and chosen["n_subjects"] == 2
+    assert S.choose(cand.reset_index())["score_without_removal"] == pytest.approx(16 / 17)
+
+
+def test_lesion_removal_is_kept_only_if_it_helps():
+    # the speck is a real lesion: removing it costs Dice -> no removal
+    cases = [case((1, 1, 1), (6, 6, 6), speck_is_lesion=True)]
+    chosen = S.choose(scores(cases))
+    assert (chosen["fusion"], chosen["threshold"], chosen["min_lesion_mm3"]) == ("vote", 0.4, 0.0)
+    assert chosen["score"] == 1.0
+    # removal that changes nothing (no small lesion at all): the tie keeps 0
+    probs, truth = case((1, 1, 1), (6, 6, 6))
+    for p in probs.values():
+        p[6, 6, 6] = 0.0
+    assert S.choose(scores([(probs, truth)], sizes_mm3=[1, 2]))["min_lesion_mm3"] == 0.0
+    # the size is in mm³: on 2 mm voxels the 1-voxel speck (8 mm³) is kept by 8 mm³ and removed by 9
+    rows = S.score_candidates(*case((1, 1, 1), (6, 6, 6)), (2.0, 2.0, 2.0), methods=["vote"], thresholds=[0.4],
+                              sizes_mm3=[8, 9])
+    assert [(r["min_lesion_mm3"], round(r["dice"], 4)) for r in rows] == [(0.0, 0.9412), (8.0, 0.9412), (9.0, 1.0)]
+
+
+def test_ties_go_to_the_listed_method_then_the_default_threshold():
+    probs, truth = case((1, 1, 1), (6, 6, 6))
+    for p in probs.values():  # every plane sees the lesion at 0.9, no speck: every candidate is perfect
+        p[:] = 0.0
+        p[truth > 0] = 0.9
+    chosen = S.choose(scores([(probs, truth)], methods=["vote", "mean"], thresholds=[0.3, 0.6, 0.45]),
+                      default_threshold=0.5, methods=["vote", "mean"])
+    assert (chosen["fusion"], chosen["threshold"], chosen["min_lesion_mm3"]) == ("vote", 0.45, 0.0)
+
+
+def test_grid_is_checked():
+    S.check_grid(["mean"], [0.5], [0], "dice")
+    for bad in (dict(methods=[]), dict(methods=["median"]), dict(thresholds=[1.0]), dict(thresholds=[]),
+                dict(sizes_mm3=[-1]), dict(metric="hd95")):
+        args = {**dict(methods=["mean"], thresholds=[0.5], sizes_mm3=[0], metric="dice"), **bad}
+        with pytest.raises(ConfigError):
+            S.check_grid(args["methods"], args["thresholds"], args["sizes_mm3"], args["metric"])
+    assert list(S.summarise_candidates(pd.DataFrame(
+        [{"method": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "dice": 1.0, "lesion_f1": 1.0}]
+    )).columns) == S.CANDIDATE_COLUMNS
