@@ -20,7 +20,7 @@ import pandas as pd
 
 from raxnet.config import stage_dir
 from raxnet.errors import InputError
-from raxnet.io import check_same_grid, read_mask, read_volume, save_csv, save_figure
+from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure
 from raxnet.metrics import METRIC_KEYS
 from raxnet.log import get_logger
 from raxnet.runs import read_subject_folds, resolve_data_path
@@ -106,7 +106,7 @@ def load_truth(s: Subject) -> tuple[np.ndarray, np.ndarray, Any]:
         raise InputError(f"{s.subject}: not listed in 01_dataset/subjects.csv (or no T1 path)")
     if s.mask_path is None:
         raise InputError(f"{s.subject}: no ground-truth mask listed in 01_dataset/subjects.csv")
-    t1, img = read_volume(s.t1_path)
+    t1, img = read_t1(s.t1_path)
     truth, mask_img = read_mask(s.mask_path)
     check_same_grid(img, mask_img, s.t1_path, s.mask_path)
     return t1, truth, img

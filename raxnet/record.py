@@ -308,6 +308,8 @@ class StageRun:
     inputs: dict[str, str] = field(default_factory=dict)
     started: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``(section, key)`` the user gave for this invocation (file or flag), as opposed to recorded/defaults.
+    explicit: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def folder(self) -> Path:
@@ -417,7 +419,7 @@ def begin(stage: str, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> StageRu
     run_out = RunSettings({**effective["run"], "work_dir": str(run["work_dir"])}, explicit_run_keys(run))
     if "jobs" in run:
         run_out["jobs"] = run["jobs"]
-    st = StageRun(stage, work, effective, run_out, inputs, _now())
+    st = StageRun(stage, work, effective, run_out, inputs, _now(), explicit=frozenset(explicit))
     if stage != "train":  # stage 07 runs as parallel jobs: records and clean-up per run folder
         removed = clean_temp_files(st.folder)
         if removed:
