@@ -116,11 +116,13 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], methods: Sequence[str],
-            extra: dict[str, Any]) -> dict[str, Any]:
+            extra: dict[str, Any], rec: record.StageRun | None = None) -> dict[str, Any]:
     result = write_results(out, rows, errors, methods)
     print(result["table"])
     log.info("08_fusion: %d subject(s) scored, %d failed -> %s",
              result["n_subjects"] - result["n_failed"], result["n_failed"], out)
+    if rec is not None:
+        rec.finish([p for p in sorted(out.glob("*.csv")) + sorted(out.glob("*.json")) if p.name != record.RECORD_FILE])
     return {**result, **extra}
 
 
@@ -193,7 +195,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         cfg["fusion"]["model"] = run_name(model_names(cfg)[0], loss_names(cfg)[0])
     f = settings(cfg)
     if f["evaluate_only"]:
-        return evaluate_only(cfg, run, f["evaluate_only"])
+        return evaluate_only(cfg, run, f["evaluate_only"], rec=rec)
     work, data_root = Path(run["work_dir"]), Path(run["data_root"])
     out = stage_dir(work, "fusion", create=True)
     methods = method_names(f["methods"], int(f["min_size"]))
@@ -306,13 +308,13 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         "postprocessing": (postprocessing or {}).get("inference"),
     }
     save_json(info, out / "fusion.json")
-    return _finish(out, rows, errors, methods, {"selected_folds": used, "weights": weights,
-                                                "weight_source": weight_source,
-                                                "oof_skipped_folds": sorted(skipped_folds),
-                                                "postprocessing": postprocessing})
+    extra = {"selected_folds": used, "weights": weights, "weight_source": weight_source,
+             "oof_skipped_folds": sorted(skipped_folds), "postprocessing": postprocessing}
+    return _finish(out, rows, errors, methods, extra, rec=rec)
 
 
-def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path) -> dict[str, Any]:
+def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path,
+                  rec: record.StageRun | None = None) -> dict[str, Any]:
     """Score existing masks in ``pred_dir`` against the ground truth of subjects.csv.
 
     Writes the same files as :func:`run` (subject_metrics.csv, summary.csv, errors.csv, figures, qc/)
@@ -367,7 +369,7 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
             qc_subject(out, s, t1, truth, masks, results, spacing, f["qc_method"])
     save_json({"evaluate_only": str(pred_dir), "methods": methods, "connectivity": int(f["connectivity"])},
               out / "fusion.json")
-    return _finish(out, rows, errors, methods, {"methods": methods})
+    return _finish(out, rows, errors, methods, {"methods": methods}, rec=rec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -104,7 +105,7 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def _split_names(value: str | Sequence[str]) -> list[str]:
+def split_names(value: str | Sequence[str]) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
     names = [str(v).strip() for v in value if str(v).strip()]
@@ -166,7 +167,7 @@ def model_names(cfg: dict[str, Any]) -> list[str]:
     """Models to train ([train].model, default [model].name), validated against MODEL_NAMES."""
     from raxnet import models
 
-    names = _split_names(settings(cfg)["model"]) or [_model_and_arrays(cfg)[0]["name"]]
+    names = split_names(settings(cfg)["model"]) or [_model_and_arrays(cfg)[0]["name"]]
     bad = [n for n in names if n not in models.MODEL_NAMES]
     if bad:
         raise ConfigError(f"unknown model(s) {', '.join(bad)}; expected {', '.join(models.MODEL_NAMES)}")
@@ -177,7 +178,7 @@ def loss_names(cfg: dict[str, Any]) -> list[str]:
     """Losses to train with ([train].loss), validated against LOSS_NAMES."""
     from raxnet import losses
 
-    names = _split_names(settings(cfg)["loss"])
+    names = split_names(settings(cfg)["loss"])
     bad = [n for n in names if n not in losses.LOSS_NAMES]
     if bad or not names:
         raise ConfigError(f"unknown loss(es) {', '.join(bad) or '(none)'}; expected {', '.join(losses.LOSS_NAMES)}")
@@ -593,12 +594,8 @@ def train_one(
     """Train, checkpoint and evaluate one (plane, outer fold, model, loss) run; returns its run.json dict.
 
     Skips a finished run (reads its run.json) unless ``force``; resumes an unfinished one from
-    its committed checkpoint (``state.json``) when ``[train].resume``.
+    its committed checkpoint (``state.json``) when ``[train].resume``. Skipping does not import Keras.
     """
-    import keras
-
-    from raxnet import batches, losses, models
-
     train = settings(cfg)
     model_cfg, arrays = _model_and_arrays(cfg)
     seed = int(run["seed"])
@@ -646,6 +643,10 @@ def train_one(
         log.info("%s: resuming after epoch %d", tag, state["epoch"])
     for stale in ("run.json", "metrics.csv", "subject_dice.csv", "model.keras"):
         (out / stale).unlink(missing_ok=True)
+
+    import keras
+
+    from raxnet import batches, losses, models
 
     _seed_everything(seed, bool(train["deterministic"]))
     depth = int(model_cfg["depth"])
@@ -852,7 +853,7 @@ def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dic
     compare = len(models_) * len(losses_) > 1
     infos: list[dict[str, Any]] = []
     for i, (plane, fold, model_name, loss_name) in enumerate(tqdm(jobs, desc="stage 07 runs", unit="run")):
-        if i:
+        if i and "keras" in sys.modules:
             import keras
 
             keras.backend.clear_session()  # frees the previous run's graphs and weights
