@@ -22,8 +22,8 @@ SNAKEFILE = REPO / "workflow" / "Snakefile"
 def _snakemake(tmp_path: Path, config: Path, work: Path, data: Path, *extra: str, gpus: int = 1,
                timeout: int = 600):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2",
-           "--config", f"raxnet_config={config}", f"work_dir={work}", f"data_root={data}", "training_threads=1",
-           f"gpus_per_training={gpus}", *extra]
+           *extra, "--config", f"raxnet_config={config}", f"work_dir={work}", f"data_root={data}",
+           "training_threads=1", f"gpus_per_training={gpus}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
