@@ -238,11 +238,13 @@ def test_changed_fold_table_refuses_a_finished_run(trained: dict, tmp_path: Path
         training.train_one(_cfg(3), {**trained["run"], "work_dir": str(work)}, PLANE, 1, MODEL, "tversky_focal")
 
 
-def test_kill_between_checkpoint_and_state_resumes_the_same_run(trained: dict, tmp_path: Path, monkeypatch) -> None:
+def test_kill_between_checkpoint_and_state_resumes_the_same_run(tmp_path: Path, monkeypatch) -> None:
     """Issue repro: last.keras was saved before state.json, so a kill between the two made the resumed run
     repeat an epoch on already-updated weights (epoch-2 loss 1.03715 uninterrupted vs 1.02566 resumed).
     Now the epoch is committed by state.json alone: a run killed at exactly that point, resumed, gives the
     uninterrupted losses. A SIGKILL's temporary files are removed on the next start."""
+    baseline = make_work_dir(tmp_path / "b")
+    training.train_one(_cfg(2), {"work_dir": str(baseline), "seed": 7, "jobs": 1}, PLANE, 1, MODEL, "tversky_focal")
     work = make_work_dir(tmp_path / "w")
     run = {"work_dir": str(work), "seed": 7, "jobs": 1}
     out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
@@ -262,7 +264,7 @@ def test_kill_between_checkpoint_and_state_resumes_the_same_run(trained: dict, t
     monkeypatch.setattr(training, "save_json", real_save_json)
     training.train_one(_cfg(2), run, PLANE, 1, MODEL, "tversky_focal")
     resumed = pd.read_csv(out / "history.csv")
-    uninterrupted = pd.read_csv(trained["out"] / "history.csv")  # same seed and settings, never killed
+    uninterrupted = pd.read_csv(runs.run_dir(baseline, MODEL, "tversky_focal", PLANE, 1) / "history.csv")
     np.testing.assert_allclose(resumed["loss"], uninterrupted["loss"].iloc[:2], rtol=1e-6)
     np.testing.assert_allclose(resumed["val_loss"], uninterrupted["val_loss"].iloc[:2], rtol=1e-6)
     assert not list(out.glob(".*")) and sorted(p.name for p in out.glob("last_e*")) == ["last_e0002.keras"]
