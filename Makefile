@@ -11,7 +11,7 @@ DATA   ?= data/ATLAS_2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench weights clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The shipped weights (weights/demo): synthetic ATLAS from its own seed -> stages 01-08 -> export. Resumable.
+weights: $(STAMP)
+	$(BIN)/python -m raxnet demo --config configs/weights_demo.toml
+	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo --out weights/demo \
+	    --note "configs/weights_demo.toml (make weights): synthetic ATLAS, 240 whole-head subjects, seed 20261, 2 mm; demo weights, not for clinical use"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -16,7 +16,8 @@ lesion slices. Unlike the original RAX-Net, no slice is dropped: by default an e
 (bins are cycled through fresh permutations; the few extra draws repeat slices). Epoch ``e``'s batches
 come from ``numpy.random.SeedSequence([seed, e])`` alone, so they do not depend on worker timing.
 
-Batches are served by :class:`keras.utils.PyDataset` subclasses that read single slices from memory
+Batches are served by :class:`keras.utils.PyDataset` subclasses (:mod:`raxnet.datasets`, imported on first
+use so that this module, and ``--help``, do not load TensorFlow) that read single slices from memory
 maps opened lazily (per worker process, at most ``max_open_stacks`` at a time), so memory does not
 grow with the number of subjects. Slices are zero-padded (centred) to
 ``raxnet.planes.padded_shape(slice_shape, depth)`` and returned as float32 ``(B, H, W, 1)`` images and
@@ -28,202 +29,134 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import keras
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from raxnet.augment import AugmentParams, augment_pair
-from raxnet.batch_plan import DEFAULTS, batch_quotas, epoch_plan  # noqa: F401  (stage-05 API)
 from raxnet import record
+from raxnet.augment import AugmentParams
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_json
-from raxnet.log import get_logger
-from raxnet.planes import PLANES, check_plane, pad_slices, padded_shape
+from raxnet.log import get_logger, progress
+from raxnet.planes import PLANES, check_plane, padded_shape
 from raxnet.runs import read_subject_folds
+from raxnet.stage import stage_run
+
+if TYPE_CHECKING:
+    from raxnet.datasets import BalancedSliceDataset, SliceDataset
 
 log = get_logger(__name__)
 
+#: ``[arrays]`` section of the run configuration.
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,  # slices per training batch
+    "lesion_fraction": 0.5,  # share of lesion slices in every training batch (rest: normal slices)
+    "inner_val_fraction": 0.1,  # share of the training-fold subjects held out for early stopping
+    "steps_per_epoch": 0,  # 0 = ceil(lesion slices / lesion slices per batch): each lesion slice once
+    "augment": False,  # augment training batches (flip, affine, intensity); never the validation sets
+    "flip_prob": 0.5,  # left-right flip probability (axial, coronal)
+    "rotate_deg": 10.0,  # max rotation in degrees
+    "scale": 0.1,  # max relative zoom
+    "shift_px": 8.0,  # max shift in pixels per axis
+    "intensity_scale": 0.1,  # max relative gain change of the foreground
+    "intensity_shift": 0.05,  # max offset added to the foreground (normalised units)
+    "bias": 0.1,  # max amplitude of each smooth bias-field term
+    "workers": 1,  # PyDataset workers (threads, or processes with use_multiprocessing)
+    "use_multiprocessing": False,  # worker processes instead of threads
+    "max_queue_size": 10,  # batches prepared ahead by the workers
+    "max_open_stacks": 32,  # memory maps kept open per worker (bounds resident memory)
+}
+
 SET_COLUMNS = ["subject", "role", "fold"]
+_DATASET_CLASSES = ("SliceDataset", "BalancedSliceDataset")
+
+
+def __getattr__(name: str) -> Any:
+    """``raxnet.batches.SliceDataset`` / ``BalancedSliceDataset`` live in :mod:`raxnet.datasets` (Keras)."""
+    if name in _DATASET_CLASSES:
+        from raxnet import datasets
+
+        return getattr(datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 UNBINNED = "unbinned"
 
 
-# --------------------------------------------------------------------------- datasets
+# --------------------------------------------------------------------------- batch composition
 
 
-class SliceDataset(keras.utils.PyDataset):
-    """Deterministic batches (fixed order, no augmentation) over a list of ``(stack, slice)`` items.
+def batch_quotas(bin_counts: Sequence[int], n_lesion: int, steps: int) -> np.ndarray:
+    """Lesion slices per (batch, bin): ``(steps, n_bins)`` ints, each row summing to ``n_lesion``.
 
-    Stacks are memory-mapped on first use in each worker process; at most ``max_open`` are kept open
-    (least recently used are closed), so resident memory is bounded whatever the number of subjects.
+    Entry ``[j, b]`` is ``floor`` or ``ceil`` of ``n_lesion * p_b`` (``p_b`` = bin ``b``'s share of
+    ``bin_counts``) and bin ``b``'s column sums to at least ``floor(steps * n_lesion * p_b)``, so with
+    ``steps >= sum(bin_counts) / n_lesion`` every bin gets at least as many draws as it has slices.
     """
-
-    def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
-                 item_slice: np.ndarray, target_shape: tuple[int, int], batch_size: int, *,
-                 max_open: int = 32, workers: int = 1, use_multiprocessing: bool = False,
-                 max_queue_size: int = 10) -> None:
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
-        if len(image_paths) != len(mask_paths):
-            raise ValueError("image_paths and mask_paths differ in length")
-        self.image_paths = [str(p) for p in image_paths]
-        self.mask_paths = [str(p) for p in mask_paths]
-        self.item_stack = np.asarray(item_stack, dtype=np.int64)
-        self.item_slice = np.asarray(item_slice, dtype=np.int64)
-        self.target_shape = tuple(int(s) for s in target_shape)
-        self.batch_size = int(batch_size)
-        self.max_open = max(1, int(max_open))
-        self._reset_cache()
-
-    # Memory maps and locks do not cross process boundaries: each worker opens its own.
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for key in ("_cache", "_lock", "_pid"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset_cache()
-
-    def _reset_cache(self) -> None:
-        self._cache: OrderedDict[int, tuple[np.memmap, np.memmap]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-
-    @property
-    def open_stacks(self) -> int:
-        """Number of memory-mapped stacks currently open in this process."""
-        return len(self._cache) if self._pid == os.getpid() else 0
-
-    def _stack(self, sid: int) -> tuple[np.memmap, np.memmap]:
-        if self._pid != os.getpid():  # forked worker: drop the parent's maps
-            self._reset_cache()
-        with self._lock:
-            pair = self._cache.get(sid)
-            if pair is not None:
-                self._cache.move_to_end(sid)
-                return pair
-            pair = (np.load(self.image_paths[sid], mmap_mode="r"), np.load(self.mask_paths[sid], mmap_mode="r"))
-            self._cache[sid] = pair
-            while len(self._cache) > self.max_open:
-                self._cache.popitem(last=False)  # unmapping drops its pages from this process
-            return pair
-
-    def read_items(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Padded float32 ``(n, H, W)`` images and masks of the given item indices."""
-        items = np.asarray(items, dtype=np.int64)
-        imgs, msks = [], []
-        for it in items:
-            img, msk = self._stack(int(self.item_stack[it]))
-            s = int(self.item_slice[it])
-            imgs.append(np.asarray(img[s], dtype=np.float32))
-            msks.append(np.asarray(msk[s], dtype=np.float32))
-        if not imgs:
-            empty = np.zeros((0, *self.target_shape), np.float32)
-            return empty, empty.copy()
-        return pad_slices(np.stack(imgs), self.target_shape), pad_slices(np.stack(msks), self.target_shape)
-
-    def __len__(self) -> int:
-        return -(-self.item_stack.size // self.batch_size)
-
-    def batch_items(self, index: int) -> np.ndarray:
-        """Item indices of batch ``index``."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        return np.arange(index * self.batch_size, min((index + 1) * self.batch_size, self.item_stack.size))
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.read_items(self.batch_items(index))
-        return x[..., None], y[..., None]
+    counts = np.asarray(bin_counts, dtype=np.int64)
+    if counts.ndim != 1 or counts.size == 0 or counts.sum() <= 0 or (counts < 0).any():
+        raise ValueError(f"bin counts must be non-negative with a positive sum, got {counts.tolist()}")
+    if n_lesion < 0 or steps < 1:
+        raise ValueError("n_lesion must be >= 0 and steps >= 1")
+    expected = n_lesion * counts / counts.sum()
+    base = np.floor(expected + 1e-9).astype(np.int64)
+    frac = np.clip(expected - base, 0.0, None)
+    # Spread the fractional parts over the epoch: bin b gets one extra slice in r_b batches, with
+    # r_b from largest-remainder rounding of frac_b * steps (sum r_b = steps * (n_lesion - sum base)).
+    extra_per_batch = int(n_lesion - base.sum())
+    total_extra = extra_per_batch * steps
+    want = frac * steps
+    r = np.floor(want + 1e-9).astype(np.int64)
+    left = total_extra - int(r.sum())
+    if left > 0:
+        order = np.lexsort((np.arange(r.size), -(want - r)))
+        r[order[:left]] += 1
+    quotas = np.tile(base, (steps, 1))
+    # Round-robin: r_b <= steps consecutive positions land in distinct batches, and every batch gets
+    # exactly extra_per_batch extras.
+    pos = 0
+    for b in range(counts.size):
+        for _ in range(int(r[b])):
+            quotas[pos % steps, b] += 1
+            pos += 1
+    return quotas
 
 
-class BalancedSliceDataset(SliceDataset):
-    """Training batches: half lesion / half normal, per-batch lesion-area-bin proportions of the training
-    set, redrawn each epoch from ``SeedSequence([seed, epoch])``; optional seeded augmentation.
+def _cycle(rng: np.random.Generator, n_items: int, length: int) -> np.ndarray:
+    """``length`` draws from ``range(n_items)``: fresh permutations back to back (each item once per pass)."""
+    if length <= 0 or n_items == 0:
+        return np.zeros(0, dtype=np.int64)
+    reps = -(-length // n_items)
+    return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:length]
 
-    Items ``0..L-1`` are the lesion slices (bin of each in ``lesion_bins``), ``L..`` the normal slices.
-    ``model.fit`` calls :meth:`on_epoch_begin` / :meth:`on_epoch_end`; an end that follows a begin moves
-    to the next epoch's draw. Custom loops call both hooks per epoch, or :meth:`set_epoch` (also to resume).
-    """
 
-    def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
-                 item_slice: np.ndarray, lesion_bins: np.ndarray, bin_labels: Sequence[str],
-                 target_shape: tuple[int, int], batch_size: int, *, n_lesion: int, steps: int, seed: int,
-                 plane: str, augment: AugmentParams | None = None, **kwargs: Any) -> None:
-        super().__init__(image_paths, mask_paths, item_stack, item_slice, target_shape, batch_size, **kwargs)
-        self.lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
-        self.bin_labels = list(bin_labels)
-        self.n_lesion_items = self.lesion_bins.size
-        self.n_normal_items = self.item_stack.size - self.n_lesion_items
-        if self.n_lesion_items == 0 or self.n_normal_items == 0:
-            raise StageInputError("training set needs both lesion and normal slices "
-                                  f"({self.n_lesion_items} lesion, {self.n_normal_items} normal)")
-        self.n_lesion = int(n_lesion)
-        self.steps = int(steps)
-        self.seed = int(seed)
-        self.plane = check_plane(plane)
-        self.augment = augment
-        self.epoch = 0
-        self._in_epoch = False
-        self._plan_cache: tuple[int, np.ndarray] | None = None
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_plan_cache"] = None
-        return state
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def plan(self, epoch: int | None = None) -> np.ndarray:
-        """Item indices ``(steps, batch_size)`` of ``epoch`` (default: the current epoch)."""
-        epoch = self.epoch if epoch is None else int(epoch)
-        cached = self._plan_cache
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        plan = epoch_plan(self.lesion_bins, len(self.bin_labels), self.n_normal_items, self.batch_size,
-                          self.n_lesion, self.steps, self.seed, epoch)
-        self._plan_cache = (epoch, plan)
-        return plan
-
-    def set_epoch(self, epoch: int) -> None:
-        """Serve epoch ``epoch``'s draw next (e.g. when resuming training)."""
-        self.epoch = int(epoch)
-        self._in_epoch = False
-
-    def on_epoch_begin(self) -> None:
-        self._in_epoch = True
-
-    def on_epoch_end(self) -> None:
-        # Keras also calls on_epoch_end when it resets its iterator at the start of fit(); only an end
-        # that follows a begin moves to the next draw, so fit's epoch e is served SeedSequence([seed, e]).
-        # Advancing here (not in on_epoch_begin) matters: Keras' workers may request the next epoch's
-        # first batches between on_epoch_end and on_epoch_begin.
-        if self._in_epoch:
-            self.epoch += 1
-        self._in_epoch = False
-
-    def batch_items(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.steps:
-            raise IndexError(f"batch {index} out of range (0..{self.steps - 1})")
-        return self.plan()[index]
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch = self.epoch
-        x, y = self.read_items(self.batch_items(index))
-        if self.augment is not None:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(index)]))
-            for k in range(x.shape[0]):
-                x[k], y[k] = augment_pair(x[k], y[k], self.plane, self.augment, rng)
-        return x[..., None], y[..., None]
+def epoch_plan(lesion_bins: np.ndarray, n_bins: int, n_normal_items: int, batch_size: int, n_lesion: int,
+               steps: int, seed: int, epoch: int) -> np.ndarray:
+    """Item indices ``(steps, batch_size)`` of one epoch; lesion items are ``0..L-1`` (bin of each in
+    ``lesion_bins``), normal items ``L..L+N-1``. Depends only on ``(seed, epoch)`` and the inputs."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
+    lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
+    n_les_items = lesion_bins.size
+    counts = np.bincount(lesion_bins, minlength=n_bins)
+    quotas = batch_quotas(counts, n_lesion, steps)[rng.permutation(steps)]
+    plan = np.empty((steps, batch_size), dtype=np.int64)
+    members = [np.flatnonzero(lesion_bins == b) for b in range(n_bins)]
+    draws = [members[b][_cycle(rng, members[b].size, int(quotas[:, b].sum()))] for b in range(n_bins)]
+    ptr = np.zeros(n_bins, dtype=np.int64)
+    n_normal = batch_size - n_lesion
+    normals = n_les_items + _cycle(rng, n_normal_items, steps * n_normal)
+    for j in range(steps):
+        row = []
+        for b in range(n_bins):
+            q = int(quotas[j, b])
+            row.append(draws[b][ptr[b] : ptr[b] + q])
+            ptr[b] += q
+        row.append(normals[j * n_normal : (j + 1) * n_normal])
+        plan[j] = rng.permutation(np.concatenate(row))
+    return plan
 
 
 # --------------------------------------------------------------------------- building the sets
@@ -356,6 +289,8 @@ def _dataset_kwargs(opts: dict) -> dict:
 
 
 def _fixed_dataset(p: _Plan, rows: pd.DataFrame, batch_size: int, opts: dict) -> SliceDataset:
+    from raxnet.datasets import SliceDataset
+
     sids = {s: i for i, s in enumerate(p.stacks["subject"])}
     return SliceDataset(
         [str(p.stage03 / q) for q in p.stacks["image_path"]], [str(p.stage03 / q) for q in p.stacks["mask_path"]],
@@ -387,6 +322,8 @@ def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int) -> BalancedSlice
     items = pd.concat([les, nor])
     sids = {s: i for i, s in enumerate(p.stacks["subject"])}
     aug = AugmentParams.from_section(opts) if opts["augment"] else None
+    from raxnet.datasets import BalancedSliceDataset
+
     return BalancedSliceDataset(
         [str(p.stage03 / q) for q in p.stacks["image_path"]], [str(p.stage03 / q) for q in p.stacks["mask_path"]],
         items["subject"].map(sids).to_numpy(), items["slice"].to_numpy(), les["area_bin"].map(codes).to_numpy(),
@@ -430,6 +367,7 @@ def composition(ds: BalancedSliceDataset, epoch: int = 0) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+@stage_run("arrays")
 def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None, depth: int | None = None,
         materialise: bool = False) -> dict[str, Any]:
     """Stage 05 entry point: write the report of each (plane, fold); ``None`` = every plane with a
@@ -455,8 +393,7 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     else:
         folds = [int(fold)]
     reports = [run_one(cfg, run, p, k, depth, materialise) for p in planes for k in folds]
-    outputs = [Path(r["dir"]) / name for r in reports for name in ("sets.csv", "batches.csv", "summary.json")]
-    rec.finish(outputs)
+    rec.finish([Path(r["dir"]) / name for r in reports for name in ("sets.csv", "batches.csv", "summary.json")])
     return {"reports": reports, "dirs": [r["dir"] for r in reports],
             "steps_per_epoch": reports[0]["steps_per_epoch"], "input_shape": reports[0]["input_shape"],
             "lesion_slices_never_drawn": int(sum(r["lesion_slices_never_drawn"] for r in reports))}
@@ -525,7 +462,7 @@ def _materialise(ds: BalancedSliceDataset, out: Path) -> dict[str, Any]:
     with atomic_path(out / "x_epoch0.npy", suffix=".npy") as xt, atomic_path(out / "y_epoch0.npy", suffix=".npy") as yt:
         xs = np.lib.format.open_memmap(xt, mode="w+", dtype=np.float32, shape=shape)
         ys = np.lib.format.open_memmap(yt, mode="w+", dtype=np.float32, shape=shape)
-        for j in tqdm(range(ds.steps), desc="05 materialise", unit="batch"):
+        for j in progress(range(ds.steps), desc="05 materialise", unit="batch"):
             x, y = ds[j]
             xs[j * ds.batch_size : (j + 1) * ds.batch_size] = x
             ys[j * ds.batch_size : (j + 1) * ds.batch_size] = y

@@ -3,6 +3,7 @@
     raxnet demo            generate the synthetic ATLAS and run every stage (what `make demo` runs)
     raxnet predict         segment your own MNI-space T1w scans with a weight set
     raxnet export-weights  package the best fold per plane of a training run as a weight set
+    raxnet report          (re)build <work-dir>/report.html, the one-page report of a run
     raxnet synth | dataset | split | convert | folds | arrays | model | train | fuse
                            the stages 01-08, same options as the scripts in 01_dataset/ ... 08_fusion/
 """
@@ -13,12 +14,14 @@ import importlib
 import sys
 from typing import Sequence
 
+from raxnet import cli_common
 from raxnet.cli_common import run_cli
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("raxnet.pipeline", "synthetic ATLAS -> stages 01-08 -> predict, with a final summary"),
     "predict": ("raxnet.predict", "segment T1w scans in MNI152NLin2009aSym space"),
     "export-weights": ("raxnet.weights_cli", "package trained plane models as a weight set"),
+    "report": ("raxnet.report", "(re)build <work-dir>/report.html from the stages' outputs"),
     "synth": ("raxnet.synthetic", "01: write an ATLAS-shaped synthetic dataset"),
     "dataset": ("raxnet.dataset_info", "01: lesion information, slice tables, figures"),
     "split": ("raxnet.splitting", "02: stratified train / hold-out split"),
@@ -48,4 +51,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     module = importlib.import_module(COMMANDS[name][0])
+    cli_common.PROG = f"raxnet {name}"  # usage lines name the command the user typed
     run_cli(module.main, rest)

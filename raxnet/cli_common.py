@@ -9,6 +9,12 @@ from typing import Any, Callable, Sequence
 
 from raxnet.config import RUN_DEFAULTS, RunSettings, load_config, section, validate
 from raxnet.errors import EXIT_IO, RaxnetError
+from raxnet.log import setup_console
+
+
+#: Program name for usage lines when a stage runs as ``raxnet <command>`` (set by :mod:`raxnet.cli`); ``None``
+#: = argparse's default, the script's file name.
+PROG: str | None = None
 
 
 def stage_parser(description: str, *, data_root: bool = False, prog: str | None = None) -> argparse.ArgumentParser:
@@ -18,19 +24,30 @@ def stage_parser(description: str, *, data_root: bool = False, prog: str | None 
     ``--jobs`` override its ``[run]`` section.
     """
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog or PROG, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="TOML configuration file (default: built-in defaults)")
-    parser.add_argument("--work-dir", help="work directory; each stage writes <work-dir>/<stage folder>/")
+    parser.add_argument("--work-dir", help="work directory; each stage writes <work-dir>/<stage folder>/ "
+                        f"(default: the config's [run] work_dir, else {RUN_DEFAULTS['work_dir']})")
     if data_root:
-        parser.add_argument("--data-root", help="ATLAS root: the folder that contains Training/")
+        parser.add_argument("--data-root", help="ATLAS root: the folder that contains Training/ "
+                            f"(default: the config's [run] data_root, else {RUN_DEFAULTS['data_root']})")
     parser.add_argument("--seed", type=int, help="random seed (same seed + input = identical outputs)")
     parser.add_argument("--jobs", type=int, help="parallel worker processes (default from config, 1)")
+    add_verbose(parser)
     return parser
 
 
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose``: debug messages and TensorFlow's start-up and tracing output (hidden by default)."""
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show debug messages and TensorFlow's own start-up/warning output")
+
+
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load ``--config`` (the whole file is checked) and apply the common flags: returns ``(cfg, run)``."""
+    """Set up the console (``-v``), load ``--config`` (the whole file is checked) and apply the common flags:
+    returns ``(cfg, run)``."""
+    setup_console(bool(getattr(args, "verbose", False)))
     cfg = load_config(args.config)
     validate(cfg)
     given = dict(cfg.get("run") or {})

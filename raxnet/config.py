@@ -47,7 +47,7 @@ SECTIONS: dict[str, str] = {
     "split": "raxnet.splitting:DEFAULTS",
     "convert": "raxnet.slices:DEFAULTS",
     "folds": "raxnet.folds:DEFAULTS",
-    "arrays": "raxnet.batch_plan:DEFAULTS",
+    "arrays": "raxnet.batches:DEFAULTS",
     "model": "raxnet.models:DEFAULTS",
     "train": "raxnet.training:DEFAULTS",
     "fusion": "raxnet.fusion:DEFAULTS",

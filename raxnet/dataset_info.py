@@ -14,7 +14,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from raxnet import lesions, record
 from raxnet.atlas import discover
@@ -23,8 +22,9 @@ from raxnet.components import LESION_CONNECTIVITY, SLICE_CONNECTIVITY
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import EXIT_SOME_FAILED, InputError
 from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure, save_json, save_nifti
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -171,6 +171,7 @@ def _map(rows: list[dict[str, Any]], jobs: int):
         yield from pool.imap(_work, rows, chunksize=1)
 
 
+@stage_run("dataset")
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Stage 01 on ``run['data_root']``: write the tables and figures; return paths and counts."""
     global _SETTINGS
@@ -196,7 +197,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     jobs = int(run.get("jobs") or 1)
     if jobs > 1:  # build the location reference once in the parent: forked workers inherit it
         _warm_reference(rows[0])
-    for status, result in tqdm(_map(rows, jobs), total=len(rows), desc="01 lesion info", unit="subject"):
+    for status, result in progress(_map(rows, jobs), total=len(rows), desc="01 lesion info", unit="subject"):
         if status == "error":
             log.warning("skipping %s: %s", result["subject"], result["error"])
             errors.append(result)
@@ -302,7 +303,7 @@ def make_figures(
     counts = pd.cut(pd.Series(vol), VOLUME_BINS_MM3, right=False, labels=labels).value_counts().reindex(labels)
     bars = axes[1].bar(labels, counts.to_numpy(), color="tab:blue")
     axes[1].bar_label(bars)
-    axes[1].set_xlabel("lesion volume bin")
+    axes[1].set_xlabel("lesion volume bin (ml = 1,000 mm³)")
     axes[1].set_ylabel("subjects")
     axes[1].set_title("Subjects per lesion-volume bin")
     paths["fig_volume"] = save_figure(fig, out / "lesion_volume_distribution.png", dpi=dpi)
@@ -331,7 +332,7 @@ def make_figures(
     axes[0].bar_label(bars)
     axes[0].set_xlabel("lesion location")
     axes[0].set_ylabel("subjects")
-    axes[0].set_title("Location (MNI152 GM map + Seitzman 2018 ROI labels)")
+    axes[0].set_title("Location (MNI152 GM map + Seitzman 2020 ROI labels)")
     table = pd.crosstab(subjects["location"], subjects["hemisphere"]).reindex(
         index=loc_order, columns=hemi_order, fill_value=0
     )
@@ -394,7 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lesion_frequency.nii.gz,\nlesion_*.png figures, summary.json and errors.csv."
         ),
         data_root=True,
-        prog="extract_lesion_info.py",
     )
     parser.add_argument("--connectivity", type=int, choices=(6, 18, 26), help="3D component connectivity")
     args = parser.parse_args(argv)

@@ -33,16 +33,24 @@ SIZE_KEYS: tuple[str, ...] = ("lesion_voxels", "pred_voxels", "truth_lesions", "
 #: Metrics summarised in ``summary.csv`` (mean, sd, median over subjects without error).
 SUMMARY_METRICS: tuple[str, ...] = tuple(k for k in METRIC_KEYS if k not in SIZE_KEYS)
 
+#: Set names in stage 08's outputs, in the order rows and tables list them, and how they are printed.
+SET_ORDER: dict[str, int] = {"holdout": 0, "oof": 1, "all": 2}
+SET_TITLES: dict[str, str] = {"holdout": "hold-out", "oof": "out-of-fold (train subjects)", "all": "all subjects"}
+
 #: Columns of ``subject_metrics.csv`` (the first 13 are the stage contract; the rest are extras).
 SUBJECT_METRIC_COLUMNS: tuple[str, ...] = (
     "subject", "set", "method", *SUMMARY_METRICS[:8], "lesion_voxels", "error",  # the contract
-    *SUMMARY_METRICS[8:], "pred_voxels", "volume_bin", "truth_lesions", "pred_lesions",
+    *SUMMARY_METRICS[8:], "pred_voxels", "volume_bin", "truth_lesions", "pred_lesions", "plane_agreement",
 )
 
 
 @dataclass
 class Subject:
-    """One subject to score: its set (holdout/train/all), files, lesion size and outer fold."""
+    """One subject to score: its set, files, lesion size and outer fold.
+
+    ``set``: ``holdout``; ``oof`` for a train subject scored out of fold (by the models of the fold that
+    held it out, so it was never trained on); ``all`` when there is no split (evaluate-only).
+    """
 
     subject: str
     set: str
@@ -54,7 +62,7 @@ class Subject:
 
 
 def load_subjects(work: Path, data_root: Path, *, oof: bool, need_split: bool = True) -> list[Subject]:
-    """Hold-out subjects (and, with ``oof``, train subjects with their fold) in split.csv order.
+    """Hold-out subjects (and, with ``oof``, train subjects with their fold, set ``oof``) in split.csv order.
 
     Without ``need_split`` and no split.csv, every subject of subjects.csv is returned with set "all".
     """
@@ -89,7 +97,7 @@ def load_subjects(work: Path, data_root: Path, *, oof: bool, need_split: bool = 
         out.append(
             Subject(
                 subject=name,
-                set=str(row["set"]),
+                set="oof" if str(row["set"]) == "train" else str(row["set"]),
                 t1_path=resolve_data_path(info["t1_path"], data_root) if info is not None else None,
                 mask_path=resolve_data_path(info["mask_path"], data_root) if info is not None else None,
                 lesion_voxels=float(lesion) if pd.notna(lesion) else float("nan"),
@@ -171,7 +179,7 @@ def format_table(summary: pd.DataFrame) -> str:
     """Compact text table: method x (Dice mean ± sd, median, lesion F1, HD95)."""
     lines = []
     for set_name, g in summary.groupby("set", sort=False):
-        lines.append(f"[{set_name}]")
+        lines.append(f"[{SET_TITLES.get(set_name, set_name)}]")
         lines.append(f"{'method':<16}{'n':>5}{'fail':>6}{'Dice mean ± sd':>18}{'median':>9}{'lesF1':>8}{'HD95 mm':>10}{'HD95 undef':>12}")
         for _, r in g.iterrows():
             f = lambda x: "nan" if not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
@@ -212,7 +220,8 @@ def plot_dice_boxplot(df: pd.DataFrame, methods: Sequence[str], path: Path) -> P
         ax.set_xticks(range(1, len(methods) + 1), list(methods), rotation=30, ha="right")
         n_subj = g["subject"].nunique()
         n_fail = df[(df["set"] == set_name)]["subject"].nunique() - n_subj
-        ax.set_title(f"3D Dice per subject — {set_name} (n={n_subj} scored, {n_fail} failed and not shown)")
+        ax.set_title(f"3D Dice per subject — {SET_TITLES.get(set_name, set_name)} "
+                     f"(n={n_subj} scored, {n_fail} failed and not shown)")
         ax.set_xlabel("method")
         ax.set_ylabel("3D Dice")
         ax.set_ylim(-0.02, 1.02)
@@ -226,12 +235,14 @@ def plot_dice_by_volume_bin(df: pd.DataFrame, methods: Sequence[str], path: Path
     from raxnet.plotting import plt
 
     df = df.assign(_bin=volume_bins(df))
+    # split.csv's bins are lesion volumes in mm³; the quartile fallback is in voxels and says so per label
+    unit = "mm³" if (df["volume_bin"].fillna("").astype(str) != "").all() else "voxels"
     sets = list(dict.fromkeys(df["set"]))
     fig, axes = plt.subplots(len(sets), 1, figsize=(8.0, 4.8 * len(sets)), squeeze=False)
     for ax, set_name in zip(axes[:, 0], sets):
         g = df[(df["set"] == set_name) & (df["error"].fillna("") == "")]
         if g.empty:
-            ax.set_title(f"{set_name}: no subject scored")
+            ax.set_title(f"{SET_TITLES.get(set_name, set_name)}: no subject scored")
             continue
         vox = pd.to_numeric(g["lesion_voxels"], errors="coerce")
         order = list(g.assign(v=vox).groupby("_bin")["v"].median().sort_values().index)
@@ -244,10 +255,10 @@ def plot_dice_by_volume_bin(df: pd.DataFrame, methods: Sequence[str], path: Path
             ax.errorbar(x + offset, stats["mean"], yerr=se, marker="o", capsize=3, label=m)
         counts = g.drop_duplicates("subject").groupby("_bin").size().reindex(order).fillna(0).astype(int)
         ax.set_xticks(x, [f"{b}\n(n={counts[b]})" for b in order])
-        ax.set_xlabel("lesion-volume bin (smallest → largest)")
+        ax.set_xlabel(f"lesion-volume bin ({unit}), smallest → largest")
         ax.set_ylabel("mean 3D Dice (± s.e.)")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"3D Dice by lesion volume — {set_name}")
+        ax.set_title(f"3D Dice by lesion volume — {SET_TITLES.get(set_name, set_name)}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -291,15 +302,19 @@ def qc_subject(out: Path, s: Subject, t1: np.ndarray, truth: np.ndarray, masks: 
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]],
-                  methods: Sequence[str]) -> dict[str, Any]:
-    """Write ``subject_metrics.csv``, ``summary.csv``, ``errors.csv`` and the figures under ``out``.
+                  methods: Sequence[str], skipped: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """Write ``subject_metrics.csv``, ``summary.csv``, ``errors.csv``, ``skipped.csv`` and the figures.
+
+    ``errors`` are subjects that failed (bad input): they have error rows in ``subject_metrics.csv`` and count
+    as failed. ``skipped`` are subjects that could not be scored by design (out of fold, but the fold's models
+    were not trained): listed in ``skipped.csv`` (``subject, set, reason``) only, and neither scored nor failed.
 
     Rows are sorted hold-out first, then by subject, then by method as configured, so that re-runs give
     byte-identical CSVs whatever order the subjects were processed in. Returns the paths, the summary
     table (text and rows) and subject counts.
     """
     df = pd.DataFrame(rows, columns=list(SUBJECT_METRIC_COLUMNS))
-    set_rank = df["set"].map({"holdout": 0, "train": 1}).fillna(2)
+    set_rank = df["set"].map(SET_ORDER).fillna(len(SET_ORDER))
     method_rank = df["method"].map({m: i for i, m in enumerate(methods)}).fillna(len(methods))
     df = df.assign(_s=set_rank, _m=method_rank).sort_values(["_s", "subject", "_m"], kind="stable")
     df = df.drop(columns=["_s", "_m"]).reset_index(drop=True)
@@ -308,6 +323,8 @@ def write_results(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, 
     summary_csv = save_csv(summary, out / "summary.csv", float_format="%.6g")
     err_df = pd.DataFrame(errors, columns=["subject", "set", "error"]).drop_duplicates()
     save_csv(err_df, out / "errors.csv")
+    skip_df = pd.DataFrame(list(skipped), columns=["subject", "set", "reason"]).drop_duplicates()
+    save_csv(skip_df, out / "skipped.csv")
     figures = {}
     if df["error"].eq("").any():
         figures["dice_boxplot"] = str(plot_dice_boxplot(df, methods, out / "dice_boxplot.png"))
@@ -323,4 +340,5 @@ def write_results(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, 
         "summary_rows": summary.to_dict(orient="records"),
         "n_subjects": int(df["subject"].nunique()),
         "n_failed": n_failed,
+        "n_skipped": int(skip_df["subject"].nunique()),
     }

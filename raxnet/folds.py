@@ -38,16 +38,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
-from tqdm import tqdm
 
 from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import save_csv, save_figure
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANE_AXIS, PLANES
-from raxnet.splitting import assign_bins, bin_labels, check_edges, parse_spacing
+from raxnet.splitting import assign_bins, bin_labels, check_edges, parse_spacing, voxel_volume_mm3
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -183,7 +183,7 @@ def assign_folds(
     bal = _Balance(features.astype(float), fine.astype(float), k)
     best, best_score = None, math.inf
     seqs = np.random.SeedSequence(int(seed)).spawn(max(1, int(restarts)))
-    for ss in tqdm(seqs, desc="fold search", unit="restart", disable=None, leave=False):
+    for ss in progress(seqs, desc="fold search", unit="restart", disable=None, leave=False):
         rng = np.random.default_rng(ss)
         folds = _deal(volume_groups, k, rng)
         c = bal.counts(folds)
@@ -485,8 +485,12 @@ def plot_balance(stats_df: pd.DataFrame, k: int, path: Path) -> Path:
 
 
 def plot_volume_balance(stats_df: pd.DataFrame, subject_folds: pd.DataFrame, train: pd.DataFrame,
-                        k: int, path: Path) -> Path:
-    """``fold_volume_balance.png``: per-fold volume-bin fractions vs whole, and log volumes per fold."""
+                        k: int, path: Path, spacing: Mapping[str, Any] | None = None) -> Path:
+    """``fold_volume_balance.png``: per-fold volume-bin fractions vs whole, and log volumes per fold.
+
+    Volumes are shown in mm³ (``lesion_voxels`` × the voxel volume from ``spacing``: subject -> stage 01's
+    ``spacing_mm``; 1 mm³ where unknown), the unit of the volume bins.
+    """
     from raxnet.plotting import plt
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -494,7 +498,9 @@ def plot_volume_balance(stats_df: pd.DataFrame, subject_folds: pd.DataFrame, tra
     ax0.set_xlabel("lesion volume bin (mm³)")
     ax0.set_ylabel("fraction of the fold's subjects")
     m = train[["subject", "lesion_voxels"]].astype({"subject": str}).merge(subject_folds, on="subject")
-    data = [np.log10(np.maximum(m.loc[m["fold"] == f, "lesion_voxels"].to_numpy(float), 1)) for f in range(1, k + 1)]
+    voxel = m["subject"].map(lambda s: voxel_volume_mm3((spacing or {}).get(s))).to_numpy(float)
+    m["mm3"] = m["lesion_voxels"].to_numpy(float) * voxel
+    data = [np.log10(np.maximum(m.loc[m["fold"] == f, "mm3"].to_numpy(float), 1)) for f in range(1, k + 1)]
     ax1.boxplot(data, showfliers=False)
     rng = np.random.default_rng(0)  # jitter only
     for f, d in enumerate(data, start=1):
@@ -502,7 +508,7 @@ def plot_volume_balance(stats_df: pd.DataFrame, subject_folds: pd.DataFrame, tra
     t = stats_df[(stats_df["plane"] == "volume") & (stats_df["bin"] == "all") & (stats_df["fold"] != "all")]
     ax1.set_xticks(range(1, k + 1), [f"fold {f}\nKS p={p:.2f}\nMWU p={q:.2f}"
                                      for f, p, q in zip(t["fold"], t["ks_p"], t["mwu_p"])])
-    ax1.set_ylabel("log10 lesion volume (voxels)")
+    ax1.set_ylabel("log10 lesion volume (mm³)")
     ax1.set_xlabel("fold (tests: fold vs the other folds)")
     ax1.set_title("Subject lesion volume per fold")
     fig.suptitle("Per-fold subject lesion-volume balance")
@@ -551,6 +557,7 @@ def read_inputs(work: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict
     return split, slices, spacing, sources
 
 
+@stage_run("folds")
 def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     """Stage 04: read ``02_data_splitting/split.csv`` and ``01_dataset/slices_*.csv``; write
     ``04_cross_validation/`` (subject_folds.csv, <plane>_folds.csv, fold_stats.csv, figures)."""
@@ -575,7 +582,7 @@ def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     rec.finish([out / "subject_folds.csv", out / "fold_stats.csv", *(out / f"{p}_folds.csv" for p in plane_folds)])
     train = split[split["set"] == "train"]
     figs = [plot_balance(stats_df, k, out / "fold_balance.png"),
-            plot_volume_balance(stats_df, subject_folds, train, k, out / "fold_volume_balance.png")]
+            plot_volume_balance(stats_df, subject_folds, train, k, out / "fold_volume_balance.png", spacing)]
     summary = balance_summary(stats_df)
     for r in summary.itertuples():
         log.info("%-8s max per-bin deviation %.4f, min KS p %.3g, min MWU p %.3g", r.plane,

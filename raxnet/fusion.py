@@ -13,9 +13,10 @@ This module only orchestrates; each step has its owner:
 ``weighted`` uses each plane's mean cross-validated 3D Dice (``metrics.csv`` of stage 07, see
 :func:`raxnet.runs.plane_weights`), normalised; equal weights (logged) when those are unavailable.
 
-``oof`` adds out-of-fold fusion on the train subjects: a subject of fold ``k`` is predicted by the
-three ``fold_<k>`` models, which never saw it (folds without all three models are skipped, logged, and
-listed in ``errors.csv``). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
+``oof`` adds out-of-fold fusion on the train subjects (set ``oof`` in the tables): a subject of fold ``k``
+is predicted by the three ``fold_<k>`` models, which never saw it. Folds without all three models (e.g.
+``[train] folds = "1"``) are skipped: their subjects are listed in ``skipped.csv`` with the reason and are
+neither scored nor counted as failed (``errors.csv`` lists only failures). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
 on the train set ``weighted`` is very slightly optimistic; on the hold-out it is not.
 
 Post-processing chosen on validation data (``select``, on by default; :mod:`raxnet.postprocess_selection`):
@@ -42,7 +43,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
@@ -63,11 +63,12 @@ from raxnet.evaluation import (
 from raxnet.inference import ModelCache, predict_probabilities
 from raxnet.io import check_same_grid, read_mask, save_csv, save_json, save_nifti
 from raxnet.metrics import evaluate
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, CLEAN_SUFFIX, FUSED_METHODS, fuse_all, method_names, postprocess
 from raxnet.postprocess_selection import check_grid, choose, score_candidates, summarise_candidates
 from raxnet.runs import FoldModel, fold_models, plane_weights, run_name, select_models, train_dir
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -116,11 +117,14 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], methods: Sequence[str],
-            extra: dict[str, Any], rec: record.StageRun | None = None) -> dict[str, Any]:
-    result = write_results(out, rows, errors, methods)
+            extra: dict[str, Any], skipped: Sequence[Mapping[str, str]] = (),
+            rec: record.StageRun | None = None) -> dict[str, Any]:
+    result = write_results(out, rows, errors, methods, skipped)
     print(result["table"])
-    log.info("08_fusion: %d subject(s) scored, %d failed -> %s",
-             result["n_subjects"] - result["n_failed"], result["n_failed"], out)
+    why = sorted({s["reason"] for s in skipped})
+    log.info("08_fusion: %d subject(s) scored, %d failed (errors.csv), %d skipped%s -> %s",
+             result["n_subjects"] - result["n_failed"], result["n_failed"], result["n_skipped"],
+             f" (skipped.csv: {'; '.join(why)})" if why else "", out)
     if rec is not None:
         rec.finish([p for p in sorted(out.glob("*.csv")) + sorted(out.glob("*.json")) if p.name != record.RECORD_FILE])
     return {**result, **extra}
@@ -140,7 +144,7 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
     if not candidate_rows:
         record.update(chosen=None, inference=None,
                       reason="no train subject could be predicted out of fold (train every fold's three planes, "
-                             "check 08_fusion/errors.csv)")
+                             "see 08_fusion/skipped.csv and errors.csv)")
         log.warning("post-processing not chosen: %s", record["reason"])
         save_json(record, out / "postprocessing.json")
         return record
@@ -185,6 +189,7 @@ def check_trained_current(work: Path, models: Sequence[FoldModel]) -> None:
                 f"07_train/train.py --work-dir {work} --plane {m.plane} --fold {m.fold} --force")
 
 
+@stage_run("fusion")
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Fuse, write masks and score every hold-out (and, with ``oof``, train) subject; see module doc."""
     rec = record.begin("fusion", cfg, run)
@@ -220,22 +225,23 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     skipped_folds: dict[int, str] = {}
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
     todo: list[tuple[Subject, dict[str, list[FoldModel]]]] = []
     for s in subjects:
         if s.set == "holdout":
             todo.append((s, holdout_models))
             continue
-        if s.fold is None:
-            log.warning("%s: train subject without a fold in subject_folds.csv; skipped", s.subject)
-            errors.append({"subject": s.subject, "set": s.set, "error": "no fold in subject_folds.csv"})
+        if s.fold is None:  # stage 04's table does not match stage 02's: a failure, not a choice
+            record_failure(s, StageInputError(f"{s.subject}: train subject without a fold in subject_folds.csv"),
+                           methods if f["oof"] else [], rows, errors)
             continue
         missing = [p for p in needed if s.fold not in all_models[p]]
-        if missing:
-            why = f"fold_{s.fold} model missing for {', '.join(missing)}"
+        if missing:  # e.g. [train] folds = "1": the other folds' subjects cannot be scored out of fold
+            why = f"fold_{s.fold} not trained ({', '.join(missing)})"
             if s.fold not in skipped_folds:
-                log.warning("out-of-fold: %s; its subjects are skipped", why)
+                log.info("out-of-fold: %s; its subjects are skipped", why)
             skipped_folds[s.fold] = why
-            errors.append({"subject": s.subject, "set": s.set, "error": why})
+            skipped.append({"subject": s.subject, "set": s.set, "reason": why})
             continue
         todo.append((s, {p: [all_models[p][s.fold]] for p in needed}))
     check_trained_current(work, [m for _, models in todo for ms in models.values() for m in ms])
@@ -249,7 +255,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     postprocessing: dict[str, Any] | None = None
     grid = dict(methods=f["select_methods"], thresholds=f["select_thresholds"],
                 sizes_mm3=f["select_min_lesion_mm3"], connectivity=int(f["connectivity"]), weights=weights)
-    for s, models in tqdm(todo, desc="08 fusion", unit="subject"):
+    for s, models in progress(todo, desc="08 fusion", unit="subject"):
         holdout = s.set == "holdout"
         if holdout and select and postprocessing is None:
             postprocessing = _choose_postprocessing(f, out, candidate_rows, oof_scored, weights)
@@ -278,10 +284,21 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             masks[SELECTED] = postprocess(probs, fusion=chosen["fusion"], threshold=chosen["threshold"],
                                           min_lesion_mm3=chosen["min_lesion_mm3"], spacing=spacing,
                                           connectivity=chosen["connectivity"], weights=chosen["weights"] or None)
+        # where every predicted plane alone says lesion (at the threshold each mask was made with): the share
+        # of a mask inside it is its plane agreement
+        unanimous: dict[float, np.ndarray] = {}
+
+        def agreement(method: str, mask: np.ndarray) -> float:
+            thr = float(postprocessing["inference"]["threshold"]) if method == SELECTED else float(f["threshold"])
+            if thr not in unanimous:
+                unanimous[thr] = np.logical_and.reduce([p >= thr for p in probs.values()])
+            n_mask = int(np.count_nonzero(mask))
+            return float(np.count_nonzero(unanimous[thr] & (mask > 0))) / n_mask if n_mask else float("nan")
         results = {}
         for m, mask in masks.items():
             save_nifti(mask, img, out / "masks" / f"{s.subject}_{m}.nii.gz", dtype=np.uint8)
             results[m] = evaluate(mask, truth, spacing=spacing, connectivity=int(f["connectivity"]))
+            results[m]["plane_agreement"] = agreement(m, mask)
             rows.append(subject_row(s, m, results[m]))
         if f["save_probabilities"]:
             for p, prob in probs.items():
@@ -301,6 +318,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         "min_size": int(f["min_size"]),
         "connectivity": int(f["connectivity"]),
         "methods": methods,
+        "qc_method": f["qc_method"],
         "weights": weights,
         "weight_source": weight_source,
         "oof": bool(f["oof"]),
@@ -310,7 +328,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     save_json(info, out / "fusion.json")
     extra = {"selected_folds": used, "weights": weights, "weight_source": weight_source,
              "oof_skipped_folds": sorted(skipped_folds), "postprocessing": postprocessing}
-    return _finish(out, rows, errors, methods, extra, rec=rec)
+    return _finish(out, rows, errors, methods, extra, skipped, rec=rec)
 
 
 def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path,
@@ -343,7 +361,7 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
         methods = ["prediction"]
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    for s in tqdm(subjects, desc="08 evaluate", unit="subject"):
+    for s in progress(subjects, desc="08 evaluate", unit="subject"):
         try:
             t1, truth, img = load_truth(s)
         except InputError as exc:

@@ -9,7 +9,7 @@ Computed from an anatomical reference on the mask's grid, never hand-entered:
 
 * the MNI152 2009a GM/WM probability maps and brain mask of :mod:`raxnet.templates` (the same grid at 1
   or 2 mm; any other grid gets them resampled with ``nilearn.image.resample_to_img``);
-* the 300 ROI centres of Seitzman et al. (2018), which ship inside nilearn's wheel with an anatomical
+* the 300 ROI centres of Seitzman et al. (2020), which ship inside nilearn's wheel with an anatomical
   label each (cortex left/right/midline, hippocampus, amygdala, basal ganglia, thalamus, cerebellum).
 
 The GM template alone cannot tell cortex from deep grey matter (caudate, putamen, thalamus also have

@@ -1,7 +1,7 @@
 """Stage 06: build every model for every plane's input size and report parameters and FLOPs per slice.
 
 Input size: the volume grid from ``<work>/01_dataset/subjects.csv`` (column ``shape``, e.g. ``99x117x95``)
-when present, else ``--shape`` / the 1 mm ATLAS grid 197x233x189; each plane's slice shape is padded
+when present, else ``--shape`` (an error without either); each plane's slice shape is padded
 to a multiple of ``2**depth`` (:func:`raxnet.planes.padded_shape`).
 
 Outputs under ``<work>/06_model/``: ``models.csv`` (``model, plane, params, flops_per_slice,
@@ -25,6 +25,7 @@ from raxnet.io import atomic_path, save_csv
 from raxnet.log import get_logger
 from raxnet.models import DEFAULTS, MODEL_NAMES, build_from_config, plane_input_shape
 from raxnet.planes import parse_planes
+from raxnet.stage import stage_run
 from raxnet.templates import ATLAS_SHAPE
 
 log = get_logger(__name__)
@@ -44,7 +45,11 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def volume_shape(work_dir: str | Path, fallback: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
-    """The data grid: the single ``shape`` of stage 01's ``subjects.csv``, else ``fallback`` / ATLAS grid."""
+    """The data grid: the single ``shape`` of stage 01's ``subjects.csv``, else ``fallback`` (``--shape``).
+
+    Without either it is an error rather than a silent guess: the 1 mm ATLAS grid would describe networks
+    four times the size of the 2 mm demo's.
+    """
     from raxnet.tables import SUBJECTS, read_table
 
     path = stage_dir(work_dir, "dataset") / "subjects.csv"
@@ -55,7 +60,11 @@ def volume_shape(work_dir: str | Path, fallback: tuple[int, int, int] | None = N
             if len(shapes) > 1:
                 raise StageInputError(f"{path}: subjects on different grids ({', '.join(shapes[:4])})")
             return parse_shape(shapes[0])
-    return tuple(fallback) if fallback else ATLAS_SHAPE  # type: ignore[return-value]
+    if fallback:
+        return tuple(fallback)  # type: ignore[return-value]
+    atlas = "x".join(map(str, ATLAS_SHAPE))
+    raise StageInputError(f"{path}: not found, so the volume grid is unknown: run stage 01 first, or pass "
+                          f"--shape (e.g. --shape {atlas} for the 1 mm ATLAS grid, 99x117x95 for 2 mm)")
 
 
 def _summary_text(model: Any, columns: int = 150) -> str:
@@ -73,6 +82,7 @@ def _summary_text(model: Any, columns: int = 150) -> str:
     return "\n".join(line.rstrip() for text in lines for line in text.splitlines())
 
 
+@stage_run("model")
 def run(
     cfg: dict[str, Any],
     run: dict[str, Any],
@@ -145,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", default=None, help=f"comma-separated subset of {','.join(MODEL_NAMES)} (default: all)"
     )
     parser.add_argument(
-        "--shape", default=None, help="volume grid when 01_dataset/subjects.csv is absent (default 197x233x189)"
+        "--shape", default=None,
+        help="volume grid when 01_dataset/subjects.csv is absent, e.g. 197x233x189 (1 mm ATLAS) or 99x117x95 (2 mm)"
     )
     parser.add_argument("--width", type=int, help="base filters ([model].width)")
     parser.add_argument("--depth", type=int, help="number of down-samplings ([model].depth)")

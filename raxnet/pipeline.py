@@ -19,6 +19,7 @@ from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, stage_dir
 from raxnet.log import get_logger
 from raxnet.runs import resolve_data_path
+from raxnet.stage import update_report
 
 log = get_logger(__name__)
 
@@ -51,7 +52,7 @@ def _timed(title: str, fn: Callable[[], Any], timings: list[tuple[str, float]]) 
 
 def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Run the whole pipeline; returns the timings, the results table and output locations."""
-    from raxnet.predict import Predictor, predict_file
+    from raxnet.predict import Predictor, predict_batch
     from raxnet.predict import DEFAULTS as PREDICT_DEFAULTS
     from raxnet.config import section
     from raxnet.weights import export_weights
@@ -84,9 +85,10 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 
         def _predict() -> dict[str, Any]:
             predictor = Predictor(weights_dir, batch_size=opts["batch_size"])
-            return predict_file(predictor, scan, out_dir, opts)
+            return predict_batch(predictor, [scan], out_dir, opts)[0][0]
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)
+        update_report(work, "predict")  # the run report links the prediction's own report
     summary = {"timings": timings, "work_dir": str(work), "predicted": predicted, "weights": str(weights_dir)}
     print_summary(work, summary)
     return summary

@@ -21,13 +21,14 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from raxnet.cli_common import add_verbose
 from raxnet.errors import InputError, RaxnetError
 from raxnet.io import read_volume, save_csv, save_nifti
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, postprocess
+from raxnet.uncertainty import CONFIDENCE_COLUMNS, lesion_confidence, plane_spread
 from raxnet.weights import INFERENCE_KEYS, check_inference, default_weights_dir, read_manifest
 
 log = get_logger(__name__)
@@ -38,8 +39,15 @@ DEFAULTS: dict[str, Any] = {
     "weights": "",  # weight-set folder; "" = $RAXNET_WEIGHTS or weights/demo
     "batch_size": 32,
     "save_probabilities": False,
+    "save_uncertainty": False,  # write <name>_desc-uncertainty.nii.gz and <name>_uncertainty.png
     "qc": True,  # write <name>_qc.png
 }
+
+#: Columns of the batch table ``summary.csv`` (one row per input scan, failed ones included).
+BATCH_COLUMNS = ["name", "input", "status", "error", "lesion_voxels", "lesion_volume_mm3", "n_lesions",
+                 "lowest_plane_agreement", "seconds", "resampled", "mask"]
+#: Largest value of the plane spread (standard deviation of three probabilities: 0, 0 and 1).
+MAX_SPREAD = float(np.std([0.0, 0.0, 1.0]))
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 #: Fraction of the template brain's bounding box an MNI-space scan's field of view must cover.
 MIN_FOV_COVERAGE = 0.9
@@ -183,8 +191,24 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         if resampled:
             prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
         save_nifti(prob, img, out_dir / f"{stem}_desc-lesion_probability.nii.gz", dtype=np.float32)
-    lesions = component_table(mask, img.affine, connectivity=int(predictor.settings["connectivity"]))
+    connectivity = int(predictor.settings["connectivity"])
+    lesions = component_table(mask, img.affine, connectivity=connectivity)
+    # How sure each lesion is: the three planes as a small ensemble (raxnet.uncertainty), read on the
+    # weights' grid through the two affines.
+    confidence = lesion_confidence(mask, probs, float(predictor.settings["threshold"]), mask_affine=img.affine,
+                                   prob_affine=np.asarray(predictor.manifest["affine"], dtype=float),
+                                   connectivity=connectivity)
+    if len(lesions):
+        lesions = lesions.merge(confidence, on="label", how="left")
+    else:
+        lesions = lesions.reindex(columns=list(lesions.columns) + CONFIDENCE_COLUMNS[1:])
     save_csv(lesions, out_dir / f"{stem}_lesions.csv")
+    spread = None
+    if opts.get("save_uncertainty"):
+        spread = plane_spread(probs)
+        if resampled:
+            spread = back_to_input_grid(spread, predictor.manifest, img, "linear")
+        save_nifti(spread, img, out_dir / f"{stem}_desc-uncertainty.nii.gz", dtype=np.float32)
     voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
     seconds = time.perf_counter() - start
     summary = {
@@ -193,6 +217,7 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "lesion_voxels": int(mask.sum()),
         "lesion_volume_mm3": round(float(mask.sum()) * voxel_mm3, 3),
         "n_lesions": int(len(lesions)),
+        "lowest_plane_agreement": float(confidence["plane_agreement"].min()) if len(confidence) else np.nan,
         "resampled": resampled,
         **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "connectivity", "tta")},
         "seconds": round(seconds, 2),
@@ -201,7 +226,13 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     if opts["qc"]:
         from raxnet.qc import qc_overlay
 
-        qc_overlay(data, mask, out_dir / f"{stem}_qc.png", title=f"{stem}: {int(mask.sum())} lesion voxels")
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        qc_overlay(data, mask, out_dir / f"{stem}_qc.png", title=f"{stem}: {int(mask.sum())} lesion voxels",
+                   spacing=spacing)
+        if spread is not None:
+            qc_overlay(data, mask, out_dir / f"{stem}_uncertainty.png", spacing=spacing, heat=spread,
+                       heat_max=MAX_SPREAD, heat_label="plane disagreement (SD of the 3 plane probabilities)",
+                       title=f"{stem}: where the three plane models disagree")
     log.info("%s: %d lesion voxels in %d components, %.1f s", path.name, mask.sum(), len(lesions), seconds)
     return summary
 
@@ -212,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment chronic stroke lesions in T1w scans registered to MNI152NLin2009aSym (the ATLAS v2.0 space).\n"
             "Writes per scan: <name>_desc-lesion_mask.nii.gz (uint8, the input's affine and header),\n"
-            "<name>_lesions.csv (one row per lesion), <name>_summary.csv and <name>_qc.png.\n"
+            "<name>_lesions.csv (one row per lesion, with its mean probability and plane agreement),\n"
+            "<name>_summary.csv and <name>_qc.png; for the whole run summary.csv (one row per input scan,\n"
+            "failed ones included), report.html (the table and every scan's overlay) and log.txt.\n"
             "Exit codes: 0 all scans done; 1 some scans failed (listed at the end); 2 nothing done / bad input."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -231,10 +264,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="left-right flip test-time augmentation (default: the weight set's)")
     parser.add_argument("--save-probabilities", action="store_true", default=None, help="also write the fused probability map")
+    parser.add_argument("--save-uncertainty", action="store_true", default=None,
+                        help="also write <name>_desc-uncertainty.nii.gz (where the three plane models disagree: the "
+                        "standard deviation of their probabilities, 0-0.47) and <name>_uncertainty.png")
     parser.add_argument("--batch-size", type=int, help="slices per prediction batch (default 32)")
     parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG")
     parser.add_argument("--config", help="TOML configuration file; its [predict] section sets the defaults")
+    add_verbose(parser)
     return parser
+
+
+def predict_batch(predictor: Predictor, inputs: Sequence[Path], out_dir: Path,
+                  opts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Segment every input (going on past failures), then write ``summary.csv`` (one row per input,
+    failed ones included: :data:`BATCH_COLUMNS`) and ``report.html`` in ``out_dir``; everything logged is
+    appended to ``out_dir/log.txt``. A single input that fails raises (nothing else to report)."""
+    from raxnet.report import PREDICT_SUMMARY, write_predict_report
+
+    done, failed, rows = [], [], []
+    with stage_log(out_dir, "raxnet predict"):
+        for path in progress(inputs, desc="predict", unit="scan", disable=True if len(inputs) < 2 else None):
+            row = {"name": output_stem(path), "input": str(path)}
+            try:
+                result = predict_file(predictor, path, out_dir, opts)
+            except RaxnetError as exc:
+                if len(inputs) == 1:
+                    raise
+                log.error("%s", exc)
+                failed.append((path, str(exc)))
+                rows.append({**row, "status": "failed", "error": str(exc)})
+                continue
+            done.append(result)
+            rows.append({**row, "status": "ok", "error": "", **result})
+        table = pd.DataFrame(rows).reindex(columns=BATCH_COLUMNS)
+        table = table.astype({"lesion_voxels": "Int64", "n_lesions": "Int64"})  # counts stay integers beside failures
+        save_csv(table, out_dir / PREDICT_SUMMARY)
+        report = write_predict_report(out_dir)
+        log.info("%d scan(s) segmented, %d failed: %s, %s", len(done), len(failed), out_dir / PREDICT_SUMMARY, report)
+    return done, failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,29 +309,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raxnet.config import load_config, override, section
 
     args = build_parser().parse_args(argv)
+    setup_console(args.verbose)
     opts = section(load_config(args.config), "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-             qc=args.qc)
+             qc=args.qc, save_uncertainty=args.save_uncertainty)
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
                      connectivity=args.connectivity, tta=args.tta)
     predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], overrides=overrides)
     out_dir = Path(args.output)
-    done, failed = [], []
-    for path in tqdm(inputs, desc="predict", unit="scan", disable=len(inputs) < 2):
-        try:
-            done.append(predict_file(predictor, path, out_dir, opts))
-        except RaxnetError as exc:
-            if len(inputs) == 1:
-                raise
-            log.error("%s", exc)
-            failed.append((path, str(exc)))
+    done, failed = predict_batch(predictor, inputs, out_dir, opts)
     if done:
         print(f"{len(done)} scan(s) segmented into {out_dir}/ "
               f"({np.mean([d['seconds'] for d in done]):.1f} s per scan)")
     if failed:
         print(f"{len(failed)} scan(s) failed:")
         for path, msg in failed:
-            print(f"  {path}: {msg}")
+            print(f"  {msg}" if str(path) in msg else f"  {path}: {msg}")
         return 2 if not done else 1
     return 0

@@ -49,11 +49,16 @@ def qc_overlay(
     *,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     point: Sequence[int] | None = None,
+    heat: np.ndarray | None = None,
+    heat_label: str = "",
+    heat_max: float | None = None,
 ) -> Path:
     """Write a PNG with axial, coronal and sagittal views of ``t1`` and lesion contours.
 
     ``truth`` is optional (inference has none). ``point`` overrides the cut point (see
-    :func:`focus_point`). Returns ``path``.
+    :func:`focus_point`). ``heat`` (same shape, e.g. :func:`raxnet.uncertainty.plane_spread`) is drawn as a
+    translucent colour map from 0 to ``heat_max`` (default: its maximum) with a colour bar labelled
+    ``heat_label``; values near 0 stay transparent. Returns ``path``.
     """
     from matplotlib.lines import Line2D
 
@@ -68,6 +73,11 @@ def qc_overlay(
         gt = np.asarray(truth) != 0
         if gt.shape != t1.shape:
             raise ValueError(f"truth shape {gt.shape} differs from T1 shape {t1.shape}")
+    if heat is not None:
+        heat = np.asarray(heat, dtype=np.float32)
+        if heat.shape != t1.shape:
+            raise ValueError(f"heat map shape {heat.shape} differs from T1 shape {t1.shape}")
+        top = float(heat_max) if heat_max else max(float(heat.max()), 1e-6)
     if point is None:
         point = focus_point(gt, pred, t1.shape)
     x, y, z = (int(np.clip(v, 0, s - 1)) for v, s in zip(point, t1.shape))
@@ -86,6 +96,10 @@ def qc_overlay(
         # imshow draws rows downwards; transpose + origin="lower" puts axis 0 across and axis 1 up.
         ax.imshow(cut(t1).T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, aspect=aspect,
                   interpolation="nearest")
+        if heat is not None:
+            h = np.ma.masked_less(cut(heat).T, 0.02 * top)  # transparent where the planes agree
+            shown = ax.imshow(h, cmap="inferno", origin="lower", vmin=0.0, vmax=top, alpha=0.75, aspect=aspect,
+                              interpolation="nearest")
         for mask, colour in ((gt, TRUTH_COLOUR), (pred, PRED_COLOUR)):
             if mask is None:
                 continue
@@ -100,6 +114,10 @@ def qc_overlay(
     if gt is not None:
         handles.insert(0, Line2D([], [], color=TRUTH_COLOUR, lw=2, label=f"ground truth ({int(gt.sum())} voxels)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, 0.0))
+
     fig.suptitle(title or "lesion segmentation QC", fontsize=12)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.17, top=0.86, wspace=0.3)
+    if heat is not None:
+        bar = fig.colorbar(shown, ax=list(axes), fraction=0.015, pad=0.01)
+        bar.set_label(heat_label)
     return save_figure(fig, path)

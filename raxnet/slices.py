@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
@@ -36,9 +35,10 @@ from raxnet.config import STAGE_DIRS, section, stage_dir, with_flags
 from raxnet.errors import EXIT_SOME_FAILED, InputError, StageInputError
 from raxnet.intensity import normalise
 from raxnet.io import atomic_path, check_same_grid, load_nifti, read_mask, read_t1, save_csv, save_npy
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import PLANE_AXIS, PLANES, from_slices, parse_planes, slice_shape, to_slices
 from raxnet.runs import resolve_data_path
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -223,9 +223,9 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     if tasks:
         if jobs > 1 and len(tasks) > 1:
             with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-                results = list(tqdm(pool.map(_worker, tasks), total=len(tasks), desc="03 convert", unit="subj"))
+                results = list(progress(pool.map(_worker, tasks), total=len(tasks), desc="03 convert", unit="subj"))
         else:
-            results = [_worker(t) for t in tqdm(tasks, desc="03 convert", unit="subj")]
+            results = [_worker(t) for t in progress(tasks, desc="03 convert", unit="subj")]
         for subject, shp, err in results:
             if err is not None:
                 log.warning("skipping %s: %s", subject, err)
@@ -306,6 +306,7 @@ def load_volume_from_stacks(stage_dir_or_work: str | Path, subject: str,
             np.ascontiguousarray(from_slices(np.asarray(mask), plane)))
 
 
+@stage_run("convert")
 def run(cfg: dict, run: dict, include_holdout: bool | None = None) -> dict[str, Any]:
     """Stage 03 entry point used by the CLI and the demo pipeline; returns a small summary."""
     index = convert(cfg, run, include_holdout=include_holdout)

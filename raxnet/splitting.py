@@ -31,6 +31,7 @@ from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import save_csv, save_figure
 from raxnet.log import get_logger
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -205,8 +206,8 @@ def split_subjects(
     """Stratified, seeded train / hold-out split.
 
     Returns one row per subject, sorted by subject, with columns ``subject, site, lesion_voxels,
-    volume_bin, set`` (``set`` is ``train`` or ``holdout``) plus the ``stratum`` actually used (the
-    caller writes only :data:`SPLIT_COLUMNS`).
+    volume_bin, set`` (``set`` is ``train`` or ``holdout``) plus the ``stratum`` actually used and the
+    ``lesion_volume_mm3`` the bins were taken from (the caller writes only :data:`SPLIT_COLUMNS`).
     """
     missing = [c for c in _REQUIRED if c not in subjects_df.columns]
     if missing:
@@ -235,6 +236,7 @@ def split_subjects(
     labels = bin_labels(edges)
     bins = assign_bins(volume, edges)
     df["volume_bin"] = [labels[b] for b in bins]
+    df["lesion_volume_mm3"] = volume
     min_size = max(2, int(min_stratum_size))
     df["stratum"] = make_strata(bins, labels, df["site"].to_numpy() if stratify_site else None, min_size)
     n_strata = df["stratum"].nunique()
@@ -252,7 +254,13 @@ def split_subjects(
     )
     df["set"] = "train"
     df.loc[np.sort(hold_idx), "set"] = "holdout"
-    return df[SPLIT_COLUMNS + ["stratum"]]
+    return df[SPLIT_COLUMNS + ["stratum", "lesion_volume_mm3"]]
+
+
+def _set_volumes(split_df: pd.DataFrame, set_name: str) -> np.ndarray:
+    """Lesion volumes (mm³; ``lesion_voxels`` when the frame has no ``lesion_volume_mm3``) of one set."""
+    col = "lesion_volume_mm3" if "lesion_volume_mm3" in split_df.columns else "lesion_voxels"
+    return split_df.loc[split_df["set"] == set_name, col].to_numpy(float)
 
 
 def split_stats(split_df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
@@ -262,8 +270,7 @@ def split_stats(split_df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     counts and fractions of one volume bin (``name`` = bin label, ``all`` = totals); rows with
     ``row = 'stratum'`` the same for each stratum actually used (after merging sparse ones).
     """
-    tr = split_df.loc[split_df["set"] == "train", "lesion_voxels"].to_numpy(float)
-    ho = split_df.loc[split_df["set"] == "holdout", "lesion_voxels"].to_numpy(float)
+    tr, ho = _set_volumes(split_df, "train"), _set_volumes(split_df, "holdout")
     rows: list[dict[str, Any]] = []
     ks = stats.ks_2samp(tr, ho)
     mw = stats.mannwhitneyu(tr, ho, alternative="two-sided")
@@ -315,7 +322,7 @@ def plot_split(split_df: pd.DataFrame, stats_df: pd.DataFrame, labels: Sequence[
 
     data, names = [], []
     for s in ("train", "holdout"):
-        v = split_df.loc[split_df["set"] == s, "lesion_voxels"].to_numpy(float)
+        v = _set_volumes(split_df, s)
         data.append(np.log10(np.maximum(v, 1.0)))
         names.append(s)
     nonempty = [i for i, d in enumerate(data) if len(d) > 1]
@@ -327,7 +334,8 @@ def plot_split(split_df: pd.DataFrame, stats_df: pd.DataFrame, labels: Sequence[
     for i, d in enumerate(data):
         ax1.scatter(i + 1 + rng.uniform(-0.08, 0.08, len(d)), d, s=6, alpha=0.6, color="k")
     ax1.set_xticks([1, 2], names)
-    ax1.set_ylabel("log10 lesion volume (voxels)")
+    mm3 = "lesion_volume_mm3" in split_df.columns
+    ax1.set_ylabel(f"log10 lesion volume ({'mm³' if mm3 else 'voxels'})")
     ax1.set_xlabel("set")
     t = stats_df[stats_df["row"] == "test"].set_index("name")
     ax1.set_title("Lesion volume per set (log scale)")
@@ -350,6 +358,7 @@ def read_subjects(path: Path) -> pd.DataFrame:
     return read_table(path, SUBJECTS, columns=_REQUIRED)
 
 
+@stage_run("split")
 def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     """Stage 02: read ``01_dataset/subjects.csv``, write ``02_data_splitting/`` (split, stats, figure)."""
     rec = record.begin("split", cfg, run_cfg)

@@ -89,7 +89,7 @@ from scipy import ndimage
 from raxnet import templates
 from raxnet.errors import ConfigError
 from raxnet.io import save_csv, save_json, save_nifti
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.random_fields import smooth_field, smooth_noise
 from raxnet.synthetic_head import build_head
 
@@ -895,8 +895,7 @@ def generate_dataset(
     ``bias``). The table (also written to ``<out_root>/synthetic_lesions.csv``) has one row per subject,
     training first, sorted by subject id.
     """
-    from tqdm import tqdm
-
+    
     if spacing not in (1, 2):
         raise ConfigError(f"[synthetic] spacing must be 1 or 2 mm, got {spacing}")
     if n_subjects < 1 or n_sites < 1 or n_testing < 0:
@@ -922,10 +921,10 @@ def generate_dataset(
     if jobs > 1 and len(tasks) > 1:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(min(jobs, len(tasks))) as pool:
-            for info in tqdm(pool.imap(_write_subject, tasks), total=len(tasks), desc=desc, unit="subj"):
+            for info in progress(pool.imap(_write_subject, tasks), total=len(tasks), desc=desc, unit="subj"):
                 rows.append(info)
     else:
-        for task in tqdm(tasks, desc=desc, unit="subj"):
+        for task in progress(tasks, desc=desc, unit="subj"):
             rows.append(_write_subject(task))
 
     table = pd.DataFrame(rows)

@@ -40,7 +40,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,9 +50,10 @@ from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, InputError, RaxnetError, StageInputError
 from raxnet.io import atomic_path, clean_temp_files, make_dirs, save_csv, save_figure, save_json
-from raxnet.log import get_logger
+from raxnet.log import get_logger, progress
 from raxnet.planes import from_slices, parse_planes
 from raxnet.runs import DEFAULT_LOSS, read_subject_folds, run_dir, run_name
+from raxnet.stage import stage_run
 
 log = get_logger(__name__)
 
@@ -84,7 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "predict_batch_size": 32,  # slices per batch for the outer-fold prediction
     "threshold": 0.5,  # probability >= threshold = lesion (outer metrics; raxnet.postprocess.binarise)
     "resume": True,  # continue an interrupted run from its last checkpoint
-    "verbose": 2,  # Keras fit verbosity (2 = one line per epoch, for logs)
+    "verbose": 0,  # Keras fit's own output (1 = progress bar, 2 = a line per epoch); raxnet logs every epoch
 }
 
 _SCHEDULES = ("plateau", "cosine", "constant")
@@ -369,6 +370,8 @@ def _monitor_class() -> type:
                 "time": round(seconds, 3),
             }
             self.history.append(row)
+            log.info("epoch %d: loss %.4f, inner-val loss %.4f, Dice %.4f, inner-val Dice %.4f, lr %.3g, %.1f s",
+                     row["epoch"], row["loss"], row["val_loss"], row["dice"], row["val_dice"], lr, seconds)
             st["epoch"] = epoch + 1
             st["train_time_s"] = round(st["train_time_s"] + seconds, 3)
             delta = float(tr["min_delta"])
@@ -502,7 +505,8 @@ def _read_state(out: Path) -> dict[str, Any] | None:
 
 
 _RUN_FILES = (
-    "model.keras", "history.csv", "metrics.csv", "subject_dice.csv", "run.json", "state.json", "errors.csv",
+    "model.keras", "history.csv", "curves.png", "metrics.csv", "subject_dice.csv", "run.json", "state.json",
+    "errors.csv",
 )
 
 
@@ -510,6 +514,16 @@ def _clear_run(out: Path) -> None:
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
     remove_uncommitted(out, None)
+
+
+def write_curves(out: Path, history: Sequence[Mapping[str, Any]], title: str) -> Path | None:
+    """``curves.png`` next to ``history.csv``: loss, Dice and learning rate per epoch, best epoch marked."""
+    if not history:
+        return None
+    from raxnet.plotting import plot_training_curves
+
+    fig = plot_training_curves(pd.DataFrame(list(history), columns=HISTORY_COLUMNS), title=f"{title}: training curves")
+    return save_figure(fig, out / "curves.png")
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -520,8 +534,6 @@ def evaluate_fold(
     val_subjects: Sequence[str], train: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, str]]]:
     """Outer-fold metrics of a plane model: (summary, per-subject 3D Dice table, errors)."""
-    from tqdm.auto import tqdm
-
     from raxnet import batches
     from raxnet.inference import model_slice_shape, predict_probabilities
     from raxnet.metrics import dice, slice_dice
@@ -531,7 +543,7 @@ def evaluate_fold(
     thr = float(train["threshold"])
     ds = batches.outer_validation_slices(cfg, run, plane, fold, depth)
     dices, has_lesion = [], []
-    for i in tqdm(range(len(ds)), desc=f"{plane} fold {fold} slices", leave=False):
+    for i in progress(range(len(ds)), desc=f"{plane} fold {fold} slices", leave=False):
         x, y = ds[i][:2]
         p = np.asarray(model.predict_on_batch(np.asarray(x, np.float32)), np.float32)
         t = np.asarray(y) > 0.5
@@ -545,7 +557,7 @@ def evaluate_fold(
     model.predict_on_batch(np.zeros((bs, h, w, 1), np.float32))  # builds the predict graph; not timed
     rows, errors = [], []
     seconds, n_pred = 0.0, 0
-    for subject in tqdm(list(val_subjects), desc=f"{plane} fold {fold} 3D", leave=False):
+    for subject in progress(list(val_subjects), desc=f"{plane} fold {fold} 3D", leave=False):
         try:
             image, mask = open_stack(run["work_dir"], subject, plane)
             volume = from_slices(np.asarray(image, np.float32), plane)
@@ -630,6 +642,8 @@ def train_one(
     done = state is not None and (state["stopped_early"] or state["epoch"] >= epochs)
     if done and (out / "run.json").is_file() and (out / "model.keras").is_file():
         log.info("%s: finished (%d epochs), skipped; --force retrains", tag, state["epoch"])
+        if not (out / "curves.png").is_file() and (out / "history.csv").is_file():  # trained before curves existed
+            write_curves(out, pd.read_csv(out / "history.csv").to_dict("records"), tag)
         return json.loads((out / "run.json").read_text())
     if state is None:
         _clear_run(out)
@@ -697,6 +711,7 @@ def train_one(
                 # shuffle would draw from a global RNG and make a resumed run differ from an uninterrupted one.
                 shuffle=False,
             )
+        write_curves(out, history, tag)
         if state["best_epoch"] == 0:
             raise RaxnetError(f"{tag}: no finite inner validation loss in {state['epoch']} epochs (diverged?)")
         if train["restore_best"] and state.get("best_weights") and (out / state["best_weights"]).is_file():
@@ -825,14 +840,13 @@ def write_comparison(work_dir: str | Path, infos: Sequence[dict[str, Any]]) -> t
 # ------------------------------------------------------------------------------------ entry points
 
 
+@stage_run("train")
 def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
     """Train every requested (plane, fold, model, loss); returns per-plane mean Dice of each run name.
 
     ``{"planes": {plane: {"lesion_slice_dice", "dice_3d"}}`` for the first model/loss, ``"results"``
     (same, per run name), ``"runs"`` (run folders) and ``"comparison"`` (csv path, compare mode only).
     """
-    from tqdm.auto import tqdm
-
     rec = record.begin("train", cfg, run)
     cfg, run = rec.cfg, rec.run
     train = settings(cfg)
@@ -852,7 +866,7 @@ def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dic
     jobs = [(p, f, m, l) for p in planes for f in folds for m in models_ for l in losses_]
     compare = len(models_) * len(losses_) > 1
     infos: list[dict[str, Any]] = []
-    for i, (plane, fold, model_name, loss_name) in enumerate(tqdm(jobs, desc="stage 07 runs", unit="run")):
+    for i, (plane, fold, model_name, loss_name) in enumerate(progress(jobs, desc="stage 07 runs", unit="run")):
         if i and "keras" in sys.modules:
             import keras
 

@@ -32,7 +32,7 @@ from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
 from raxnet.io import atomic_path, load_nifti, save_json
 from raxnet.planes import PLANES
-from raxnet.runs import select_models, train_dir
+from raxnet.runs import read_subject_folds, select_models, train_dir
 
 MANIFEST = "weights.json"
 FORMAT_VERSION = 2
@@ -134,6 +134,26 @@ def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], 
     }
 
 
+def training_data(work_dir: Path, planes: dict[str, Any], chosen: dict[str, list]) -> dict[str, Any]:
+    """Which data the exported models saw: the run's seed and the subjects outside each model's outer fold.
+
+    Lets a user check that an evaluation set shares no subject (and no generator seed) with training.
+    Without stage 04's fold table (an imported run) only the seed is recorded.
+    """
+    seeds = {chosen[p][0].run_info().get("seed") for p in planes}
+    record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
+    try:
+        folds = read_subject_folds(work_dir)
+    except StageInputError:
+        return record
+    seen: set[str] = set()
+    for plane in planes:  # a plane model trained on every fold but its own outer-validation fold
+        seen |= set(folds.loc[folds["fold"] != planes[plane]["fold"], "subject"].astype(str))
+    seen_list = sorted(seen)
+    record.update(n_subjects_trained_on=len(seen_list), subjects_trained_on=seen_list)
+    return record
+
+
 def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "",
                    inference: dict[str, Any] | None = None) -> Path:
     """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set.
@@ -179,6 +199,7 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
         }
     manifest = {
         "format": FORMAT_VERSION,
+        "training_data": training_data(work_dir, planes, chosen),
         "model": model,
         "grid_shape": [int(s) for s in ref.shape[:3]],
         "affine": np.asarray(ref.affine).round(6).tolist(),

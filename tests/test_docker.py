@@ -27,6 +27,8 @@ def test_compose_predict_service():
     assert any(v.endswith(":/output") for v in volumes), volumes
     assert (ROOT / "docker" / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     assert service["command"] == ["--input", "/input", "--output", "/output"]
+    # outputs belong to the caller: the user is set from the environment, defaulting to the image's uid 1000
+    assert service["user"] == "${RAXNET_UID:-1000}:${RAXNET_GID:-1000}"
 
 
 def test_dockerfile_runs_raxnet_predict_as_non_root():

@@ -129,7 +129,7 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
     res = _run(root, work, oof=True, min_size=2)
     out = work / "08_fusion"
     table = capsys.readouterr().out
-    assert "Dice mean" in table and "[holdout]" in table and res["table"] in table
+    assert "Dice mean" in table and "[hold-out]" in table and res["table"] in table
 
     # selection by inner-validation loss (fold_1), not by the reported outer Dice (fold_2 has 0.9)
     assert res["selected_folds"] == {"axial": [1], "sagittal": [1], "coronal": [1]}
@@ -157,24 +157,32 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
             assert ok.loc[(s, m), "dice"] == pytest.approx(1.0), (s, m)
             assert ok.loc[(s, m), "hd95_mm"] == 0.0 and ok.loc[(s, m), "lesion_f1"] == 1.0
         assert ok.loc[(s, "coronal"), "dice"] < 0.2  # the bad plane alone; fusion outvotes it
+        # plane agreement: every plane (coronal at p = 0.5 everywhere, >= threshold) calls the fused lesion
+        # lesion, but the coronal mask is mostly voxels that axial and sagittal reject
+        assert ok.loc[(s, "mean"), "plane_agreement"] == 1.0 and ok.loc[(s, "coronal"), "plane_agreement"] < 0.2
         assert ok.loc[(s, "selected"), "dice"] == pytest.approx(1.0)
         assert ok.loc[(s, "coronal"), "lesion_voxels"] == 27
 
-    # out-of-fold: sub-t1 by fold_1 (good), sub-t2 by fold_2 (zero -> empty prediction), sub-t3 skipped
-    train = df[df["set"] == "train"].set_index(["subject", "method"])
+    # out-of-fold (set "oof"): sub-t1 by fold_1 (good), sub-t2 by fold_2 (zero -> empty prediction),
+    # sub-t3 skipped: fold_3 was not trained, which is a choice, not a failure
+    train = df[df["set"] == "oof"].set_index(["subject", "method"])
     assert sorted({s for s, _ in train.index}) == ["sub-t1", "sub-t2"]
     assert "selected" not in {m for _, m in train.index}  # chosen on them: never scored on them
     assert train.loc[("sub-t1", "mean"), "dice"] == pytest.approx(1.0)
     assert train.loc[("sub-t2", "mean"), "dice"] == 0.0 and np.isnan(train.loc[("sub-t2", "mean"), "hd95_mm"])
     assert res["oof_skipped_folds"] == [3]
     errors = pd.read_csv(out / "errors.csv")
-    assert set(errors["subject"]) == {"sub-h3", "sub-h4", "sub-t3"}
+    assert set(errors["subject"]) == {"sub-h3", "sub-h4"} and res["n_failed"] == 2
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped.to_dict(orient="records") == [{"subject": "sub-t3", "set": "oof", "reason": "fold_3 not trained "
+                                                  "(coronal)"}] and res["n_skipped"] == 1
 
     summary = pd.read_csv(out / "summary.csv").set_index(["set", "method"])
     assert summary.loc[("holdout", "mean"), "n"] == 4 and summary.loc[("holdout", "mean"), "n_failed"] == 2
     assert summary.loc[("holdout", "mean"), "dice_mean"] == pytest.approx(1.0)
-    assert summary.loc[("train", "mean"), "hd95_mm_n_undefined"] == 1
-    assert summary.loc[("train", "mean"), "hd95_mm_mean"] == 0.0  # NaN excluded from the mean
+    assert summary.loc[("oof", "mean"), "hd95_mm_n_undefined"] == 1
+    assert summary.loc[("oof", "mean"), "hd95_mm_mean"] == 0.0  # NaN excluded from the mean
+    assert "[out-of-fold (train subjects)]" in res["table"] and "[train]" not in res["table"]
 
     # masks: uint8, the T1's affine and header; QC overlays and figures exist
     t1_img = nib.load(next((root / "Training").rglob("sub-h1_*_T1w.nii.gz")))

@@ -280,3 +280,14 @@ def test_stage06_report(tmp_path):
         run(cfg, {"work_dir": str(work)}, planes="axial", models="unet")
     with pytest.raises(ConfigError, match="unknown model"):
         main(["--work-dir", str(work), "--models", "resnet"])
+
+
+def test_stage06_needs_a_grid(tmp_path):
+    """Without stage 01's subjects.csv or --shape, stage 06 refuses (no silent 1 mm guess) and leaves no folder."""
+    from raxnet.errors import StageInputError
+    from raxnet.model_report import main, volume_shape
+
+    with pytest.raises(StageInputError, match="--shape"):
+        main(["--work-dir", str(tmp_path), "--models", "unet"])
+    assert not (tmp_path / "06_model").exists()
+    assert volume_shape(tmp_path, (20, 30, 13)) == (20, 30, 13)

@@ -96,3 +96,34 @@ def test_rerun_skips_generation_and_finished_training(demo, capsys):
     assert "RAX-Net demo finished" in out and "Time per stage" in out and "_qc.png" in out
     after = pd.read_csv(work / "08_fusion" / "summary.csv")
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_run_report_and_logs(demo):
+    """report.html of the tiny run parses, every image and link it references exists, every hold-out subject is
+    in the gallery worst first; every stage wrote log.txt without escape codes; predict wrote its batch files."""
+    from html_checks import check_html
+
+    from raxnet.report import qc_table
+
+    work, _ = demo
+    page = check_html(work / "report.html")
+    split = pd.read_csv(work / "02_data_splitting" / "split.csv")
+    holdout = set(split.loc[split["set"] == "holdout", "subject"])
+    assert {f"qc-{s}" for s in holdout} <= set(page.ids)
+    table, _ = qc_table(work)
+    assert set(table["subject"]) == holdout and table["dice"].is_monotonic_increasing
+    for run in ("axial", "sagittal", "coronal"):
+        assert f"07_train/raxnet/{run}/fold_1/curves.png" in page.refs
+    assert {"08_fusion/dice_boxplot.png", "08_fusion/dice_by_volume_bin.png",
+            "02_data_splitting/split_distribution.png"} <= set(page.refs)
+    for folder in STAGE_DIRS.values():
+        text = (work / folder / "log.txt").read_text()
+        assert "started" in text and "finished" in text, folder
+        assert "\x1b" not in text and "\r" not in text, folder
+    assert "epoch 1: loss" in (work / "07_train" / "log.txt").read_text()
+    fusion_log = (work / "08_fusion" / "log.txt").read_text()
+    assert "0 failed (errors.csv)" in fusion_log and "skipped" in fusion_log
+    assert pd.read_csv(work / "08_fusion" / "errors.csv").empty
+    batch = pd.read_csv(work / "09_predict" / "summary.csv")
+    assert len(batch) == 1 and batch.loc[0, "status"] == "ok"
+    check_html(work / "09_predict" / "report.html")

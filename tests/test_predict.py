@@ -45,7 +45,7 @@ def scan(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predicted(scan, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    code = run_predict(["--input", scan[0], "--output", out, "--weights", WEIGHTS])
+    code = run_predict(["--input", scan[0], "--output", out, "--weights", WEIGHTS, "--save-uncertainty"])
     return code, out
 
 
@@ -71,9 +71,33 @@ def test_mask_on_input_grid_and_lesion_found(scan, predicted):
     assert dice > 0.3, f"obvious lesion not found (Dice {dice:.2f})"
     lesions = pd.read_csv(out / f"{stem}_lesions.csv")
     assert len(lesions) >= 1 and lesions["voxels"].sum() == pred.sum()
+    # how sure each lesion is: the planes' mean probability over it, the share all three call lesion
+    assert lesions["mean_probability"].between(0, 1).all() and lesions["plane_agreement"].between(0, 1).all()
+    assert lesions["planes_detecting"].between(0, 3).all() and lesions.loc[0, "planes_detecting"] == 3
+    assert lesions.loc[0, "mean_probability"] >= 0.5  # the largest lesion is a confident one
     summary = pd.read_csv(out / f"{stem}_summary.csv")
     assert summary.loc[0, "lesion_voxels"] == pred.sum()
+    assert summary.loc[0, "lowest_plane_agreement"] == lesions["plane_agreement"].min()
     assert (out / f"{stem}_qc.png").stat().st_size > 10_000
+
+
+def test_uncertainty_map_and_run_report(predicted):
+    """--save-uncertainty: the plane spread on the input grid (0 .. 0.471), its overlay, and the batch report."""
+    from html_checks import check_html
+
+    code, out = predicted
+    stem = "sub-01_ses-1_space-MNI152NLin2009aSym"
+    unc = nib.load(str(out / f"{stem}_desc-uncertainty.nii.gz"))
+    values = np.asarray(unc.dataobj)
+    assert unc.get_data_dtype() == np.float32 and unc.shape == nib.load(str(out / f"{stem}_desc-lesion_mask.nii.gz")).shape
+    assert values.min() >= 0 and 0 < values.max() <= np.std([0, 0, 1]) + 1e-6
+    assert (out / f"{stem}_uncertainty.png").stat().st_size > 10_000
+    batch = pd.read_csv(out / "summary.csv")
+    assert batch["name"].tolist() == [stem] and batch["status"].tolist() == ["ok"]
+    page = check_html(out / "report.html")
+    assert f"{stem}_qc.png" in page.refs and f"{stem}_uncertainty.png" in page.refs
+    log_text = (out / "log.txt").read_text()
+    assert "raxnet predict started" in log_text and "\x1b" not in log_text
 
 
 def test_other_grid_in_same_space_is_resampled(scan, tmp_path):
@@ -88,7 +112,7 @@ def test_other_grid_in_same_space_is_resampled(scan, tmp_path):
     path = tmp_path / "one_mm_T1w.nii.gz"
     nib.save(img1, str(path))
     assert run_predict(["--input", path, "--output", tmp_path / "o", "--weights", WEIGHTS, "--no-qc",
-                        "--save-probabilities"]) == 0
+                        "--save-probabilities", "--save-uncertainty"]) == 0
     mask = nib.load(str(tmp_path / "o" / "one_mm_desc-lesion_mask.nii.gz"))
     assert mask.shape == shape and np.allclose(mask.affine, affine)
     assert np.asarray(mask.dataobj).sum() > 0
@@ -96,6 +120,10 @@ def test_other_grid_in_same_space_is_resampled(scan, tmp_path):
     assert prob.shape == shape and prob.get_data_dtype() == np.float32
     values = np.asarray(prob.dataobj)
     assert 0.0 <= values.min() and values.max() <= 1.0 and values.max() > 0.5
+    unc = nib.load(str(tmp_path / "o" / "one_mm_desc-uncertainty.nii.gz"))  # resampled back like the mask
+    assert unc.shape == shape and np.allclose(unc.affine, affine)
+    lesions = pd.read_csv(tmp_path / "o" / "one_mm_lesions.csv")  # read on the 2 mm grid through the affines
+    assert lesions["plane_agreement"].notna().all() and lesions["mean_probability"].between(0, 1).all()
 
 
 def bad_inputs(folder, good):
@@ -136,6 +164,21 @@ def test_folder_run_goes_on_and_lists_failures(scan, tmp_path, capsys):
     assert code == 1
     assert "4 scan(s) failed" in out and "1 scan(s) segmented" in out
     assert (tmp_path / "o" / "sub-02_desc-lesion_mask.nii.gz").is_file()
+    # the batch table: one row per input, the failed ones with their error
+    batch = pd.read_csv(tmp_path / "o" / "summary.csv", keep_default_na=False)
+    cases = bad_inputs(tmp_path, scan[0])
+    assert len(batch) == 5 and set(batch["input"].map(lambda p: Path(p).name)) == set(cases) | {good.name}
+    for row in batch.itertuples():
+        name = Path(row.input).name
+        if name == good.name:
+            assert row.status == "ok" and row.error == "" and float(row.lesion_voxels) > 0 and float(row.seconds) > 0
+        else:
+            assert row.status == "failed" and name in row.error and cases[name] in row.error
+            assert row.lesion_voxels == ""
+    from html_checks import check_html
+
+    page = check_html(tmp_path / "o" / "report.html")
+    assert sum(i.startswith("scan-") for i in page.ids) == 5
 
 
 def test_console_script_and_errors(tmp_path):

@@ -59,3 +59,19 @@ def test_overlay_without_truth_and_empty_masks(tmp_path):
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="shape"):
         qc.qc_overlay(t1, pred[:-1], tmp_path / "bad.png")
+
+
+def test_heat_map_is_drawn_with_a_colour_bar(tmp_path, monkeypatch):
+    """A heat map (e.g. the plane spread) is drawn where it is > 0, transparent elsewhere, with a colour bar."""
+    t1, truth, pred = _volumes()
+    heat = np.zeros(t1.shape, np.float32)
+    heat[8:18, 10:22, 6:16] = 0.4
+    figures = []
+    monkeypatch.setattr(qc, "save_figure", lambda fig, path: figures.append(fig) or path)
+    qc.qc_overlay(t1, pred, tmp_path / "u.png", heat=heat, heat_max=0.47, heat_label="plane spread")
+    fig = figures[0]
+    assert len(fig.axes) == 4 and fig.axes[3].get_ylabel() == "plane spread"  # 3 views + the colour bar
+    shown = fig.axes[0].images[1].get_array()  # axial view: the layer above the T1
+    assert shown.mask.sum() > 0 and np.isclose(shown.max(), 0.4) and shown.compressed().min() > 0
+    with pytest.raises(ValueError, match="heat map shape"):
+        qc.qc_overlay(t1, pred, tmp_path / "v.png", heat=heat[:-1])

@@ -225,3 +225,19 @@ def test_cli_flags_and_errors(tmp_path, capsys):
         run_cli(splitting.main, ["--work-dir", str(tmp_path)])
     assert e.value.code == 2
     assert "missing column(s) lesion_voxels" in capsys.readouterr().err
+
+
+def test_split_figure_shows_volumes_in_mm3(tmp_path, monkeypatch):
+    """On a 2 mm grid the violins show the same unit as the bins: mm³ (= 8 x voxels), not voxels."""
+    df = _subjects((6, 4)).assign(spacing_mm="2x2x2")
+    split = split_subjects(df, 0.3, EDGES, seed=0)
+    assert np.allclose(split["lesion_volume_mm3"], 8 * split["lesion_voxels"])
+    figures = []
+    monkeypatch.setattr(splitting, "save_figure", lambda fig, path: figures.append(fig) or path)
+    st = splitting.split_stats(split, bin_labels(EDGES))
+    splitting.plot_split(split, st, bin_labels(EDGES), tmp_path / "f.png")
+    ax_bins, ax_volume = figures[0].axes[:2]
+    assert "mm³" in ax_bins.get_xlabel() and ax_volume.get_ylabel() == "log10 lesion volume (mm³)"
+    shown = np.concatenate([c.get_offsets()[:, 1] for c in ax_volume.collections if hasattr(c, "get_offsets")
+                            and len(c.get_offsets()) == len(split[split["set"] == "train"])])
+    assert np.isclose(shown.max(), np.log10(split.loc[split["set"] == "train", "lesion_volume_mm3"].max()))

@@ -134,6 +134,19 @@ def test_history_has_epochs_and_loss_goes_down(trained: dict) -> None:
     assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
 
 
+def test_curves_and_log_file(trained: dict) -> None:
+    """curves.png next to history.csv; 07_train/log.txt holds every epoch of both runs, without escape codes."""
+    from PIL import Image
+
+    png = trained["out"] / "curves.png"
+    assert png.is_file() and png.stat().st_mtime_ns <= trained["stamp"]  # drawn by the 3-epoch run
+    assert Image.open(png).size[0] > 600
+    text = (trained["work"] / "07_train" / "log.txt").read_text()
+    assert text.count("=== 07_train started") == 3 and text.count("=== 07_train finished") == 3
+    assert [f"epoch {e}: loss" in text for e in (1, 2, 3)] == [True] * 3
+    assert "\x1b" not in text and "\r" not in text and "finished (3 epochs), skipped" in text
+
+
 def test_resume_continues_from_checkpoint(trained: dict) -> None:
     h1, run1 = trained["history1"], trained["run1"]
     assert run1["epochs_run"] == 1 and len(h1) == 1

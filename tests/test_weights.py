@@ -24,7 +24,8 @@ def fake_run(tmp_path, losses):
             d = tmp_path / "07_train" / "raxnet" / plane / f"fold_{fold}"
             d.mkdir(parents=True)
             (d / "model.keras").write_bytes(f"{plane}-{fold}".encode())
-            (d / "run.json").write_text(json.dumps({"best_val_loss": loss, "best_epoch": 3, "input_shape": [8, 8, 1]}))
+            (d / "run.json").write_text(json.dumps({"best_val_loss": loss, "best_epoch": 3, "input_shape": [8, 8, 1],
+                                                    "seed": 20261}))
     return tmp_path
 
 
@@ -38,6 +39,17 @@ def test_export_picks_lowest_inner_validation_loss(tmp_path):
         assert manifest["planes"][plane]["fold"] == 2
         assert (out / f"{plane}.keras").read_bytes() == f"{plane}-2".encode()
     assert manifest["note"] == "unit test"
+    assert manifest["training_data"] == {"seed": 20261}  # no stage-04 fold table: only the seed
+
+
+def test_manifest_records_the_subjects_the_models_trained_on(tmp_path):
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
+    (work / "04_cross_validation").mkdir()
+    pd.DataFrame({"subject": ["a", "b", "c", "d"], "fold": [1, 2, 3, 3]}).to_csv(
+        work / "04_cross_validation" / "subject_folds.csv", index=False)
+    data = read_manifest(export_weights(work, tmp_path / "w"))["training_data"]
+    # Fold 2 was chosen for every plane: its subject b never trained a model; a, c, d did.
+    assert data == {"seed": 20261, "n_subjects_trained_on": 3, "subjects_trained_on": ["a", "c", "d"]}
 
 
 def test_manifest_errors(tmp_path):

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 if TYPE_CHECKING:
     import keras
 
-#: Builders live in submodules that import Keras; they are loaded on first use, so reading
-#: :data:`DEFAULTS` (configuration checks, ``--help``) does not import TensorFlow.
+#: Builders, imported on first use: importing Keras loads TensorFlow (seconds), which the names, the
+#: defaults and ``--help`` do not need.
 _LAZY: dict[str, str] = {
     "build_attention_unet": "raxnet.models.attention_unet",
     "attention_layers": "raxnet.models.blocks",
