@@ -66,7 +66,10 @@ _SUBJECT = Column("str")
 _COUNT = Column("int", minimum=0)
 
 SUBJECTS = Table("subjects.csv", "dataset", {
-    "subject": _SUBJECT, "site": Column("str"), "t1_path": Column("str"), "mask_path": Column("str"),
+    # image paths may be empty in tables made from lesion statistics alone (raxnet.reference); stage 03 refuses
+    # such a subject when it needs the images
+    "subject": _SUBJECT, "site": Column("str"), "t1_path": Column("str", nullable=True),
+    "mask_path": Column("str", nullable=True),
     "lesion_voxels": _COUNT, "lesion_volume_mm3": Column("float", minimum=0), "n_lesions": _COUNT,
     "shape": Column("str"), "spacing_mm": Column("str"),
 }, key=("subject",))

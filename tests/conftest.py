@@ -9,17 +9,20 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest
 
-#: The tiny run configuration shared by the stage-chain tests (2 mm synthetic ATLAS, tiny networks).
+#: The tiny run configuration of the end-to-end tests (`raxnet demo`, the stage chain, the Snakemake run):
+#: a 2 mm synthetic ATLAS of 8 subjects, tiny networks, one epoch of two steps, fold 1 only.
 TINY_TOML = """
 [run]
 seed = 3
 jobs = 1
+[synthetic]
+subjects = 8
+spacing = 2
+sites = 2
 [split]
-holdout_fraction = 0.3
+holdout_fraction = 0.25
 [folds]
-n_folds = 2
-search_swaps = 40
-search_restarts = 1
+n_folds = 3
 [model]
 width = 4
 depth = 2
@@ -29,7 +32,8 @@ steps_per_epoch = 2
 [train]
 epochs = 1
 folds = "1"
-validation_steps = 1
+[fusion]
+min_size = 5
 """
 
 

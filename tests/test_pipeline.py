@@ -4,34 +4,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_TOML
 
 from raxnet.config import STAGE_DIRS
 from raxnet.pipeline import main
 
-TINY = """
-[run]
-seed = 3
-jobs = 1
-[synthetic]
-subjects = 8
-spacing = 2
-sites = 2
-[split]
-holdout_fraction = 0.25
-[folds]
-n_folds = 3
-[model]
-width = 4
-depth = 2
-[arrays]
-batch_size = 4
-steps_per_epoch = 2
-[train]
-epochs = 1
-folds = "1"
-[fusion]
-min_size = 5
-"""
+TINY = TINY_TOML  # the shared tiny configuration (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -41,20 +41,18 @@ def _copy(work: Path, tmp_path: Path) -> Path:
 
 def test_first_stage_stores_the_configuration_and_later_stages_use_it(chain):
     stored = tomllib.loads((chain / record.CONFIG_FILE).read_text())
-    assert stored["run"]["seed"] == 3 and stored["split"]["holdout_fraction"] == 0.3
+    assert stored["run"]["seed"] == 3 and stored["split"]["holdout_fraction"] == 0.25
     assert stored["model"]["width"] == 4 and "work_dir" not in stored["run"]
     # Stage 02 ran with --work-dir only and still used the run's seed and hold-out fraction.
     rec = json.loads((chain / "02_data_splitting" / record.RECORD_FILE).read_text())
     assert rec["status"] == "done"
-    assert rec["settings"] == {"split": {**splitting.DEFAULTS, "holdout_fraction": 0.3}, "run": {"seed": 3}}
+    assert rec["settings"] == {"split": {**splitting.DEFAULTS, "holdout_fraction": 0.25}, "run": {"seed": 3}}
     assert rec["inputs"] == json.loads((chain / "01_dataset" / record.RECORD_FILE).read_text())["outputs"]
     assert set(rec["outputs"]) == {"02_data_splitting/split.csv", "02_data_splitting/split_stats.csv"}
     assert rec["versions"]["numpy"] == np.__version__
-    split = pd.read_csv(chain / "02_data_splitting" / "split.csv")
-    assert (split["set"] == "holdout").sum() == 3  # 0.3 of 8 (rounded up), not 2 as with the default 0.2
     folds_rec = json.loads((chain / "04_cross_validation" / record.RECORD_FILE).read_text())
-    assert folds_rec["settings"]["folds"]["n_folds"] == 2
-    assert set(pd.read_csv(chain / "04_cross_validation" / "subject_folds.csv")["fold"]) == {1, 2}
+    assert folds_rec["settings"]["folds"]["n_folds"] == 3  # not the default 5
+    assert set(pd.read_csv(chain / "04_cross_validation" / "subject_folds.csv")["fold"]) == {1, 2, 3}
 
 
 def test_image_paths_are_relative_and_fingerprinted(chain, tiny_atlas):
@@ -72,8 +70,8 @@ def test_flag_contradicting_an_earlier_stage_is_refused(chain, tmp_path, capsys)
     code, _, err = run_stage(folds.main, ["--work-dir", work, "--seed", 5], capsys)
     assert code == 2 and len(err) == 1
     assert "[run] seed = 5 contradicts 3" in err[0] and "stage 02" in err[0] and "fresh run" in err[0]
-    # The stage's own settings may change: re-running stage 04 with 3 folds is allowed.
-    code, _, err = run_stage(folds.main, ["--work-dir", work, "--folds", 3], capsys)
+    # The stage's own settings may change: re-running stage 04 with 2 folds is allowed.
+    code, _, err = run_stage(folds.main, ["--work-dir", work, "--folds", 2], capsys)
     assert code == 0 and not err
 
 

@@ -217,5 +217,5 @@ def test_work_dir_that_is_a_file_is_one_error_line_exit_3(tmp_path, capsys):
 
     (tmp_path / "work").write_text("a file")
     code, _, err = run_stage(main, ["--work-dir", tmp_path / "work"], capsys)
-    assert code == 3 and err == [f"error: {tmp_path / 'work'}: Not a directory; a part of this path is a file, "
-                                 "not a folder: choose another --work-dir / --output"]
+    assert code == 3 and err == [f"error: {tmp_path / 'work' / '03_moving_converting'}: Not a directory; a part "
+                                 "of this path is a file, not a folder: choose another --work-dir / --output"]

@@ -44,7 +44,7 @@ def test_plan_resolves_planes_folds_and_run_name(tmp_path):
 
 def test_dry_run_lists_every_stage_and_one_training_per_plane_and_fold(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text(TINY_TOML.replace('folds = "1"', 'folds = "all"'))  # n_folds = 2: 3 planes x 2 folds
+    config.write_text(TINY_TOML.replace('folds = "1"', 'folds = "all"'))  # n_folds = 3: 3 planes x 3 folds
     res = _snakemake(tmp_path, config, tmp_path / "work", tmp_path / "data", "--dry-run", timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     counts = {}
@@ -54,8 +54,8 @@ def test_dry_run_lists_every_stage_and_one_training_per_plane_and_fold(tmp_path)
             break
         counts[parts[0]] = int(parts[1])
     assert counts == {"all": 1, "arrays": 1, "convert": 1, "dataset": 1, "folds": 1, "fuse": 1, "model": 1,
-                      "split": 1, "train": 6, "total": 14}
-    assert "07_train/raxnet/sagittal/fold_2/run.json" in res.stdout
+                      "split": 1, "train": 9, "total": 17}
+    assert "07_train/raxnet/sagittal/fold_3/run.json" in res.stdout
     assert "gpu=1" in res.stdout  # every training job declares its GPU
 
 
@@ -83,14 +83,15 @@ def test_tiny_real_run_is_one_consistent_run(tiny_atlas, tmp_path):
     import json
 
     config = tmp_path / "tiny.toml"
+    # TINY_TOML ends with its [fusion] table: these keys extend it
     config.write_text(TINY_TOML.replace("[train]\n", '[train]\nplanes = "axial"\n')
-                      + '[fusion]\nmethods = ["axial"]\nselect = false\nqc = false\n')
+                      + 'methods = ["axial"]\nselect = false\nqc = false\n')
     work = tmp_path / "work"
     # The fusion target: the stage-05 report (rule arrays) is not needed by it.
     res = _snakemake(tmp_path, config, work, tiny_atlas, str(work / "08_fusion" / "summary.csv"), gpus=0)
     assert res.returncode == 0, res.stderr[-4000:]
     summary = pd.read_csv(work / "08_fusion" / "summary.csv")
-    assert set(summary["method"]) == {"axial"} and (summary.loc[summary["set"] == "holdout", "n"] == 3).all()
+    assert set(summary["method"]) == {"axial"} and (summary.loc[summary["set"] == "holdout", "n"] == 2).all()
     info = json.loads((work / "07_train" / "raxnet" / "axial" / "fold_1" / "run.json").read_text())
     models = pd.read_csv(work / "06_model" / "models.csv").set_index(["model", "plane"])
     assert info["params"] == models.loc[("raxnet", "axial"), "params"] and info["config"]["model"]["width"] == 4
