@@ -66,12 +66,12 @@ _SUBJECT = Column("str")
 _COUNT = Column("int", minimum=0)
 
 SUBJECTS = Table("subjects.csv", "dataset", {
-    # image paths may be empty in tables made from lesion statistics alone (raxnet.reference); stage 03 refuses
-    # such a subject when it needs the images
+    # image paths and grid may be empty in tables made from lesion statistics alone (raxnet.reference); stage 03
+    # refuses such a subject when it needs the images
     "subject": _SUBJECT, "site": Column("str"), "t1_path": Column("str", nullable=True),
     "mask_path": Column("str", nullable=True),
-    "lesion_voxels": _COUNT, "lesion_volume_mm3": Column("float", minimum=0), "n_lesions": _COUNT,
-    "shape": Column("str"), "spacing_mm": Column("str"),
+    "lesion_voxels": _COUNT, "lesion_volume_mm3": Column("float", minimum=0, nullable=True), "n_lesions": _COUNT,
+    "shape": Column("str", nullable=True), "spacing_mm": Column("str", nullable=True),
 }, key=("subject",))
 SLICES = Table("slices_{plane}.csv", "dataset", {
     "subject": _SUBJECT, "slice": _COUNT, "lesion_pixels": _COUNT, "n_lesions": _COUNT, "brain_pixels": _COUNT,
