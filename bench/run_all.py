@@ -28,6 +28,9 @@ BENCHMARKS: dict[str, list[str]] = {
     "train_step": ["--steps", "3"],
     "inference": [],
     "postprocess_selection": [],
+    "augment": ["--batches", "10"],
+    # the shipped weights on 40 fresh 2 mm + 20 shifted 1 mm whole-head scans (seed 7: never trained on)
+    "quality": ["--weights", "weights/demo", "--subjects", "40", "--shifted", "20", "--seed", "7"],
 }
 
 

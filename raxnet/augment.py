@@ -1,20 +1,29 @@
-"""Seeded 2D data augmentation for training batches (numpy/scipy only; off by default).
+"""Seeded 2D domain randomisation for training batches: parameter draw, then deterministic apply.
 
-Each augmentation acts on a padded slice and its mask together:
+As in TorchIO and MONAI, augmentation is two steps. :func:`draw` turns the strengths of
+:class:`AugmentParams` (the ``[augment]`` section) and a ``numpy.random.Generator`` into an
+:class:`AugmentDraw` -- every random value one slice gets, small and recordable (``as_dict``; random
+fields are stored as their few control points, noise as a seed). :func:`apply` is then a pure function
+of the slice, its mask and the draw, built from small deterministic transforms that are tested on their
+own with hand-computed answers:
 
-* left-right flip (axial and coronal planes only: the sagittal plane has no in-plane left-right axis);
-* a small affine (rotation, isotropic scale, shift) about the slice centre -- linear interpolation for
-  the image, nearest neighbour for the mask so it stays binary;
-* intensity jitter on the foreground: ``x * a + b`` and a smooth multiplicative bias field
-  (``1 + sum of low-order polynomial terms``), mimicking scanner gain and residual inhomogeneity.
+geometry (image and mask together: linear interpolation for the image, nearest neighbour for the mask)
+    :func:`flip_lr` (axial and coronal slices; the sagittal plane has no in-plane left-right axis),
+    :func:`warp` = a small affine (rotation, isotropic zoom, shift about the slice centre) plus an
+    optional smooth elastic displacement, sampled in one pass;
+intensity (foreground only: background 0 -- padding, outside the brain mask -- stays 0)
+    :func:`blur` (Gaussian), :func:`lower_resolution` (down- and up-sampling along one axis: thick
+    slices), :func:`gamma`, :func:`gain_offset`, :func:`bias_field` (smooth multiplicative field),
+    :func:`add_noise` (Gaussian), then the result is clipped to the normalised range [0, CLIP_MAX].
 
-Background (0) stays 0, so zero padding and the outside of the head are untouched. Randomness comes
-only from the ``numpy.random.Generator`` passed in, so the same seed gives the same batch.
+The intensity part is domain randomisation in the spirit of SynthSeg: contrast, gamma, bias, noise and
+resolution vary far more than between real scanners, so the networks learn the lesion, not the
+scanner. Validation sets are never augmented.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,65 +31,262 @@ from scipy import ndimage
 
 from raxnet.intensity import CLIP_MAX
 from raxnet.planes import LR_AXIS
+from raxnet.random_fields import interp_matrix, interpolate
+
+#: ``[augment]`` section: strengths (each 0 disables that part). Pixel units are the slices' own.
+DEFAULTS: dict[str, Any] = {
+    "flip_prob": 0.5,  # probability of a left-right flip (axial, coronal)
+    "rotate_deg": 10.0,  # rotation drawn uniformly in [-rotate_deg, rotate_deg]
+    "scale": 0.1,  # isotropic zoom drawn in [1 - scale, 1 + scale]
+    "shift_px": 8.0,  # translation per axis in [-shift_px, shift_px] pixels
+    "elastic_prob": 0.3,  # probability of a smooth elastic displacement
+    "elastic_px": 2.0,  # its SD in pixels (control points every ~1/4 of the slice)
+    "blur_prob": 0.2,  # probability of a Gaussian blur ...
+    "blur_px": 1.0,  # ... with SD drawn in [0.25, blur_px] pixels
+    "lowres_prob": 0.2,  # probability of a resolution loss along one axis ...
+    "lowres_factor": 2.5,  # ... by a factor drawn in [1.25, lowres_factor]
+    "gamma": 0.3,  # log(gamma) drawn in [-gamma, gamma]: gamma 0.74-1.35
+    "intensity_scale": 0.1,  # gain a in [1 - s, 1 + s]
+    "intensity_shift": 0.05,  # offset b in [-s, s]
+    "bias": 0.15,  # SD of the log bias field (0.15: about +-30 % across the slice)
+    "noise": 0.05,  # Gaussian noise SD drawn in [0, noise] (normalised units; WM ~0.8)
+}
+
+_ELASTIC_CTRL = 5
+_BIAS_CTRL = 4
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Augmentation strengths (each 0 disables that part)."""
+    """Augmentation strengths (see :data:`DEFAULTS`)."""
 
-    flip_prob: float = 0.5  # probability of a left-right flip
-    rotate_deg: float = 10.0  # rotation drawn uniformly in [-rotate_deg, rotate_deg]
-    scale: float = 0.1  # isotropic zoom drawn in [1 - scale, 1 + scale]
-    shift_px: float = 8.0  # translation per axis in [-shift_px, shift_px] pixels
-    intensity_scale: float = 0.1  # gain a in [1 - s, 1 + s]
-    intensity_shift: float = 0.05  # offset b in [-s, s]
-    bias: float = 0.1  # max amplitude of each bias-field polynomial term
+    flip_prob: float = DEFAULTS["flip_prob"]
+    rotate_deg: float = DEFAULTS["rotate_deg"]
+    scale: float = DEFAULTS["scale"]
+    shift_px: float = DEFAULTS["shift_px"]
+    elastic_prob: float = DEFAULTS["elastic_prob"]
+    elastic_px: float = DEFAULTS["elastic_px"]
+    blur_prob: float = DEFAULTS["blur_prob"]
+    blur_px: float = DEFAULTS["blur_px"]
+    lowres_prob: float = DEFAULTS["lowres_prob"]
+    lowres_factor: float = DEFAULTS["lowres_factor"]
+    gamma: float = DEFAULTS["gamma"]
+    intensity_scale: float = DEFAULTS["intensity_scale"]
+    intensity_shift: float = DEFAULTS["intensity_shift"]
+    bias: float = DEFAULTS["bias"]
+    noise: float = DEFAULTS["noise"]
 
     @classmethod
     def from_section(cls, values: Mapping[str, Any]) -> "AugmentParams":
         """Pick this class's fields out of a merged config section (other keys ignored)."""
         return cls(**{f.name: float(values[f.name]) for f in fields(cls) if f.name in values})
 
+    @classmethod
+    def none(cls) -> "AugmentParams":
+        """All strengths 0: :func:`apply` of its draw returns the slice unchanged."""
+        return cls(**{f.name: 0.0 for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """Every random value of one slice's augmentation (identity values = that step is off)."""
+
+    flip: bool = False
+    angle_deg: float = 0.0
+    zoom: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    elastic: tuple[tuple[float, ...], ...] | None = None  # (2 * n * n) control points in pixels
+    blur_px: float = 0.0
+    lowres_factor: float = 1.0
+    lowres_axis: int = 0
+    gamma: float = 1.0
+    gain: float = 1.0
+    offset: float = 0.0
+    bias: tuple[float, ...] | None = None  # (n * n) control points of the log bias field
+    noise_sd: float = 0.0
+    noise_seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for logs and reports."""
+        return asdict(self)
+
+
+def settings(cfg: Mapping[str, Any]) -> AugmentParams:
+    """The ``[augment]`` section of a run configuration as :class:`AugmentParams` (checked)."""
+    from raxnet.config import section
+    from raxnet.errors import ConfigError
+
+    values = section(cfg, "augment", DEFAULTS)
+    for key, value in values.items():
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"[augment] {key} must be a number >= 0, got {value!r}")
+    for key in ("flip_prob", "elastic_prob", "blur_prob", "lowres_prob"):
+        if values[key] > 1:
+            raise ConfigError(f"[augment] {key} is a probability, got {values[key]}")
+    if values["lowres_factor"] and values["lowres_factor"] < 1.25:
+        raise ConfigError("[augment] lowres_factor must be >= 1.25 (or 0 = off)")
+    return AugmentParams.from_section(values)
+
+
+def draw(rng: np.random.Generator, plane: str, p: AugmentParams) -> AugmentDraw:
+    """Draw one slice's :class:`AugmentDraw` from strengths ``p`` (a step with strength 0 is not drawn)."""
+    u = rng.uniform
+    values: dict[str, Any] = {}
+    if LR_AXIS[plane] is not None and p.flip_prob > 0:
+        values["flip"] = bool(rng.random() < p.flip_prob)
+    if p.rotate_deg > 0:
+        values["angle_deg"] = float(u(-p.rotate_deg, p.rotate_deg))
+    if p.scale > 0:
+        values["zoom"] = float(u(1.0 - p.scale, 1.0 + p.scale))
+    if p.shift_px > 0:
+        values["shift"] = (float(u(-p.shift_px, p.shift_px)), float(u(-p.shift_px, p.shift_px)))
+    if p.elastic_px > 0 and p.elastic_prob > 0 and rng.random() < p.elastic_prob:
+        ctrl = rng.standard_normal(2 * _ELASTIC_CTRL * _ELASTIC_CTRL) * p.elastic_px
+        values["elastic"] = tuple(float(v) for v in ctrl)
+    if p.blur_px > 0 and p.blur_prob > 0 and rng.random() < p.blur_prob:
+        values["blur_px"] = float(u(min(0.25, p.blur_px), p.blur_px))
+    if p.lowres_factor > 0 and p.lowres_prob > 0 and rng.random() < p.lowres_prob:
+        values["lowres_factor"] = float(u(1.25, p.lowres_factor))
+        values["lowres_axis"] = int(rng.integers(2))
+    if p.gamma > 0:
+        values["gamma"] = float(np.exp(u(-p.gamma, p.gamma)))
+    if p.intensity_scale > 0:
+        values["gain"] = float(u(1.0 - p.intensity_scale, 1.0 + p.intensity_scale))
+    if p.intensity_shift > 0:
+        values["offset"] = float(u(-p.intensity_shift, p.intensity_shift))
+    if p.bias > 0:
+        values["bias"] = tuple(float(v) for v in rng.standard_normal(_BIAS_CTRL * _BIAS_CTRL) * p.bias)
+    if p.noise > 0:
+        values["noise_sd"] = float(u(0.0, p.noise))
+        values["noise_seed"] = int(rng.integers(2**31))
+    return AugmentDraw(**values)
+
+
+# --------------------------------------------------------------------------- deterministic transforms
+
+
+def flip_lr(image: np.ndarray, mask: np.ndarray, plane: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror along the plane's left-right axis (unchanged for sagittal slices)."""
+    axis = LR_AXIS[plane]
+    if axis is None:
+        return image, mask
+    return np.flip(image, axis=axis), np.flip(mask, axis=axis)
+
+
+def smooth_2d(ctrl: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Control points (n, n) interpolated smoothly to ``shape`` (:mod:`raxnet.random_fields` weights)."""
+    return interpolate(np.asarray(ctrl, dtype=np.float32),
+                       [interp_matrix(s, c) for s, c in zip(shape, ctrl.shape)]).astype(np.float32)
+
+
+def warp(
+    image: np.ndarray,
+    mask: np.ndarray,
+    angle_deg: float = 0.0,
+    zoom: float = 1.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+    displacement: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate by ``angle_deg``, zoom by ``zoom`` about the slice centre, move by ``shift`` pixels, then
+    displace by ``displacement`` ((2, H, W) pixels, optional); zero outside the input.
+
+    Output pixel ``o`` samples the input at ``R(-angle) (o - c - shift) / zoom + c + d(o)``: content moves
+    by +shift, grows with zoom > 1.
+    """
+    h, w = image.shape
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    t = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) / zoom
+    grid = np.indices((h, w), dtype=np.float32)
+    rel = grid - (centre + np.asarray(shift, dtype=float))[:, None, None].astype(np.float32)
+    coords = np.einsum("ij,jhw->ihw", rot.astype(np.float32), rel) + centre[:, None, None].astype(np.float32)
+    if displacement is not None:
+        coords += displacement
+    out_img = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+    out_msk = ndimage.map_coordinates(mask, coords, order=0, mode="constant", cval=0.0)
+    return out_img.astype(np.float32), out_msk.astype(np.float32)
+
+
+def blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur with SD ``sigma_px`` pixels."""
+    return ndimage.gaussian_filter(image, sigma_px, mode="nearest").astype(np.float32)
+
+
+def lower_resolution(image: np.ndarray, factor: float, axis: int) -> np.ndarray:
+    """Resolution loss along ``axis``: block-average to ``1/factor`` of the pixels, then linear back up."""
+    n = image.shape[axis]
+    m = max(1, int(round(n / factor)))
+    edges = np.linspace(0, n, m + 1)
+    idx = np.minimum(np.floor(np.arange(n) * m / n).astype(int), m - 1)
+    counts = np.bincount(idx, minlength=m).astype(np.float32)
+    moved = np.moveaxis(image, axis, 0)
+    low = np.zeros((m,) + moved.shape[1:], dtype=np.float32)
+    np.add.at(low, idx, moved)
+    low /= counts.reshape((m,) + (1,) * (moved.ndim - 1))
+    centres_low = (edges[:-1] + edges[1:]) / 2.0 - 0.5
+    pos = np.interp(np.arange(n), centres_low, np.arange(m))
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, m - 1)
+    frac = (pos - lo).astype(np.float32).reshape((n,) + (1,) * (moved.ndim - 1))
+    up = low[lo] * (1.0 - frac) + low[hi] * frac
+    return np.moveaxis(up, 0, axis).astype(np.float32)
+
+
+def gamma(image: np.ndarray, g: float) -> np.ndarray:
+    """``x ** g`` (non-negative intensities)."""
+    return np.power(np.maximum(image, 0.0), g, dtype=np.float32)
+
+
+def gain_offset(image: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    """``x * gain + offset``."""
+    return (image * np.float32(gain) + np.float32(offset)).astype(np.float32)
+
+
+def bias_field(image: np.ndarray, log_field: np.ndarray) -> np.ndarray:
+    """Multiplicative field: ``x * exp(log_field)``."""
+    return (image * np.exp(log_field)).astype(np.float32)
+
+
+def add_noise(image: np.ndarray, sd: float, seed: int) -> np.ndarray:
+    """Add Gaussian noise of SD ``sd`` from ``seed`` (the same seed gives the same noise)."""
+    noise = np.random.default_rng(seed).standard_normal(image.shape, dtype=np.float32)
+    return (image + np.float32(sd) * noise).astype(np.float32)
+
+
+def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic augmentation of one (H, W) slice and its mask by draw ``d``; new float32 arrays."""
+    img = np.asarray(image, dtype=np.float32)
+    msk = np.asarray(mask, dtype=np.float32)
+    if d.flip:
+        img, msk = flip_lr(img, msk, plane)
+    disp = None
+    if d.elastic is not None:
+        ctrl = np.asarray(d.elastic, dtype=np.float32).reshape(2, _ELASTIC_CTRL, _ELASTIC_CTRL)
+        disp = np.stack([smooth_2d(c, img.shape) for c in ctrl])
+    if d.angle_deg or d.zoom != 1.0 or any(d.shift) or disp is not None:
+        img, msk = warp(img, msk, d.angle_deg, d.zoom, d.shift, disp)
+    fg = img > 0
+    if not fg.any():
+        return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+    out = img
+    if d.blur_px > 0:
+        out = blur(out, d.blur_px)
+    if d.lowres_factor > 1.0:
+        out = lower_resolution(out, d.lowres_factor, d.lowres_axis)
+    if d.gamma != 1.0:
+        out = gamma(out, d.gamma)
+    if d.gain != 1.0 or d.offset != 0.0:
+        out = gain_offset(out, d.gain, d.offset)
+    if d.bias is not None:
+        out = bias_field(out, smooth_2d(np.asarray(d.bias).reshape(_BIAS_CTRL, _BIAS_CTRL), out.shape))
+    if d.noise_sd > 0:
+        out = add_noise(out, d.noise_sd, d.noise_seed)
+    out = np.clip(out, 0.0, CLIP_MAX)
+    out[~fg] = 0.0
+    return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(msk, dtype=np.float32)
+
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, plane: str, params: AugmentParams,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Augment one (H, W) image and its (H, W) mask; returns new float32 arrays."""
-    img = np.asarray(image, dtype=np.float32)
-    msk = np.asarray(mask, dtype=np.float32)
-    lr = LR_AXIS[plane]
-    if lr is not None and params.flip_prob > 0 and rng.random() < params.flip_prob:
-        img, msk = np.flip(img, axis=lr), np.flip(msk, axis=lr)
-    if params.rotate_deg > 0 or params.scale > 0 or params.shift_px > 0:
-        img, msk = _affine(img, msk, params, rng)
-    if params.intensity_scale > 0 or params.intensity_shift > 0 or params.bias > 0:
-        img = _intensity(img, params, rng)
-    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(msk, dtype=np.float32)
-
-
-def _affine(img: np.ndarray, msk: np.ndarray, p: AugmentParams, rng: np.random.Generator):
-    theta = np.deg2rad(rng.uniform(-p.rotate_deg, p.rotate_deg))
-    zoom = rng.uniform(1.0 - p.scale, 1.0 + p.scale)
-    shift = rng.uniform(-p.shift_px, p.shift_px, size=2)
-    # affine_transform maps output coords to input coords: input = M @ out + offset.
-    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    matrix = rot / zoom
-    centre = (np.asarray(img.shape, dtype=float) - 1.0) / 2.0
-    offset = centre - matrix @ (centre + shift)
-    out_img = ndimage.affine_transform(img, matrix, offset=offset, order=1, mode="constant", cval=0.0)
-    out_msk = ndimage.affine_transform(msk, matrix, offset=offset, order=0, mode="constant", cval=0.0)
-    return out_img, out_msk
-
-
-def _intensity(img: np.ndarray, p: AugmentParams, rng: np.random.Generator) -> np.ndarray:
-    fg = img > 0
-    gain = rng.uniform(1.0 - p.intensity_scale, 1.0 + p.intensity_scale)
-    off = rng.uniform(-p.intensity_shift, p.intensity_shift)
-    h, w = img.shape
-    u = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
-    v = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
-    c = rng.uniform(-p.bias, p.bias, size=5).astype(np.float32)
-    field = 1.0 + c[0] * u + c[1] * v + c[2] * u * v + c[3] * (u * u - 1 / 3) + c[4] * (v * v - 1 / 3)
-    out = (img * gain + off) * field
-    np.clip(out, 0.0, CLIP_MAX, out=out)
-    out[~fg] = 0.0
-    return out.astype(np.float32)
+    """Draw, then apply: one augmented (H, W) image and its mask (float32)."""
+    return apply(image, mask, draw(rng, plane, params), plane)

@@ -26,10 +26,11 @@ masks.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -38,6 +39,7 @@ import pandas as pd
 
 from raxnet import record
 from raxnet.augment import AugmentParams
+from raxnet.augment import settings as augment_settings
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
@@ -58,14 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "lesion_fraction": 0.5,  # share of lesion slices in every training batch (rest: normal slices)
     "inner_val_fraction": 0.1,  # share of the training-fold subjects held out for early stopping
     "steps_per_epoch": 0,  # 0 = ceil(lesion slices / lesion slices per batch): each lesion slice once
-    "augment": False,  # augment training batches (flip, affine, intensity); never the validation sets
-    "flip_prob": 0.5,  # left-right flip probability (axial, coronal)
-    "rotate_deg": 10.0,  # max rotation in degrees
-    "scale": 0.1,  # max relative zoom
-    "shift_px": 8.0,  # max shift in pixels per axis
-    "intensity_scale": 0.1,  # max relative gain change of the foreground
-    "intensity_shift": 0.05,  # max offset added to the foreground (normalised units)
-    "bias": 0.1,  # max amplitude of each smooth bias-field term
+    "augment": True,  # augment training batches ([augment] strengths); never the validation sets
     "workers": 1,  # PyDataset workers (threads, or processes with use_multiprocessing)
     "use_multiprocessing": False,  # worker processes instead of threads
     "max_queue_size": 10,  # batches prepared ahead by the workers
@@ -307,7 +302,7 @@ def lesion_per_batch(batch_size: int, lesion_fraction: float) -> int:
     return min(batch_size - 1, max(1, int(round(batch_size * lesion_fraction))))
 
 
-def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int) -> BalancedSliceDataset:
+def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int, aug: AugmentParams | None) -> BalancedSliceDataset:
     rows = p.slices[p.slices["role"] == "train"]
     les = rows[rows["kind"] == "lesion"]
     nor = rows[rows["kind"] == "normal"]
@@ -321,7 +316,6 @@ def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int) -> BalancedSlice
                     -(-len(les) // n_lesion))
     items = pd.concat([les, nor])
     sids = {s: i for i, s in enumerate(p.stacks["subject"])}
-    aug = AugmentParams.from_section(opts) if opts["augment"] else None
     from raxnet.datasets import BalancedSliceDataset
 
     return BalancedSliceDataset(
@@ -334,12 +328,13 @@ def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int) -> BalancedSlice
 
 def build_training_sets(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> TrainingSets:
     """Training (balanced, streaming) and inner-validation datasets for ``plane`` with fold ``fold`` held out."""
-    return _sets_from_plan(_plan_sets(cfg, run, plane, fold, depth), section(cfg, "arrays", DEFAULTS), plane,
-                           int(run["seed"]))
+    return _sets_from_plan(_plan_sets(cfg, run, plane, fold, depth), cfg, plane, int(run["seed"]))
 
 
-def _sets_from_plan(p: _Plan, opts: dict, plane: str, seed: int) -> TrainingSets:
-    train = _train_dataset(p, plane, opts, seed)
+def _sets_from_plan(p: _Plan, cfg: dict, plane: str, seed: int) -> TrainingSets:
+    opts = section(cfg, "arrays", DEFAULTS)
+    aug = augment_settings(cfg) if opts["augment"] else None
+    train = _train_dataset(p, plane, opts, seed, aug)
     inner = _fixed_dataset(p, p.slices[p.slices["role"] == "inner_val"], int(opts["batch_size"]), opts)
     return TrainingSets(train=train, inner_val=inner, input_shape=(*p.target, 1), slice_shape=p.slice_shape,
                         subjects=p.subjects)
@@ -403,7 +398,7 @@ def run_one(cfg: dict, run: dict, plane: str, fold: int, depth: int = 4,
             materialise: bool = False) -> dict[str, Any]:
     """Write ``05_prepare_arrays/<plane>/fold_<k>/`` (sets.csv, batches.csv, summary.json[, x/y .npy])."""
     plan = _plan_sets(cfg, run, plane, fold, depth)
-    sets = _sets_from_plan(plan, section(cfg, "arrays", DEFAULTS), plane, int(run["seed"]))
+    sets = _sets_from_plan(plan, cfg, plane, int(run["seed"]))
     ds = sets.train
     out = stage_dir(run["work_dir"], "arrays") / plane / f"fold_{int(fold)}"
     out.mkdir(parents=True, exist_ok=True)
@@ -438,7 +433,7 @@ def run_one(cfg: dict, run: dict, plane: str, fold: int, depth: int = 4,
         "inner_val_slices": int(sets.inner_val.item_stack.size),
         "lesion_slices_never_drawn": never,
         "normal_slices_drawn_fraction": round(nor_drawn / ds.n_normal_items, 6),
-        "bins": bins, "augment": ds.augment is not None,
+        "bins": bins, "augment": asdict(ds.augment) if ds.augment is not None else None,
         "subjects_without_stacks": plan.missing,
     }
     if never:
@@ -485,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, help="network down-sampling depth: pad to 2**depth (default: [model] depth)")
     parser.add_argument("--batch-size", type=int, help="slices per training batch")
     parser.add_argument("--steps-per-epoch", type=int, help="0 = every lesion slice once per epoch")
-    parser.add_argument("--augment", action="store_true", help="augment the training batches")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="augment the training batches ([augment] strengths; default on)")
     parser.add_argument("--materialise", action="store_true", help="also write epoch 0 as x/y .npy arrays")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
@@ -495,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     cfg = with_flags(cfg, "arrays", batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-                     augment=True if args.augment else None)
+                     augment=args.augment)
     summary = run(cfg, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth, materialise=args.materialise)
     for r in summary["reports"]:
         print(f"{r['plane']} fold {r['fold']}: {r['steps_per_epoch']} steps/epoch, input shape "

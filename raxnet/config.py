@@ -48,6 +48,7 @@ SECTIONS: dict[str, str] = {
     "convert": "raxnet.slices:DEFAULTS",
     "folds": "raxnet.folds:DEFAULTS",
     "arrays": "raxnet.batches:DEFAULTS",
+    "augment": "raxnet.augment:DEFAULTS",
     "model": "raxnet.models:DEFAULTS",
     "train": "raxnet.training:DEFAULTS",
     "fusion": "raxnet.fusion:DEFAULTS",

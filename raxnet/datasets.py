@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from raxnet.augment import AugmentParams, augment_pair
+from raxnet.augment import AugmentDraw, AugmentParams, apply, draw
 from raxnet.batches import epoch_plan
 from raxnet.errors import StageInputError
 from raxnet.planes import check_plane, pad_slices
@@ -178,11 +178,18 @@ class BalancedSliceDataset(SliceDataset):
             raise IndexError(f"batch {index} out of range (0..{self.steps - 1})")
         return self.plan()[index]
 
+    def batch_draws(self, index: int, epoch: int | None = None) -> list[AugmentDraw]:
+        """The augmentation drawn for each slice of batch ``index`` of ``epoch`` (default: the current
+        one), from ``SeedSequence([seed, epoch, index])`` alone; [] without augmentation."""
+        if self.augment is None:
+            return []
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(index)]))
+        return [draw(rng, self.plane, self.augment) for _ in range(self.batch_size)]
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch = self.epoch
+        draws = self.batch_draws(index)
         x, y = self.read_items(self.batch_items(index))
-        if self.augment is not None:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, int(index)]))
-            for k in range(x.shape[0]):
-                x[k], y[k] = augment_pair(x[k], y[k], self.plane, self.augment, rng)
+        for k, d in enumerate(draws):
+            x[k], y[k] = apply(x[k], y[k], d, self.plane)
         return x[..., None], y[..., None]

@@ -126,16 +126,25 @@ def predict_probabilities(
     tta: bool = False,
     normalised: bool = False,
     source: str = "volume",
+    affine: np.ndarray | None = None,
+    brain_mask_mm: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Probability volume per plane: the mean over that plane's models, float32, ``volume``'s shape.
 
     ``models[plane]`` lists loaded models, ``.keras`` paths or FoldModels (paths load through ``cache``).
-    ``volume`` is normalised here unless ``normalised``. A volume whose slices are larger than a
-    model's input is refused with an InputError naming ``source`` and the model.
+    ``volume`` is prepared here unless ``normalised``: the brain-mask step when ``brain_mask_mm`` is not
+    None (needs the volume's ``affine``), then normalisation (:func:`raxnet.brainmask.prepare`, as in
+    stage 03). A volume whose slices are larger than a model's input is refused with an InputError
+    naming ``source`` and the model.
     """
-    from raxnet.intensity import normalise
+    from raxnet.brainmask import prepare
 
-    volume = np.asarray(volume, dtype=np.float32) if normalised else normalise(volume)
+    if normalised:
+        volume = np.asarray(volume, dtype=np.float32)
+    else:
+        if brain_mask_mm is not None and affine is None:
+            raise ValueError("the brain-mask step needs the volume's affine")
+        volume = prepare(volume, affine, brain_mask_mm, source=source)
     out: dict[str, np.ndarray] = {}
     for plane, plane_models in models.items():
         if not plane_models:

@@ -15,13 +15,18 @@ HIGH_PERCENTILE = 99.5
 CLIP_MAX = 1.5
 
 
-def normalise(volume: np.ndarray) -> np.ndarray:
-    """Return the volume as float32 scaled by its foreground percentiles (see module docstring)."""
+def normalise(volume: np.ndarray, stats_mask: np.ndarray | None = None) -> np.ndarray:
+    """Return the volume as float32 scaled by its foreground percentiles (see module docstring).
+
+    ``stats_mask`` (boolean, the volume's shape) restricts the voxels the percentiles come from (the
+    brain-mask step, :mod:`raxnet.brainmask`); the scaling still applies to every voxel.
+    """
     vol = np.asarray(volume, dtype=np.float32)
     fg = vol > 0
-    if not fg.any():
+    stats = fg if stats_mask is None else fg & stats_mask
+    if not stats.any():
         return np.zeros_like(vol)
-    lo, hi = np.percentile(vol[fg], [LOW_PERCENTILE, HIGH_PERCENTILE])
+    lo, hi = np.percentile(vol[stats], [LOW_PERCENTILE, HIGH_PERCENTILE])
     scale = float(hi - lo) if hi > lo else 1.0
     out = (vol - float(lo)) / scale
     np.clip(out, 0.0, CLIP_MAX, out=out)

@@ -84,7 +84,8 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         out_dir = stage_dir(work, "predict")
 
         def _predict() -> dict[str, Any]:
-            predictor = Predictor(weights_dir, batch_size=opts["batch_size"])
+            predictor = Predictor(weights_dir, batch_size=opts["batch_size"],
+                                  overrides={"brain_mask_mm": opts["brain_mask_mm"]})
             return predict_batch(predictor, [scan], out_dir, opts)[0][0]
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "save_probabilities": False,
     "save_uncertainty": False,  # write <name>_desc-uncertainty.nii.gz and <name>_uncertainty.png
     "qc": True,  # write <name>_qc.png
+    "brain_mask_mm": "",  # "" = the weight set's brain-mask step; a dilation in mm, or "off", overrides it
 }
 
 #: Columns of the batch table ``summary.csv`` (one row per input scan, failed ones included).
@@ -172,10 +173,12 @@ class Predictor:
 
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         self.manifest = read_manifest(self.weights_dir)
-        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
         unknown = sorted(set(given) - set(INFERENCE_KEYS))
         if unknown:
             raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")
+        if given.get("brain_mask_mm") == "off":
+            given["brain_mask_mm"] = None
         self.settings = {**self.manifest["inference"], **given}
         check_inference(self.settings, "predict")
         self.batch_size = batch_size
@@ -195,7 +198,9 @@ class Predictor:
         from raxnet.inference import predict_probabilities
 
         return predict_probabilities(volume, {p: [path] for p, path in self.model_files.items()}, cache=self._cache,
-                                     batch_size=self.batch_size, tta=bool(self.settings["tta"]), source=source)
+                                     batch_size=self.batch_size, tta=bool(self.settings["tta"]), source=source,
+                                     affine=np.asarray(self.manifest["affine"], dtype=float),
+                                     brain_mask_mm=self.settings["brain_mask_mm"])
 
     def mask(self, probs: dict[str, np.ndarray]) -> np.ndarray:
         """uint8 mask on the weights' grid from the plane probabilities, with :attr:`settings`."""
@@ -258,7 +263,8 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "n_lesions": int(len(lesions)),
         "lowest_plane_agreement": float(confidence["plane_agreement"].min()) if len(confidence) else np.nan,
         "resampled": resampled,
-        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "connectivity", "tta")},
+        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "connectivity", "tta",
+                                              "brain_mask_mm")},
         "seconds": round(seconds, 2),
     }
     save_csv(pd.DataFrame([summary]), out_dir / f"{stem}_summary.csv")
@@ -304,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="3D connectivity of a lesion, for clean-up and lesions.csv (default: the weight set's)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="left-right flip test-time augmentation (default: the weight set's)")
+    mask = parser.add_mutually_exclusive_group()
+    mask.add_argument("--brain-mask-mm", type=float,
+                      help="zero everything farther than this from the MNI152 brain mask before normalising "
+                           "(default: the weight set's, i.e. what its models were trained with)")
+    mask.add_argument("--no-brain-mask", dest="brain_mask_mm", action="store_const", const="off",
+                      help="no brain-mask step, whatever the weight set says")
     parser.add_argument("--save-probabilities", action="store_true", default=None, help="also write the fused probability map")
     parser.add_argument("--save-uncertainty", action="store_true", default=None,
                         help="also write <name>_desc-uncertainty.nii.gz (where the three plane models disagree: the "
@@ -361,10 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate(cfg)
     opts = section(cfg, "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-             qc=args.qc, save_uncertainty=args.save_uncertainty)
+             qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm)
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
-                     connectivity=args.connectivity, tta=args.tta)
+                     connectivity=args.connectivity, tta=args.tta, brain_mask_mm=opts["brain_mask_mm"])
     predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], overrides=overrides)
     out_dir = Path(args.output)
     root = Path(args.input) if Path(args.input).is_dir() else None

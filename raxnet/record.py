@@ -57,10 +57,11 @@ STAGES: dict[str, dict[str, Any]] = {
     "split": {"after": ("dataset",), "uses": {"split": "*", "run": ("seed",)}},
     "convert": {"after": ("dataset", "split"), "uses": {"convert": "*"}},
     "folds": {"after": ("dataset", "split"), "uses": {"folds": "*", "run": ("seed",)}},
-    "arrays": {"after": ("convert", "folds"), "uses": {"arrays": "*", "model": ("depth",), "run": ("seed",)}},
+    "arrays": {"after": ("convert", "folds"),
+               "uses": {"arrays": "*", "augment": "*", "model": ("depth",), "run": ("seed",)}},
     "model": {"after": ("dataset",), "uses": {"model": "*"}},
     "train": {"after": ("convert", "folds", "model"),
-              "uses": {"train": "*", "model": "*", "arrays": "*", "run": ("seed",)}},
+              "uses": {"train": "*", "model": "*", "arrays": "*", "augment": "*", "run": ("seed",)}},
     "fusion": {"after": ("dataset", "split", "folds"), "uses": {"fusion": "*"}},
 }
 

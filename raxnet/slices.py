@@ -1,8 +1,10 @@
 """Stage 03: normalised 3D volumes -> one memory-mappable 2D slice stack per subject and plane.
 
 For every subject of the split (``train``; with ``include_holdout`` also ``holdout``) the T1w volume is
-read, checked against its lesion mask's grid, normalised with :func:`raxnet.intensity.normalise` (the
-same function inference uses) and written once per plane as
+read, checked against its lesion mask's grid, passed through the brain-mask step (voxels farther than
+``brain_mask_mm`` from the MNI152 brain mask set to 0; :mod:`raxnet.brainmask`) and normalised with
+:func:`raxnet.intensity.normalise` -- :func:`raxnet.brainmask.prepare`, the same call inference makes --
+and written once per plane as
 
 * ``<stage>/<plane>/<subject>_image.npy`` -- float16, shape ``(n_slices, H, W)`` =
   ``raxnet.planes.to_slices(volume, plane)``, C-contiguous, so slice ``i`` is one contiguous read;
@@ -10,16 +12,18 @@ same function inference uses) and written once per plane as
 
 Two ``.npy`` files per subject and plane (not one file per slice) keep the file count small; both open
 with ``np.load(path, mmap_mode="r")`` so later stages read single slices without loading volumes.
-``index.csv`` lists every stack (paths relative to the stage folder) and the ``source`` digest of the
-images it was made from. ``sources/<subject>.json`` records the SHA-256 of the T1w and mask each
-subject's stacks were made from; re-running skips a subject only when that record matches the images
-stage 01 read and its stacks exist with the right shape, dtype and size, and rebuilds it otherwise
-(a regenerated dataset, an interrupted or corrupt conversion). Image paths in ``subjects.csv`` are
-relative to ``--data-root``.
+``index.csv`` lists every stack (paths relative to the stage folder) and the ``source`` digest of what
+it was made from; ``convert.json`` records the brain-mask setting (stage 08 and the weight export read
+it). ``sources/<subject>.json`` records what each subject's stacks were made from: the SHA-256 of its
+T1w and mask, the planes, the brain-mask setting. Re-running skips a subject only when that record
+matches the images stage 01 read and the current settings and its stacks exist with the right shape,
+dtype and size, and rebuilds it otherwise (a regenerated dataset, another brain-mask setting, an
+interrupted or corrupt conversion). Image paths in ``subjects.csv`` are relative to ``--data-root``.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from concurrent.futures import ProcessPoolExecutor
@@ -30,10 +34,10 @@ import numpy as np
 import pandas as pd
 
 from raxnet import record
+from raxnet.brainmask import DEFAULT_DILATION_MM, check_setting, prepare, write_record
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, section, stage_dir, with_flags
-from raxnet.errors import EXIT_SOME_FAILED, InputError, StageInputError
-from raxnet.intensity import normalise
+from raxnet.errors import EXIT_SOME_FAILED, ConfigError, InputError, StageInputError
 from raxnet.io import atomic_path, check_same_grid, load_nifti, read_mask, read_t1, save_csv, save_npy
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANE_AXIS, PLANES, from_slices, parse_planes, slice_shape, to_slices
@@ -46,6 +50,8 @@ log = get_logger(__name__)
 DEFAULTS: dict[str, Any] = {
     "planes": "all",  # planes to write: "all" or a comma list such as "axial,coronal"
     "include_holdout": False,  # also convert the hold-out subjects (needed by stage 08 / evaluation)
+    "brain_mask": True,  # zero everything farther than brain_mask_mm from the MNI152 brain mask (whole-head scans)
+    "brain_mask_mm": DEFAULT_DILATION_MM,  # dilation of the brain mask (mm)
 }
 
 IMAGE_DTYPE = np.float16
@@ -54,6 +60,16 @@ INDEX_COLUMNS = ["subject", "set", "plane", "n_slices", "height", "width", "imag
 #: Bumped when the conversion itself changes, so stacks made by an older version are rebuilt.
 CONVERSION_VERSION = 1
 ERROR_COLUMNS = ["subject", "error"]
+
+
+def brain_mask_setting(opts: dict[str, Any]) -> float | None:
+    """The ``[convert]`` brain-mask step as a dilation in mm, or None when it is off."""
+    if not opts["brain_mask"]:
+        return None
+    try:
+        return check_setting(opts["brain_mask_mm"], "[convert] brain_mask_mm")
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def stack_paths(stage: Path, subject: str, plane: str) -> tuple[Path, Path]:
@@ -125,7 +141,8 @@ def _is_done(stage: Path, subject: str, t1_path: Path, planes: Sequence[str], so
 
 
 def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, stage: str | Path,
-                    planes: Sequence[str] = PLANES) -> dict[str, tuple[int, int, int]]:
+                    planes: Sequence[str] = PLANES,
+                    brain_mask_mm: float | None = None) -> dict[str, tuple[int, int, int]]:
     """Read, validate and normalise one subject and write its stacks; returns ``{plane: stack shape}``.
 
     Raises :class:`InputError` (message names the file) for a missing/corrupt/4D/NaN image, a non-binary
@@ -135,7 +152,7 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     t1, t1_img = read_t1(t1_path)
     mask, mask_img = read_mask(mask_path)
     check_same_grid(t1_img, mask_img, t1_path, mask_path)
-    norm = normalise(t1)
+    norm = prepare(t1, t1_img.affine, brain_mask_mm, source=str(t1_path))
     shapes = {}
     for plane in planes:
         img_path, msk_path = stack_paths(stage, subject, plane)
@@ -146,12 +163,12 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     return shapes
 
 
-def _worker(task: tuple[str, str, str, str, tuple[str, ...], dict]) -> tuple[str, dict | None, str | None]:
-    subject, t1, msk, stage, planes, source = task
+def _worker(task: tuple[str, str, str, str, tuple[str, ...], float | None, dict]) -> tuple[str, dict | None, str | None]:
+    subject, t1, msk, stage, planes, brain_mask_mm, source = task
     src = source_path(Path(stage), subject)
     try:
         src.unlink(missing_ok=True)  # an interrupted conversion leaves no valid source record
-        shapes = convert_subject(subject, t1, msk, stage, planes)
+        shapes = convert_subject(subject, t1, msk, stage, planes, brain_mask_mm)
         with atomic_path(src, suffix=".json") as tmp:
             tmp.write_text(json.dumps(source, sort_keys=True))
         return subject, shapes, None
@@ -199,6 +216,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     stage = stage_dir(work, "convert", create=True)
     table = _subjects_table(work, data_root, include_holdout)
     images = record.check_images(work, data_root, table["subject"], "stage 03")
+    brain_mask_mm = brain_mask_setting(opts)
 
     errors: dict[str, str] = {}
     tasks, done, sources = [], [], {}
@@ -206,7 +224,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
         try:
             t1 = _resolve_path(row.t1_path, data_root, row.subject, "t1_path")
             msk = _resolve_path(row.mask_path, data_root, row.subject, "mask_path")
-            source = _source(images.get(row.subject), t1, msk, planes)
+            source = _source(images.get(row.subject), t1, msk, planes, brain_mask_mm)
         except InputError as exc:
             errors[row.subject] = str(exc)
             continue
@@ -214,7 +232,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
         if _is_done(stage, row.subject, t1, planes, source):
             done.append(row.subject)
         else:
-            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, source))
+            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, brain_mask_mm, source))
     if done:
         log.info("%d subject(s) already converted, skipped", len(done))
 
@@ -250,17 +268,19 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
             })
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     save_csv(index, stage / "index.csv")
+    write_record(stage, brain_mask_mm)
     err_df = pd.DataFrame(sorted(errors.items()), columns=ERROR_COLUMNS)
     save_csv(err_df, stage / "errors.csv")
     log.info("converted %d subject(s) (%d skipped as done, %d error(s)) -> %s",
              len(shapes), len(done), len(errors), stage)
-    rec.finish([stage / "index.csv", stage / "errors.csv"])
+    rec.finish([stage / "index.csv", stage / "errors.csv", stage / "convert.json"])
     return index
 
 
-def _source(recorded: dict[str, Any] | None, t1: Path, mask: Path, planes: Sequence[str]) -> dict[str, Any]:
+def _source(recorded: dict[str, Any] | None, t1: Path, mask: Path, planes: Sequence[str],
+            brain_mask_mm: float | None) -> dict[str, Any]:
     """What a subject's stacks are made from: the images' SHA-256 (as stage 01 recorded them, else read
-    now), the planes and the conversion version."""
+    now), the planes, the brain-mask setting and the conversion version."""
     def digest(kind: str, path: Path) -> str:
         if recorded and kind in recorded:
             return recorded[kind]["sha256"]
@@ -270,7 +290,7 @@ def _source(recorded: dict[str, Any] | None, t1: Path, mask: Path, planes: Seque
             raise InputError(f"{path}: {'file not found' if isinstance(exc, FileNotFoundError) else exc}") from None
 
     return {"t1": digest("t1", t1), "mask": digest("mask", mask), "planes": sorted(planes),
-            "version": CONVERSION_VERSION}
+            "brain_mask_mm": brain_mask_mm, "version": CONVERSION_VERSION}
 
 
 def _stage_of(path: str | Path) -> Path:
@@ -326,9 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--all", action="store_true", help="also convert the hold-out subjects")
     parser.add_argument("--planes", help="'all' (default) or a comma list, e.g. axial,coronal")
+    parser.add_argument("--brain-mask", action=argparse.BooleanOptionalAction, default=None,
+                        help="zero everything farther than --brain-mask-mm from the MNI152 brain mask (default on)")
+    parser.add_argument("--brain-mask-mm", type=float, help=f"brain-mask dilation in mm (default {DEFAULT_DILATION_MM:g})")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    cfg = with_flags(cfg, "convert", planes=args.planes, include_holdout=True if args.all else None)
+    cfg = with_flags(cfg, "convert", planes=args.planes, include_holdout=True if args.all else None,
+                     brain_mask=args.brain_mask, brain_mask_mm=args.brain_mask_mm)
     summary = run(cfg, run_cfg)
     print(f"{summary['subjects']} subject(s), {summary['stacks']} stack pair(s) in {summary['index']}; "
           f"{summary['n_errors']} error(s)")
@@ -338,5 +362,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["DEFAULTS", "convert", "convert_subject", "open_stack", "load_volume_from_stacks", "run", "main",
+__all__ = ["DEFAULTS", "brain_mask_setting", "convert", "convert_subject", "open_stack", "load_volume_from_stacks", "run", "main",
            "stack_paths", "expected_shapes"]

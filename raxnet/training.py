@@ -186,7 +186,8 @@ def loss_names(cfg: dict[str, Any]) -> list[str]:
     return names
 
 
-def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, loss_name: str, seed: int) -> str:
+def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, loss_name: str, seed: int,
+                 augment: dict | None = None) -> str:
     key = {
         "model_name": model_name,
         "loss": loss_name,
@@ -195,6 +196,8 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
         "arrays": {k: v for k, v in arrays.items() if k not in _ARRAYS_RUNTIME_KEYS},
         "train": {k: train[k] for k in _FINGERPRINT_KEYS},
     }
+    if augment is not None:  # the augmentation strengths change what is trained on ([augment])
+        key["augment"] = augment
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -612,7 +615,10 @@ def train_one(
     model_cfg, arrays = _model_and_arrays(cfg)
     seed = int(run["seed"])
     out = make_dirs(run_dir(run["work_dir"], model_name, loss_name, plane, fold))
-    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed)
+    from raxnet.augment import DEFAULTS as AUGMENT_DEFAULTS
+
+    augment = section(cfg, "augment", AUGMENT_DEFAULTS) if arrays.get("augment") else None
+    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment)
     inputs = input_digests(run["work_dir"], plane)
     epochs = int(train["epochs"])
     tag = f"{run_name(model_name, loss_name)}/{plane}/fold_{fold}"

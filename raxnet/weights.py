@@ -11,9 +11,9 @@ with the lowest inner-validation loss (never the reported outer-fold scores; :mo
 
 The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
 (:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
-the minimum lesion size in mm³, the lesion connectivity and flip TTA. ``predict`` reads them; its flags
-override them. Extension point: a step that changes what the networks see (e.g. a brain mask applied in
-stage 03) adds its setting to :data:`INFERENCE_KEYS` and :func:`inference_settings`, and predict applies it.
+the minimum lesion size in mm³, the lesion connectivity, flip TTA and the brain-mask step the networks
+were trained with (``brain_mask_mm``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
+them; its flags override them. A step that changes what the networks see adds its setting here.
 Format 1 manifests (before the block existed) read as their ``threshold`` plus the defaults below.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raxnet.brainmask import check_setting, read_record
 from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
@@ -45,6 +46,7 @@ INFERENCE_KEYS: dict[str, Any] = {
     "connectivity": LESION_CONNECTIVITY,  # 3D connectivity of a lesion (clean-up and lesions.csv)
     "tta": False,  # left-right flip test-time augmentation
     "weights": {},  # per-plane weights of the "weighted" fusion ({} = not used)
+    "brain_mask_mm": None,  # brain-mask step before normalisation: dilation in mm, None = none (as trained)
 }
 
 
@@ -108,6 +110,7 @@ def check_inference(settings: dict[str, Any], where: str | Path) -> None:
         raise InputError(f"{where}: connectivity must be 6, 18 or 26, got {settings['connectivity']}")
     if settings["fusion"] == "weighted" and set(settings["weights"]) != set(PLANES):
         raise InputError(f"{where}: weighted fusion needs a weight for each of {', '.join(PLANES)}")
+    check_setting(settings["brain_mask_mm"], str(where))
 
 
 def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -161,13 +164,15 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     The manifest's inference decisions are ``inference`` (keys of :data:`INFERENCE_KEYS`) when given,
     else the post-processing stage 08 chose on validation data for this model
     (``08_fusion/postprocessing.json``), else the defaults; ``inference_source`` says which.
+    ``brain_mask_mm`` comes from stage 03's record (what the models saw) unless ``inference`` sets it.
     """
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     if inference is None:
         inference, source = chosen_inference(work_dir, model)
     else:
         source = {"from": "given to export_weights"}
-    decisions = {**INFERENCE_KEYS, **inference}
+    recorded, brain_mask_mm = read_record(stage_dir(work_dir, "convert"))
+    decisions = {**INFERENCE_KEYS, **({"brain_mask_mm": brain_mask_mm} if recorded else {}), **inference}
     unknown = sorted(set(decisions) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")

@@ -1,4 +1,4 @@
-"""Stage 05 (raxnet.batches, raxnet.augment): balanced streaming batches over memory-mapped stacks.
+"""Stage 05 (raxnet.batches): balanced streaming batches over memory-mapped stacks.
 
 The synthetic stacks encode where each slice came from: every foreground pixel of slice ``s`` of
 subject number ``i`` holds ``i * 100 + s + 1`` (exact in float16), so a batch can be decoded back to
@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raxnet.augment import AugmentParams, augment_pair
 from raxnet.batches import (
     DEFAULTS,
     BalancedSliceDataset,
@@ -87,7 +86,8 @@ def _run_cfg(work: Path, seed: int = 7) -> dict:
 
 
 def _cfg(**arrays) -> dict:
-    return {"arrays": {"batch_size": 8, "inner_val_fraction": 0.25, **arrays}}
+    # augmentation off unless a test asks for it: the batching tests compare served slices with the stacks
+    return {"arrays": {"batch_size": 8, "inner_val_fraction": 0.25, "augment": False, **arrays}}
 
 
 def _decode(x: np.ndarray) -> list[tuple[str, int]]:
@@ -266,7 +266,7 @@ def test_bad_inputs(work, tmp_path):
         build_training_sets({"arrays": {"batchsize": 4}}, _run_cfg(work), "axial", 1, 2)
     with pytest.raises(ConfigError, match="batch_size"):
         build_training_sets(_cfg(batch_size=1), _run_cfg(work), "axial", 1, 2)
-    assert DEFAULTS["lesion_fraction"] == 0.5 and DEFAULTS["augment"] is False
+    assert DEFAULTS["lesion_fraction"] == 0.5 and DEFAULTS["augment"] is True
 
 
 def test_subject_without_stacks_left_out(work, tmp_path):
@@ -291,31 +291,18 @@ def test_augmentation_seeded_and_paired(work):
     assert not np.array_equal(x, plain.train[0][0])
     assert set(np.unique(y).tolist()) <= {0.0, 1.0}  # nearest-neighbour mask stays binary
     assert isinstance(sets.train, BalancedSliceDataset) and sets.train.augment is not None
-
-
-def test_augment_pair_hand_cases():
-    img = np.zeros((6, 5), np.float32)
-    img[1, 1], img[4, 3] = 1.0, 0.5
-    msk = (img > 0.6).astype(np.float32)
-    rng = np.random.default_rng(0)
-    flip_only = AugmentParams(flip_prob=1.0, rotate_deg=0, scale=0, shift_px=0, intensity_scale=0,
-                              intensity_shift=0, bias=0)
-    a, m = augment_pair(img, msk, "axial", flip_only, rng)
-    np.testing.assert_array_equal(a, img[::-1])  # left-right = axis 0 of axial slices
-    np.testing.assert_array_equal(m, msk[::-1])
-    a, m = augment_pair(img, msk, "sagittal", flip_only, rng)
-    np.testing.assert_array_equal(a, img)  # no in-plane left-right axis
-    gain_only = AugmentParams(flip_prob=0, rotate_deg=0, scale=0, shift_px=0, intensity_scale=0.5,
-                              intensity_shift=0, bias=0)
-    a, _ = augment_pair(img, msk, "axial", gain_only, np.random.default_rng(1))
-    assert (a[img == 0] == 0).all()  # background stays 0
-    ratio = a[img > 0] / img[img > 0]
-    assert np.allclose(ratio, ratio[0]) and 0.5 <= ratio[0] <= 1.5 and ratio[0] != 1.0
-    shift = AugmentParams(flip_prob=0, rotate_deg=0, scale=0, shift_px=3, intensity_scale=0,
-                          intensity_shift=0, bias=0)
-    a, m = augment_pair(np.ones((9, 9), np.float32), np.ones((9, 9), np.float32), "axial", shift,
-                        np.random.default_rng(2))
-    assert np.array_equal(a > 0, m > 0)  # image and mask move together
+    # the draws are recorded per batch and depend only on (seed, epoch, batch)
+    draws = sets.train.batch_draws(0, epoch=0)
+    assert len(draws) == 8 and draws == again.train.batch_draws(0, epoch=0)
+    assert draws != sets.train.batch_draws(1, epoch=0) and draws != sets.train.batch_draws(0, epoch=1)
+    assert plain.train.batch_draws(0) == []
+    # the [augment] section sets the strengths; an unknown key or a bad value is an error
+    weak = build_training_sets({**_cfg(augment=True), "augment": {"rotate_deg": 0.0}}, _run_cfg(work), "axial", 1, 2)
+    assert weak.train.augment.rotate_deg == 0.0 and all(d.angle_deg == 0.0 for d in weak.train.batch_draws(0))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        build_training_sets({**_cfg(augment=True), "augment": {"rotate": 5}}, _run_cfg(work), "axial", 1, 2)
+    with pytest.raises(ConfigError, match="probability"):
+        build_training_sets({**_cfg(augment=True), "augment": {"flip_prob": 2}}, _run_cfg(work), "axial", 1, 2)
 
 
 class _Logged(BalancedSliceDataset):

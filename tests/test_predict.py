@@ -343,3 +343,36 @@ def test_io_failure_stops_the_batch_with_exit_3(scan, tmp_path, capsys, monkeypa
                         "--weights", WEIGHTS])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 3 and len(err) == 1 and "is a file, not a folder" in err[0]
+
+
+    # the brain-mask step: the manifest's, or the flags'; reported in the summary
+    assert np.isnan(lesion_voxels()[1]["brain_mask_mm"])  # none recorded: none applied
+    (tmp_path / "w3").mkdir()
+    weights = _fixed_weight_set(tmp_path / "w3" / "set", {"brain_mask_mm": 6.0})
+    assert lesion_voxels()[1]["brain_mask_mm"] == 6.0
+    assert lesion_voxels("--brain-mask-mm", "2")[1]["brain_mask_mm"] == 2.0
+    assert np.isnan(lesion_voxels("--no-brain-mask")[1]["brain_mask_mm"])
+
+
+@pytest.mark.slow
+def test_whole_head_scan_gives_the_brain_only_mask() -> None:
+    """The same subject (seed 7, never trained on; one 21 mL cortical lesion) brain-only and whole-head:
+    with the weight set's brain-mask step the masks agree; without it the head ruins the whole-head one.
+    Weights trained without the step (none recorded) get the undilated mask (0 mm), the input closest to
+    the brain-only scans they saw."""
+    from raxnet import synthetic
+    from raxnet.metrics import dice
+    from raxnet.predict import Predictor
+
+    brain_only, truth, _, _ = synthetic.generate_subject(8, 7, 2)
+    head = synthetic.generate_subject(8, 7, 2, params={"whole_head": True})[0]
+    predictor = Predictor(WEIGHTS)
+    recorded = predictor.settings["brain_mask_mm"]
+    predictor.settings["brain_mask_mm"] = 0.0 if recorded is None else recorded
+    a = predictor.mask(predictor.probabilities(brain_only))
+    b = predictor.mask(predictor.probabilities(head))
+    assert a.sum() > 0.3 * truth.sum() and dice(a, truth) > 0.3  # a real prediction, not an empty mask
+    assert dice(a, b) > 0.9
+    predictor.settings["brain_mask_mm"] = None
+    c = predictor.mask(predictor.probabilities(head))
+    assert dice(c, truth) < dice(b, truth) - 0.2

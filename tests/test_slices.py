@@ -59,7 +59,7 @@ def work(tmp_path: Path) -> tuple[Path, dict, dict]:
 
 def test_round_trip_and_index(work):
     w, run_cfg, vols = work
-    index = convert({}, run_cfg)
+    index = convert({"convert": {"brain_mask": False}}, run_cfg)
     assert sorted(index["subject"].unique()) == ["s01", "s02", "s03"]  # hold-out left out by default
     assert len(index) == 3 * len(PLANES)
     row = index[(index.subject == "s02") & (index.plane == "axial")].iloc[0]
@@ -219,3 +219,38 @@ def test_work_dir_that_is_a_file_is_one_error_line_exit_3(tmp_path, capsys):
     code, _, err = run_stage(main, ["--work-dir", tmp_path / "work"], capsys)
     assert code == 3 and err == [f"error: {tmp_path / 'work' / '03_moving_converting'}: Not a directory; a part "
                                  "of this path is a file, not a folder: choose another --work-dir / --output"]
+
+
+def test_brain_mask_step_zeroes_outside_and_is_recorded(tmp_path):
+    """A coarse MNI grid (20 mm voxels over the whole head): stage 03 writes exactly brainmask.prepare's
+    output, zero beyond the dilated template brain; convert.json records the setting; changing it redoes
+    every subject."""
+    from raxnet import brainmask
+
+    affine = np.diag([20.0, 20.0, 20.0, 1.0])
+    affine[:3, 3] = (-70.0, -110.0, -80.0)
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    t1 = rng.uniform(10, 500, SHAPE).astype(np.float32)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3, 4, 5] = 1
+    t1p, mp = _write(root / "a_T1w.nii.gz", t1, affine), _write(root / "a_mask.nii.gz", mask, affine)
+    w = tmp_path / "work"
+    (w / "01_dataset").mkdir(parents=True)
+    (w / "02_data_splitting").mkdir(parents=True)
+    pd.DataFrame({"subject": ["a"], "t1_path": [t1p], "mask_path": [mp]}).to_csv(w / "01_dataset" / "subjects.csv", index=False)
+    pd.DataFrame({"subject": ["a"], "set": ["train"]}).to_csv(w / "02_data_splitting" / "split.csv", index=False)
+    run_cfg = {"work_dir": str(w), "data_root": str(root), "jobs": 1}
+    convert({"convert": {"planes": "axial", "brain_mask_mm": 6.0}}, run_cfg)
+    vol, _ = load_volume_from_stacks(w, "a", plane="axial")
+    keep = brainmask.brain_mask(affine, SHAPE, 6.0)
+    assert 0 < keep.sum() < keep.size  # the grid reaches beyond the head
+    assert not vol[~keep].any() and (vol[keep] > 0).any()
+    np.testing.assert_allclose(vol, brainmask.prepare(t1, affine, 6.0), rtol=2**-11, atol=1e-7)
+    assert brainmask.read_record(w / "03_moving_converting") == (True, 6.0)
+    stack = w / "03_moving_converting" / "axial" / "a_image.npy"
+    before = stack.stat().st_mtime_ns
+    convert({"convert": {"planes": "axial", "brain_mask": False}}, run_cfg)
+    assert stack.stat().st_mtime_ns != before  # setting changed: converted again
+    assert brainmask.read_record(w / "03_moving_converting") == (True, None)
+    np.testing.assert_allclose(load_volume_from_stacks(w, "a", plane="axial")[0], normalise(t1), rtol=2**-11, atol=1e-7)

@@ -81,6 +81,19 @@ def test_manifest_carries_inference_decisions(tmp_path):
         export_weights(work, tmp_path / "w3", inference={"brain_mask": True})
 
 
+def test_manifest_records_stage_03_brain_mask(tmp_path):
+    """What the models saw: stage 03's brain-mask record goes into the manifest (none recorded: none)."""
+    from raxnet.brainmask import write_record
+
+    work = fake_run(tmp_path, {1: 0.40})
+    assert read_manifest(export_weights(work, tmp_path / "w"))["inference"]["brain_mask_mm"] is None
+    (work / "03_moving_converting").mkdir()
+    write_record(work / "03_moving_converting", 6.0)
+    assert read_manifest(export_weights(work, tmp_path / "w2"))["inference"]["brain_mask_mm"] == 6.0
+    with pytest.raises(InputError, match="brain_mask_mm"):
+        export_weights(work, tmp_path / "w3", inference={"brain_mask_mm": -2})
+
+
 def test_format_1_manifest_reads_with_its_threshold(tmp_path):
     (tmp_path / "a.keras").write_bytes(b"")
     old = {"format": 1, "grid_shape": [1, 1, 1], "affine": np.eye(4).tolist(), "threshold": 0.4,
@@ -118,7 +131,7 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
     assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "w")
-    assert manifest["inference"] == chosen
+    assert manifest["inference"] == {**chosen, "brain_mask_mm": None}  # no stage-03 record: no brain mask
     assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
     # chosen for another model, or nothing chosen: the defaults, with the reason
     for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):

@@ -1,0 +1,155 @@
+"""raxnet.augment: seeded parameter draws, and each deterministic transform on tiny arrays with known answers."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import numpy as np
+import pytest
+
+from raxnet import augment as A
+from raxnet.errors import ConfigError
+from raxnet.intensity import CLIP_MAX
+
+
+def _img() -> np.ndarray:
+    img = np.zeros((6, 5), np.float32)
+    img[1, 1], img[4, 3] = 1.0, 0.5
+    return img
+
+
+# --- draw -------------------------------------------------------------------------------------------------
+def test_draw_is_seeded_and_within_the_strengths() -> None:
+    p = A.AugmentParams()
+    a = A.draw(np.random.default_rng(5), "axial", p)
+    assert a == A.draw(np.random.default_rng(5), "axial", p)
+    assert a != A.draw(np.random.default_rng(6), "axial", p)
+    rng = np.random.default_rng(0)
+    draws = [A.draw(rng, "coronal", p) for _ in range(600)]
+    assert all(abs(d.angle_deg) <= 10 and 0.9 <= d.zoom <= 1.1 and max(map(abs, d.shift)) <= 8 for d in draws)
+    assert all(np.exp(-0.3) <= d.gamma <= np.exp(0.3) and 0 <= d.noise_sd <= 0.05 for d in draws)
+    assert all(d.blur_px == 0 or 0.25 <= d.blur_px <= 1.0 for d in draws)
+    assert all(d.lowres_factor == 1 or 1.25 <= d.lowres_factor <= 2.5 for d in draws)
+    on = {"flip": lambda d: d.flip, "elastic": lambda d: d.elastic is not None,
+          "blur": lambda d: d.blur_px > 0, "lowres": lambda d: d.lowres_factor > 1}
+    for name, prob in (("flip", 0.5), ("elastic", 0.3), ("blur", 0.2), ("lowres", 0.2)):
+        share = np.mean([on[name](d) for d in draws])
+        assert abs(share - prob) < 0.07, (name, share)
+    assert not any(A.draw(rng, "sagittal", p).flip for _ in range(50))  # no left-right axis in-plane
+    assert A.draw(rng, "axial", A.AugmentParams.none()) == A.AugmentDraw()  # all off: identity draw
+    assert set(a.as_dict()) == {f.name for f in fields(A.AugmentDraw)}
+
+
+def test_settings_from_the_augment_section() -> None:
+    assert A.settings({}) == A.AugmentParams()
+    assert A.settings({"augment": {"noise": 0.1}}).noise == 0.1
+    assert set(A.DEFAULTS) == {f.name for f in fields(A.AugmentParams)}
+    for bad in ({"noise": -1}, {"blur_prob": 1.5}, {"lowres_factor": 1.1}, {"gamma": "big"}):
+        with pytest.raises(ConfigError, match=r"\[augment\]"):
+            A.settings({"augment": bad})
+
+
+def test_identity_draw_returns_the_slice() -> None:
+    img, msk = _img(), (_img() > 0.6).astype(np.float32)
+    a, m = A.apply(img, msk, A.AugmentDraw(), "axial")
+    np.testing.assert_array_equal(a, img)
+    np.testing.assert_array_equal(m, msk)
+
+
+# --- geometry ---------------------------------------------------------------------------------------------
+def test_flip_lr_axis_per_plane() -> None:
+    img, msk = _img(), (_img() > 0.6).astype(np.float32)
+    a, m = A.flip_lr(img, msk, "axial")
+    np.testing.assert_array_equal(a, img[::-1])  # left-right = axis 0 of axial and coronal slices
+    np.testing.assert_array_equal(m, msk[::-1])
+    np.testing.assert_array_equal(A.flip_lr(img, msk, "coronal")[0], img[::-1])
+    np.testing.assert_array_equal(A.flip_lr(img, msk, "sagittal")[0], img)
+    a, m = A.apply(img, msk, A.AugmentDraw(flip=True), "axial")
+    np.testing.assert_array_equal(a, img[::-1])
+
+
+def test_warp_integer_shift_rotation_and_zoom() -> None:
+    img = np.arange(1, 26, dtype=np.float32).reshape(5, 5)
+    msk = (img > 12).astype(np.float32)
+    a, m = A.warp(img, msk, shift=(1.0, 0.0))  # content moves one row down, row 0 empty
+    np.testing.assert_allclose(a[1:], img[:-1], atol=1e-5)
+    assert not a[0].any()
+    np.testing.assert_array_equal(m[1:], msk[:-1])
+    a, m = A.warp(img, msk, angle_deg=90.0)  # exact quarter turn about the centre (axis 0 -> axis 1)
+    np.testing.assert_allclose(a, np.rot90(img, k=-1), atol=1e-4)
+    np.testing.assert_array_equal(m, np.rot90(msk, k=-1))
+    a, _ = A.warp(img, msk, zoom=2.0)  # x2 about the centre (2, 2): output (2, 3) samples input (2, 2.5)
+    assert a[2, 2] == pytest.approx(13.0) and a[2, 3] == pytest.approx(13.5) and a[0, 0] == pytest.approx(7.0)
+
+
+def test_warp_elastic_displacement_and_smooth_control_points() -> None:
+    img = np.arange(1, 26, dtype=np.float32).reshape(5, 5)
+    disp = np.zeros((2, 5, 5), np.float32)
+    disp[1] = 1.0  # every output pixel samples one column to the right
+    a, _ = A.warp(img, img > 0, displacement=disp)
+    np.testing.assert_allclose(a[:, :4], img[:, 1:], atol=1e-5)
+    assert not a[:, 4].any()
+    field = A.smooth_2d(np.full((5, 5), 2.5, np.float32), (40, 30))  # constant control points: constant field
+    np.testing.assert_allclose(field, 2.5, atol=1e-5)
+    assert field.shape == (40, 30)
+
+
+def test_apply_keeps_image_and_mask_together() -> None:
+    img = np.zeros((32, 32), np.float32)
+    img[8:24, 8:24] = 0.8
+    msk = np.zeros_like(img)
+    msk[12:20, 12:20] = 1.0
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        d = A.draw(rng, "axial", replace(A.AugmentParams(), elastic_prob=1.0))
+        a, m = A.apply(img, msk, d, "axial")
+        assert set(np.unique(m).tolist()) <= {0.0, 1.0}
+        assert (a[m > 0] > 0).all()  # the lesion stays inside the moved foreground
+        assert 0.5 * msk.sum() < m.sum() < 1.6 * msk.sum()
+
+
+# --- intensity --------------------------------------------------------------------------------------------
+def test_gamma_gain_offset_bias_hand_values() -> None:
+    x = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    np.testing.assert_allclose(A.gamma(x, 2.0), [[0.0, 0.0625], [0.25, 1.0]])
+    np.testing.assert_allclose(A.gain_offset(x, 2.0, 0.1), [[0.1, 0.6], [1.1, 2.1]])
+    np.testing.assert_allclose(A.bias_field(x, np.full(x.shape, np.log(2.0), np.float32)), 2 * x, rtol=1e-6)
+
+
+def test_blur_and_lower_resolution_hand_values() -> None:
+    flat = np.full((7, 6), 0.4, np.float32)
+    np.testing.assert_allclose(A.blur(flat, 1.0), 0.4, atol=1e-6)  # a constant stays constant
+    delta = np.zeros((9, 9), np.float32)
+    delta[4, 4] = 1.0
+    b = A.blur(delta, 1.0)
+    assert b.sum() == pytest.approx(1.0, abs=1e-5)  # mass preserved
+    assert b[4, 4] == pytest.approx(np.exp(0) / (2 * np.pi), rel=0.05)  # Gaussian peak 1/(2 pi sigma^2)
+    stripes = np.tile(np.array([0.0, 1.0], np.float32), (4, 4))  # columns alternate 0, 1
+    low = A.lower_resolution(stripes, 2.0, axis=1)
+    np.testing.assert_allclose(low, 0.5, atol=1e-6)  # pairs averaged: the stripes are gone
+    np.testing.assert_allclose(A.lower_resolution(stripes, 2.0, axis=0), stripes)  # constant along axis 0
+    ramp = np.tile(np.arange(8, dtype=np.float32), (3, 1))
+    np.testing.assert_allclose(A.lower_resolution(ramp, 2.0, axis=1)[:, 1:-1], ramp[:, 1:-1], atol=1e-6)
+
+
+def test_noise_seeded_with_the_drawn_sd() -> None:
+    x = np.full((200, 200), 0.5, np.float32)
+    a = A.add_noise(x, 0.1, seed=4)
+    np.testing.assert_array_equal(a, A.add_noise(x, 0.1, seed=4))
+    assert float((a - x).std()) == pytest.approx(0.1, rel=0.03)
+
+
+def test_intensity_steps_leave_background_zero_and_clip() -> None:
+    img = np.zeros((20, 20), np.float32)
+    img[5:15, 5:15] = 1.4
+    d = A.AugmentDraw(gain=1.5, offset=0.05, noise_sd=0.05, noise_seed=1, blur_px=0.5,
+                      bias=tuple([0.2] * 16), gamma=0.8)
+    a, _ = A.apply(img, img > 0, d, "axial")
+    assert not a[img == 0].any()
+    assert a.max() <= CLIP_MAX and a[img > 0].min() >= 0.0
+    # the steps in order on a single foreground value: gamma, gain/offset, bias, then clip
+    one = np.zeros((9, 9), np.float32)
+    one[4, 4] = 0.5
+    d = A.AugmentDraw(gamma=2.0, gain=2.0, offset=0.1, bias=tuple([np.log(1.5)] * 16))
+    a, _ = A.apply(one, one > 0, d, "axial")
+    assert a[4, 4] == pytest.approx((0.5**2 * 2.0 + 0.1) * 1.5, rel=1e-5)
