@@ -261,6 +261,13 @@ def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkey
     (tmp_path / "w2").mkdir()
     weights = _fixed_weight_set(tmp_path / "w2" / "set", {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 9.0})
     assert lesion_voxels()[0] == E  # mean at 0.5: A and E; A (8 mm³) is under 9 mm³
+    # the brain-mask step: the manifest's, or the flags'; reported in the summary
+    assert np.isnan(lesion_voxels()[1]["brain_mask_mm"])  # none recorded: none applied
+    (tmp_path / "w3").mkdir()
+    weights = _fixed_weight_set(tmp_path / "w3" / "set", {"brain_mask_mm": 6.0})
+    assert lesion_voxels()[1]["brain_mask_mm"] == 6.0
+    assert lesion_voxels("--brain-mask-mm", "2")[1]["brain_mask_mm"] == 2.0
+    assert np.isnan(lesion_voxels("--no-brain-mask")[1]["brain_mask_mm"])
 
 
 def test_same_file_name_in_two_folders_writes_two_sets_of_outputs(scan, tmp_path, capsys):
@@ -344,14 +351,6 @@ def test_io_failure_stops_the_batch_with_exit_3(scan, tmp_path, capsys, monkeypa
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 3 and len(err) == 1 and "is a file, not a folder" in err[0]
 
-
-    # the brain-mask step: the manifest's, or the flags'; reported in the summary
-    assert np.isnan(lesion_voxels()[1]["brain_mask_mm"])  # none recorded: none applied
-    (tmp_path / "w3").mkdir()
-    weights = _fixed_weight_set(tmp_path / "w3" / "set", {"brain_mask_mm": 6.0})
-    assert lesion_voxels()[1]["brain_mask_mm"] == 6.0
-    assert lesion_voxels("--brain-mask-mm", "2")[1]["brain_mask_mm"] == 2.0
-    assert np.isnan(lesion_voxels("--no-brain-mask")[1]["brain_mask_mm"])
 
 
 @pytest.mark.slow
