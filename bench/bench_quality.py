@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     if args.brain_mask_mm is not None:
         overrides["brain_mask_mm"] = "off" if args.brain_mask_mm == "off" else float(args.brain_mask_mm)
-    weights = {"new": Predictor(args.weights, overrides=overrides)}
+    # labelled by folder name ("weights/demo" -> "demo"); the baseline is marked when the names clash
+    weights = {Path(args.weights).name: Predictor(args.weights, overrides=overrides)}
     if args.baseline:
-        weights["baseline"] = Predictor(args.baseline, overrides=overrides)
+        name = Path(args.baseline).name
+        weights[name if name not in weights else f"{name} (baseline)"] = Predictor(args.baseline, overrides=overrides)
     for label_, predictor in weights.items():
         seeds = training_seeds(predictor.manifest)
         if args.seed in seeds:

@@ -891,8 +891,9 @@ def generate_dataset(
 ) -> pd.DataFrame:
     """Write an ATLAS v2.0-shaped dataset under ``out_root`` and return its ground-truth table.
 
-    ``params`` overrides keys of :data:`DEFAULTS` (``cortical_fraction``, ``deform_mm``, ``noise``,
-    ``bias``). The table (also written to ``<out_root>/synthetic_lesions.csv``) has one row per subject,
+    ``params`` overrides the keys of :data:`DEFAULTS` that shape a subject (:data:`SUBJECT_KEYS`:
+    ``cortical_fraction``, ``deform_mm``, ``noise``, ``bias``, ``whole_head``, ``profile``). With more
+    sites than subjects, one site per subject is used. The table (also written to ``<out_root>/synthetic_lesions.csv``) has one row per subject,
     training first, sorted by subject id.
     """
     

@@ -23,7 +23,7 @@ Intensities are in template units (CSF ~0.31, GM ~0.66, WM ~0.84), before the sc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -59,10 +59,6 @@ class HeadParams:
     neck_taper: float
     deface_deg: float
     deface_margin_mm: float
-
-    def record(self) -> dict[str, float]:
-        """Rounded values for the ground-truth table."""
-        return {f"head_{k}": round(float(v), 3) for k, v in asdict(self).items()}
 
 
 def draw_head(rng: np.random.Generator) -> HeadParams:

@@ -355,7 +355,7 @@ def test_io_failure_stops_the_batch_with_exit_3(scan, tmp_path, capsys, monkeypa
 
 @pytest.mark.slow
 def test_whole_head_scan_gives_the_brain_only_mask() -> None:
-    """The same subject (seed 7, never trained on; one 21 mL cortical lesion) brain-only and whole-head:
+    """The same subject (seed 7, never trained on; a 50 mL lesion) brain-only and whole-head:
     with the weight set's brain-mask step the masks agree; without it the head ruins the whole-head one.
     Weights trained without the step (none recorded) get the undilated mask (0 mm), the input closest to
     the brain-only scans they saw."""
@@ -363,8 +363,8 @@ def test_whole_head_scan_gives_the_brain_only_mask() -> None:
     from raxnet.metrics import dice
     from raxnet.predict import Predictor
 
-    brain_only, truth, _, _ = synthetic.generate_subject(8, 7, 2)
-    head = synthetic.generate_subject(8, 7, 2, params={"whole_head": True})[0]
+    brain_only, truth, _, _ = synthetic.generate_subject(6, 7, 2)
+    head = synthetic.generate_subject(6, 7, 2, params={"whole_head": True})[0]
     predictor = Predictor(WEIGHTS)
     recorded = predictor.settings["brain_mask_mm"]
     predictor.settings["brain_mask_mm"] = 0.0 if recorded is None else recorded
