@@ -13,9 +13,11 @@ export KERAS_BACKEND ?= tensorflow
 
 .PHONY: install demo test bench weights clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# ANTsPy (predict --register) goes in with --no-deps: its numpy/scipy caps are stale (requirements-antspyx.txt).
+$(STAMP): requirements.txt requirements-dev.txt requirements-antspyx.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-antspyx.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -30,6 +30,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "postprocess_selection": [],
     "augment": ["--batches", "10"],
     # the shipped weights on 40 fresh 2 mm + 20 shifted 1 mm whole-head scans (seed 7: never trained on)
+    # predict --register: 3 defaced whole-head 1 mm scans moved off MNI (+ one with SyN), lesion masking, refusals
+    "registration": [],
     "quality": ["--weights", "weights/demo", "--subjects", "40", "--shifted", "20", "--seed", "7"],
 }
 

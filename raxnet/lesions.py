@@ -212,7 +212,8 @@ def _per_component(
     idx = np.nonzero(labels)
     lab = labels[idx]
     counts = np.bincount(lab, minlength=n + 1)[1:]
-    ijk_mean = np.stack([np.bincount(lab, weights=a, minlength=n + 1)[1:] for a in idx], axis=1) / counts[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a label without voxels has no centroid (NaN)
+        ijk_mean = np.stack([np.bincount(lab, weights=a, minlength=n + 1)[1:] for a in idx], axis=1) / counts[:, None]
     centroid = ijk_mean @ affine[:3, :3].T + affine[:3, 3]
     x_mm = np.stack(idx, axis=1) @ affine[0, :3] + affine[0, 3]
     left = np.bincount(lab, weights=x_mm < 0, minlength=n + 1)[1:].astype(np.int64)
@@ -307,7 +308,22 @@ def component_table(
     in-brain voxels in the cortical zone; NaN when skipped/outside), ``hemisphere, location``.
     """
     labels, sizes = components(mask, connectivity)
-    n = int(sizes.size)
+    return label_table(labels, int(sizes.size), affine, reference=reference, gm_min=gm_min,
+                       span_fraction=span_fraction, bilateral_fraction=bilateral_fraction)
+
+
+def label_table(
+    labels: np.ndarray,
+    n: int,
+    affine: np.ndarray,
+    *,
+    reference: LocationReference | bool | None = None,
+    gm_min: float = GM_MIN,
+    span_fraction: float = SPAN_FRACTION,
+    bilateral_fraction: float = BILATERAL_FRACTION,
+) -> pd.DataFrame:
+    """:func:`component_table` for a given label image (labels 1..n; a label may have no voxels, e.g.
+    after resampling: its row then has 0 voxels and NaN centroid)."""
     if n == 0:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in COMPONENT_COLUMNS})
     ref = _reference_for(labels, affine, reference, gm_min)

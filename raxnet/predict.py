@@ -13,6 +13,8 @@ per-lesion CSV (lesions with the same connectivity), a one-row summary CSV and a
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import time
 from pathlib import Path
@@ -23,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from raxnet.cli_common import add_verbose
-from raxnet.errors import EXIT_BAD_INPUT, EXIT_SOME_FAILED, InputError, OutputError, RaxnetError
-from raxnet.io import load_nifti, read_t1, save_csv, save_nifti
+from raxnet.errors import EXIT_BAD_INPUT, EXIT_SOME_FAILED, ConfigError, InputError, OutputError, RaxnetError
+from raxnet.io import load_nifti, make_dirs, read_t1, save_csv, save_nifti
 from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, postprocess
@@ -42,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "save_uncertainty": False,  # write <name>_desc-uncertainty.nii.gz and <name>_uncertainty.png
     "qc": True,  # write <name>_qc.png
     "brain_mask_mm": "",  # "" = the weight set's brain-mask step; a dilation in mm, or "off", overrides it
+    "register": False,  # native-space scans: register to MNI152NLin2009aSym (ANTs), segment there, map back
+    "registration": "affine",  # with register: "affine" (rigid + affine) or "syn" (+ lesion-masked SyN)
 }
 
 #: Columns of the batch table ``summary.csv`` (one row per input scan, failed ones included).
@@ -104,7 +108,7 @@ def find_inputs(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: input not found")
-    skip = re.compile(r"(_mask|_label-|_desc-lesion|_probability|_dseg)", re.IGNORECASE)
+    skip = re.compile(r"(_mask|_label-|_desc-lesion|_probability|_dseg|_desc-uncertainty|_xfm)", re.IGNORECASE)
     files = sorted(p for p in path.rglob("*") if p.is_file() and _NIFTI.search(p.name) and not skip.search(p.name))
     if not files:
         raise InputError(f"{path}: no .nii or .nii.gz scans found in this folder")
@@ -219,29 +223,51 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     start = time.perf_counter()
     check_size(path)
     data, img = read_t1(path)
-    on_grid, resampled = to_model_grid(data, img, predictor.manifest, path)
+    if opts["register"]:
+        from raxnet import registration
+
+        registration.check_registrable(data, img, path)
+    else:
+        on_grid, resampled = to_model_grid(data, img, predictor.manifest, path)
     loading = time.perf_counter()
     predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
     start += time.perf_counter() - loading
-    probs = predictor.probabilities(on_grid, source=str(path))
-    mask = predictor.mask(probs)
+    reg = None
+    if opts["register"]:  # segmented in MNI space; every result goes back through the inverse transform
+        grid_affine = np.asarray(predictor.manifest["affine"], dtype=float)
+        reg, probs, mask = registration.register_and_segment(
+            data, img, path, tuple(predictor.manifest["grid_shape"]), grid_affine,
+            lambda v: (p := predictor.probabilities(v, source=str(path)), predictor.mask(p)),
+            registration.Settings(transform=opts["registration"]))
+        resampled, to_input = True, functools.partial(reg.to_native, affine=grid_affine)
+    else:
+        probs = predictor.probabilities(on_grid, source=str(path))
+        mask = predictor.mask(probs)
+        to_input = functools.partial(back_to_input_grid, manifest=predictor.manifest, img=img)
     if resampled:
-        mask = (back_to_input_grid(mask, predictor.manifest, img, "nearest") > 0.5).astype(np.uint8)
+        mask = (to_input(mask, interpolation="nearest") > 0.5).astype(np.uint8)
     stem = name or output_stem(path)
+    make_dirs((out_dir / stem).parent)
     mask_path = save_nifti(mask, img, out_dir / f"{stem}_desc-lesion_mask.nii.gz", dtype=np.uint8)
     if opts["save_probabilities"]:
         # The mean probability map is only built (and resampled back) when it is written.
         prob = np.mean([probs[p] for p in PLANES], axis=0).astype(np.float32)
         if resampled:
-            prob = back_to_input_grid(prob, predictor.manifest, img, "linear")
+            prob = to_input(prob, interpolation="linear")
         save_nifti(prob, img, out_dir / f"{stem}_desc-lesion_probability.nii.gz", dtype=np.float32)
     connectivity = int(predictor.settings["connectivity"])
-    lesions = component_table(mask, img.affine, connectivity=connectivity)
-    # How sure each lesion is: the three planes as a small ensemble (raxnet.uncertainty), read on the
-    # weights' grid through the two affines.
-    confidence = lesion_confidence(mask, probs, float(predictor.settings["threshold"]), mask_affine=img.affine,
-                                   prob_affine=np.asarray(predictor.manifest["affine"], dtype=float),
-                                   connectivity=connectivity)
+    threshold = float(predictor.settings["threshold"])
+    if reg is not None:  # volumes in native and MNI mm3; the planes' probabilities read on the scan's grid
+        lesions = registration.lesion_table(mask, reg, connectivity)
+        confidence = lesion_confidence(mask, {p: to_input(v, interpolation="linear") for p, v in probs.items()},
+                                       threshold, connectivity=connectivity)
+    else:
+        lesions = component_table(mask, img.affine, connectivity=connectivity)
+        # How sure each lesion is: the three planes as a small ensemble (raxnet.uncertainty), read on the
+        # weights' grid through the two affines.
+        confidence = lesion_confidence(mask, probs, threshold, mask_affine=img.affine,
+                                       prob_affine=np.asarray(predictor.manifest["affine"], dtype=float),
+                                       connectivity=connectivity)
     if len(lesions):
         lesions = lesions.merge(confidence, on="label", how="left")
     else:
@@ -251,9 +277,10 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     if opts.get("save_uncertainty"):
         spread = plane_spread(probs)
         if resampled:
-            spread = back_to_input_grid(spread, predictor.manifest, img, "linear")
+            spread = to_input(spread, interpolation="linear")
         save_nifti(spread, img, out_dir / f"{stem}_desc-uncertainty.nii.gz", dtype=np.float32)
     voxel_mm3 = float(abs(np.linalg.det(img.affine[:3, :3])))
+    extra = registration.write_outputs(reg, data, lesions, out_dir, stem, opts["qc"]) if reg is not None else {}
     seconds = time.perf_counter() - start
     summary = {
         "input": str(path),
@@ -265,17 +292,18 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "resampled": resampled,
         **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "connectivity", "tta",
                                               "brain_mask_mm")},
+        **extra,
         "seconds": round(seconds, 2),
     }
     save_csv(pd.DataFrame([summary]), out_dir / f"{stem}_summary.csv")
     if opts["qc"]:
         from raxnet.qc import qc_overlay
 
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        # affine: the views in RAS orientation whatever the scan's grid (and the spacing from it)
         qc_overlay(data, mask, out_dir / f"{stem}_qc.png", title=f"{stem}: {int(mask.sum())} lesion voxels",
-                   spacing=spacing)
+                   affine=img.affine)
         if spread is not None:
-            qc_overlay(data, mask, out_dir / f"{stem}_uncertainty.png", spacing=spacing, heat=spread,
+            qc_overlay(data, mask, out_dir / f"{stem}_uncertainty.png", affine=img.affine, heat=spread,
                        heat_max=MAX_SPREAD, heat_label="plane disagreement (SD of the 3 plane probabilities)",
                        title=f"{stem}: where the three plane models disagree")
     log.info("%s: %d lesion voxels in %d components, %.1f s", path.name, mask.sum(), len(lesions), seconds)
@@ -321,7 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write <name>_desc-uncertainty.nii.gz (where the three plane models disagree: the "
                         "standard deviation of their probabilities, 0-0.47) and <name>_uncertainty.png")
     parser.add_argument("--batch-size", type=int, help="slices per prediction batch (default 32)")
-    parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG")
+    parser.add_argument("--no-qc", dest="qc", action="store_false", default=None, help="skip the QC overlay PNG(s)")
+    parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
+                        help="the scans are in their native space: register each to MNI152NLin2009aSym (ANTs), "
+                             "segment there and map the results back onto the scan's own grid (default off)")
+    parser.add_argument("--registration", choices=("affine", "syn"),
+                        help="with --register: rigid + affine (default), or + a lesion-masked SyN stage")
     parser.add_argument("--config", help="TOML configuration file; its [predict] section sets the defaults")
     add_verbose(parser)
     return parser
@@ -363,8 +396,21 @@ def predict_batch(predictor: Predictor, inputs: Sequence[Path], out_dir: Path, o
     return done, failed
 
 
+def _env_flag(name: str) -> bool | None:
+    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False, unset or empty -> None (Docker switches)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={os.environ[name]!r}: expected 1 or 0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``raxnet predict``."""
+    """Entry point of ``raxnet predict`` (``RAXNET_REGISTER`` / ``RAXNET_REGISTRATION`` in the environment
+    set ``--register`` / ``--registration`` when the flags are not given, as ``docker compose`` does)."""
     from raxnet.config import load_config, override, section, validate
 
     args = build_parser().parse_args(argv)
@@ -373,7 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate(cfg)
     opts = section(cfg, "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
-             qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm)
+             qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm,
+             register=_env_flag("RAXNET_REGISTER"), registration=os.environ.get("RAXNET_REGISTRATION") or None)
+    override(opts, register=args.register, registration=args.registration)
+    if opts["registration"] not in ("affine", "syn"):
+        raise ConfigError(f"[predict] registration must be affine or syn, got {opts['registration']!r}")
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
                      connectivity=args.connectivity, tta=args.tta, brain_mask_mm=opts["brain_mask_mm"])

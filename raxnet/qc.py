@@ -52,18 +52,30 @@ def qc_overlay(
     heat: np.ndarray | None = None,
     heat_label: str = "",
     heat_max: float | None = None,
+    affine: np.ndarray | None = None,
 ) -> Path:
     """Write a PNG with axial, coronal and sagittal views of ``t1`` and lesion contours.
 
     ``truth`` is optional (inference has none). ``point`` overrides the cut point (see
     :func:`focus_point`). ``heat`` (same shape, e.g. :func:`raxnet.uncertainty.plane_spread`) is drawn as a
     translucent colour map from 0 to ``heat_max`` (default: its maximum) with a colour bar labelled
-    ``heat_label``; values near 0 stay transparent. Returns ``path``.
+    ``heat_label``; values near 0 stay transparent. With ``affine`` (a scan in its own space, e.g. LPS) the
+    volumes are first flipped/permuted to the closest RAS+ orientation and ``spacing`` is taken from it,
+    so the views and their labels hold for any grid. Returns ``path``.
     """
     from matplotlib.lines import Line2D
 
     from raxnet.plotting import plt
 
+    if affine is not None:
+        import nibabel as nib
+
+        ornt = nib.orientations.io_orientation(affine)
+        t1, pred_mask = (nib.orientations.apply_orientation(np.asarray(a), ornt) for a in (t1, pred_mask))
+        truth, heat = (None if a is None else nib.orientations.apply_orientation(np.asarray(a), ornt)
+                       for a in (truth, heat))
+        zooms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+        spacing = tuple(float(zooms[int(i)]) for i in np.argsort(ornt[:, 0]))
     t1 = np.asarray(t1, dtype=np.float32)
     pred = np.asarray(pred_mask) != 0
     if pred.shape != t1.shape:
@@ -120,4 +132,72 @@ def qc_overlay(
     if heat is not None:
         bar = fig.colorbar(shown, ax=list(axes), fraction=0.015, pad=0.01)
         bar.set_label(heat_label)
+    return save_figure(fig, path)
+
+
+def registration_overlay(
+    registered: np.ndarray,
+    template_t1: np.ndarray,
+    brain: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Registration QC: the registered scan with the template's edges drawn over it.
+
+    ``registered``, ``template_t1`` (0..1) and ``brain`` share one RAS+ template grid (``affine``). Edges:
+    the template brain outline (cyan) and its grey/white-matter boundary (yellow, the T1 level halfway
+    between the grey- and white-matter medians). Three slices per view through the brain (25/50/75 % of
+    its extent), axes in MNI mm. A good registration puts both lines on the scan's own boundaries.
+    """
+    from matplotlib.lines import Line2D
+
+    from raxnet.plotting import plt
+
+    reg = np.asarray(registered, dtype=np.float32)
+    tpl = np.asarray(template_t1, dtype=np.float32)
+    inside = np.asarray(brain) != 0
+    vals = np.sort(tpl[inside])
+    # T1 template: the dark ~third of the brain is grey matter/CSF, the bright third white matter.
+    gm_wm = 0.5 * (np.median(vals[: vals.size // 3]) + np.median(vals[-vals.size // 3 :]))
+    vmin, vmax = _display_range(reg[inside])
+    idx = np.argwhere(inside)
+    lo, hi = idx.min(0), idx.max(0)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    origin = affine[:3, 3]
+
+    def extent(axes: tuple[int, int]) -> list[float]:
+        (a, b) = axes
+        n = reg.shape
+        return [origin[a], origin[a] + (n[a] - 1) * spacing[a], origin[b], origin[b] + (n[b] - 1) * spacing[b]]
+
+    views = [  # (name, axis cut, in-plane axes, labels)
+        ("axial", 2, (0, 1), ("x (mm), left → right", "y (mm), posterior → anterior")),
+        ("coronal", 1, (0, 2), ("x (mm), left → right", "z (mm), inferior → superior")),
+        ("sagittal", 0, (1, 2), ("y (mm), posterior → anterior", "z (mm), inferior → superior")),
+    ]
+    fig, axes = plt.subplots(3, 3, figsize=(12.0, 12.5))
+    for row, (name, axis, plane, (xlabel, ylabel)) in zip(axes, views):
+        for ax, frac in zip(row, (0.25, 0.5, 0.75)):
+            k = int(round(lo[axis] + frac * (hi[axis] - lo[axis])))
+            cut = [slice(None)] * 3
+            cut[axis] = k
+            img, t, b = reg[tuple(cut)], tpl[tuple(cut)], inside[tuple(cut)]
+            ext = extent(plane)
+            ax.imshow(img.T, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, extent=ext, interpolation="nearest")
+            if b.any():
+                ax.contour(b.T.astype(np.float32), levels=[0.5], colors=["#17becf"], linewidths=0.9, origin="lower",
+                           extent=ext)
+                ax.contour(np.where(b, t, 0).T, levels=[gm_wm], colors=["#ffdd00"], linewidths=0.6, origin="lower",
+                           extent=ext)
+            mm = origin[axis] + k * spacing[axis]
+            ax.set_title(f"{name} {'xyz'[axis]} = {mm:.0f} mm")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.locator_params(nbins=4)
+    handles = [Line2D([], [], color="#17becf", lw=2, label="template brain outline"),
+               Line2D([], [], color="#ffdd00", lw=2, label="template grey/white-matter boundary")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(title or "registration QC: template edges over the registered scan", fontsize=12)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.07, top=0.94, wspace=0.3, hspace=0.3)
     return save_figure(fig, path)

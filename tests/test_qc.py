@@ -75,3 +75,25 @@ def test_heat_map_is_drawn_with_a_colour_bar(tmp_path, monkeypatch):
     assert shown.mask.sum() > 0 and np.isclose(shown.max(), 0.4) and shown.compressed().min() > 0
     with pytest.raises(ValueError, match="heat map shape"):
         qc.qc_overlay(t1, pred, tmp_path / "v.png", heat=heat[:-1])
+
+
+def test_overlay_of_a_scan_in_its_own_space_is_drawn_in_ras(tmp_path):
+    """An LPS scan (1 x 1 x 1.2 mm) with ``affine`` gives exactly the figure of the same scan flipped to RAS."""
+    t1, truth, pred = _volumes()
+    lps = np.diag([-1.0, -1.0, 1.2, 1.0])
+    flipped = [a[::-1, ::-1, :] for a in (t1, truth, pred)]
+    a = qc.qc_overlay(t1, pred, tmp_path / "lps.png", truth=truth, title="t", affine=lps)
+    b = qc.qc_overlay(flipped[0], flipped[2], tmp_path / "ras.png", truth=flipped[1], title="t", spacing=(1, 1, 1.2))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_registration_overlay_draws_the_template_edges(tmp_path):
+    shape = (30, 36, 28)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    r = np.sqrt((((grid - [15, 18, 14]) / [12, 15, 11]) ** 2).sum(-1))
+    brain = r <= 1
+    template = np.where(r <= 0.5, 0.9, np.where(brain, 0.5, 0.0)).astype(np.float32)  # "white" core in "grey"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-30, -36, -28]
+    path = qc.registration_overlay(template * 700, template, brain, affine, tmp_path / "reg.png", title="reg")
+    assert _colour_pixels(path, "#17becf") > 100 and _colour_pixels(path, "#ffdd00") > 100
