@@ -221,9 +221,10 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     from raxnet.lesions import component_table
 
     start = time.perf_counter()
+    register = bool(opts.get("register"))  # callers that predate --register pass no such key
     check_size(path)
     data, img = read_t1(path)
-    if opts["register"]:
+    if register:
         from raxnet import registration
 
         registration.check_registrable(data, img, path)
@@ -233,7 +234,7 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
     start += time.perf_counter() - loading
     reg = None
-    if opts["register"]:  # segmented in MNI space; every result goes back through the inverse transform
+    if register:  # segmented in MNI space; every result goes back through the inverse transform
         grid_affine = np.asarray(predictor.manifest["affine"], dtype=float)
         reg, probs, mask = registration.register_and_segment(
             data, img, path, tuple(predictor.manifest["grid_shape"]), grid_affine,
