@@ -95,3 +95,4 @@ def labelled_subjects(root: str | Path) -> pd.DataFrame:
     if out.empty:
         raise InputError(f"{Path(root)}: no labelled subject (no *{MASK_SUFFIX}.nii.gz beside any T1w)")
     return out
+

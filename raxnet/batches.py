@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
+from raxnet import record
 from raxnet.augment import AugmentParams
 from raxnet.augment import settings as augment_settings
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import override, section, stage_dir
+from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv, save_json
 from raxnet.log import get_logger, progress
@@ -173,29 +174,35 @@ def _bin_sort_key(label: str) -> tuple[float, str]:
 
 
 def _read_inputs(work: Path, plane: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    subject_folds = read_subject_folds(work)
+    """Stage 04's fold tables and stage 03's index (rows of ``plane``), checked against each other and
+    against stage 02's split and stage 03's errors when present; StageInputError names a bad file."""
+    from raxnet.tables import INDEX, PLANE_FOLDS, SPLIT, SUBJECT_FOLDS, check_plane_folds, check_subjects_agree, read_table
+
     folds_dir = stage_dir(work, "folds")
-    paths = {
-        "plane_folds": folds_dir / f"{plane}_folds.csv",
-        "index": stage_dir(work, "convert") / "index.csv",
-    }
-    need = {
-        "plane_folds": ["subject", "slice", "fold", "kind", "lesion_pixels", "area_bin"],
-        "index": ["subject", "plane", "n_slices", "height", "width", "image_path", "mask_path"],
-    }
-    out = {}
-    for key, path in paths.items():
-        if not path.is_file():
-            raise StageInputError(f"{path}: not found (run the earlier stages first)")
-        df = pd.read_csv(path, dtype={"subject": str, "area_bin": str}, keep_default_na=True)
-        missing = [c for c in need[key] if c not in df.columns]
-        if missing:
-            raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
-        out[key] = df
-    bad_kind = set(out["plane_folds"]["kind"]) - {"lesion", "normal"}
-    if bad_kind:
-        raise StageInputError(f"{paths['plane_folds']}: unknown kind(s) {sorted(bad_kind)}")
-    return subject_folds, out["plane_folds"], out["index"][out["index"]["plane"] == plane]
+    sf_path = folds_dir / "subject_folds.csv"
+    subject_folds = read_subject_folds(work)
+    split_path = stage_dir(work, "split") / "split.csv"
+    split = None
+    if split_path.is_file():
+        split = read_table(split_path, SPLIT, columns=["subject", "set"])
+        check_subjects_agree(subject_folds["subject"], sf_path, SUBJECT_FOLDS,
+                             split.loc[split["set"] == "train", "subject"], split_path, "train subjects")
+    pf_path = folds_dir / f"{plane}_folds.csv"
+    plane_folds = read_table(pf_path, PLANE_FOLDS)
+    check_plane_folds(plane_folds, pf_path, subject_folds, sf_path, split, split_path)
+    index_path = stage_dir(work, "convert") / "index.csv"
+    index = read_table(index_path, INDEX, columns=[c for c in INDEX.columns if c != "set"])
+    index = index[index["plane"] == plane]
+    errors_path = stage_dir(work, "convert") / "errors.csv"
+    if errors_path.is_file():  # a subject without stacks must be one stage 03 could not convert
+        failed = set(pd.read_csv(errors_path, dtype=str)["subject"]) if errors_path.stat().st_size else set()
+        lost = sorted(set(subject_folds["subject"]) - set(index["subject"]) - failed)
+        if lost:
+            from raxnet.tables import rerun_hint
+
+            raise StageInputError(f"{index_path}: no {plane} stacks for {len(lost)} subject(s) of {sf_path} "
+                                  f"that {errors_path} does not list: {', '.join(lost[:5])}; {rerun_hint('convert')}")
+    return subject_folds, plane_folds, index
 
 
 def _pick_inner_val(subjects: pd.DataFrame, fraction: float, seed: int, fold: int) -> set[str]:
@@ -260,6 +267,13 @@ def _plan_sets(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> _Plan
         bad = slices[(slices["slice"] < 0) | (slices["slice"] >= n_slices)].iloc[0]
         raise StageInputError(f"{plane}_folds.csv: slice {bad['slice']} of {bad['subject']} outside its stack")
     stacks = index.loc[subjects["subject"]].reset_index()
+    from raxnet.slices import IMAGE_DTYPE, MASK_DTYPE, check_stack
+
+    stage03 = stage_dir(work, "convert")
+    for r in stacks.itertuples(index=False):  # a truncated stack is refused here, not mid-training
+        shape = (int(r.n_slices), int(r.height), int(r.width))
+        check_stack(stage03 / r.image_path, shape, IMAGE_DTYPE)
+        check_stack(stage03 / r.mask_path, shape, MASK_DTYPE)
     return _Plan(stage_dir(work, "convert"), subjects, slices, shape2d,
                  padded_shape(shape2d, int(depth)), stacks, missing)
 
@@ -354,10 +368,13 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     """Stage 05 entry point: write the report of each (plane, fold); ``None`` = every plane with a
     ``<plane>_folds.csv`` and every fold of ``subject_folds.csv``. ``depth`` defaults to ``[model] depth``
     so the padding matches the network the configuration trains."""
-    if depth is None:
-        from raxnet.models import DEFAULTS as MODEL_DEFAULTS
+    from raxnet.models import DEFAULTS as MODEL_DEFAULTS
 
-        depth = int(section(cfg, "model", MODEL_DEFAULTS)["depth"])
+    if depth is not None:
+        cfg = with_flags(cfg, "model", depth=int(depth))
+    rec = record.begin("arrays", cfg, run)
+    cfg, run = rec.cfg, rec.run
+    depth = int(section(cfg, "model", MODEL_DEFAULTS)["depth"])
     work = Path(run["work_dir"])
     folds_dir = stage_dir(work, "folds")
     if plane is None or plane == "all":
@@ -371,6 +388,7 @@ def run(cfg: dict, run: dict, plane: str | None = None, fold: int | None = None,
     else:
         folds = [int(fold)]
     reports = [run_one(cfg, run, p, k, depth, materialise) for p in planes for k in folds]
+    rec.finish([Path(r["dir"]) / name for r in reports for name in ("sets.csv", "batches.csv", "summary.json")])
     return {"reports": reports, "dirs": [r["dir"] for r in reports],
             "steps_per_epoch": reports[0]["steps_per_epoch"], "input_shape": reports[0]["input_shape"],
             "lesion_slices_never_drawn": int(sum(r["lesion_slices_never_drawn"] for r in reports))}
@@ -472,10 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_plane(args.plane)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    opts = section(cfg, "arrays", DEFAULTS)
-    override(opts, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, augment=args.augment)
-    summary = run({**cfg, "arrays": opts}, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth,
-                  materialise=args.materialise)
+    cfg = with_flags(cfg, "arrays", batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+                     augment=args.augment)
+    summary = run(cfg, run_cfg, plane=args.plane, fold=args.fold, depth=args.depth, materialise=args.materialise)
     for r in summary["reports"]:
         print(f"{r['plane']} fold {r['fold']}: {r['steps_per_epoch']} steps/epoch, input shape "
               f"{tuple(r['input_shape'])}, {r['lesion_slices_never_drawn']} lesion slice(s) never drawn -> {r['dir']}")

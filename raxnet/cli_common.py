@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from raxnet.config import RUN_DEFAULTS, load_config, override, section
-from raxnet.errors import RaxnetError
+from raxnet.config import RUN_DEFAULTS, RunSettings, load_config, section, validate
+from raxnet.errors import EXIT_IO, RaxnetError
 from raxnet.log import setup_console
 
 
@@ -45,29 +45,47 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Set up the console (``-v``), load ``--config`` and apply the common flags: returns ``(cfg, run)``."""
+    """Set up the console (``-v``), load ``--config`` (the whole file is checked) and apply the common flags:
+    returns ``(cfg, run)``."""
     setup_console(bool(getattr(args, "verbose", False)))
     cfg = load_config(args.config)
-    run = section(cfg, "run", RUN_DEFAULTS)
-    override(
-        run,
-        work_dir=getattr(args, "work_dir", None),
-        data_root=getattr(args, "data_root", None),
-        seed=getattr(args, "seed", None),
-        jobs=getattr(args, "jobs", None),
-    )
+    validate(cfg)
+    given = dict(cfg.get("run") or {})
+    for key in ("work_dir", "data_root", "seed", "jobs"):
+        if getattr(args, key, None) is not None:
+            given[key] = getattr(args, key)
+    run = section({"run": given}, "run", RUN_DEFAULTS)
     if run["jobs"] is not None and run["jobs"] < 1:
         run["jobs"] = max(1, os.cpu_count() or 1)
-    return cfg, run
+    return cfg, RunSettings(run, set(given))
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars an error interrupted, so the ``error:`` line starts a line of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a CLI ``main``; a :class:`RaxnetError` becomes one ``error:`` line and exit code 2."""
+    """Run a CLI ``main``: a :class:`RaxnetError` prints one ``error:`` line per problem and exits with its
+    code (2, or 3 for an output that cannot be written); an ``OSError`` (full disk, read-only or missing
+    folder) prints one line naming the file and exits 3. Exit codes: :mod:`raxnet.errors`."""
+    from raxnet.io import os_error_message
+
     try:
         code = main(argv)
     except RaxnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _close_progress_bars()
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        _close_progress_bars()
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        sys.exit(EXIT_IO)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -15,13 +15,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from raxnet import lesions
+from raxnet import lesions, record
 from raxnet.atlas import discover
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.components import LESION_CONNECTIVITY, SLICE_CONNECTIVITY
-from raxnet.config import override, section, stage_dir
-from raxnet.errors import InputError
-from raxnet.io import check_same_grid, read_mask, read_volume, save_csv, save_figure, save_json, save_nifti
+from raxnet.config import section, stage_dir, with_flags
+from raxnet.errors import EXIT_SOME_FAILED, InputError
+from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure, save_json, save_nifti
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
 from raxnet.stage import stage_run
@@ -73,13 +73,20 @@ def _brain_mask(t1: np.ndarray, affine: np.ndarray, settings: Mapping[str, Any])
 
 
 def load_subject(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read and validate one subject: ``(t1, mask, affine)``; InputError names the bad file."""
+    """Read and validate one subject: ``(t1, mask, affine)``; InputError names the bad file.
+
+    Refused besides unreadable files: an empty T1w (no contrast), a mask on another grid, and a pair
+    whose head lies outside MNI152 space (shifted or not registered).
+    """
+    from raxnet.templates import check_mni_position
+
     t1_path, mask_path = row["t1_path"], row.get("mask_path")
     if mask_path is None or (isinstance(mask_path, float) and np.isnan(mask_path)):
         raise InputError(f"{t1_path}: no lesion mask beside this T1w image")
-    t1, t1_img = read_volume(t1_path)
+    t1, t1_img = read_t1(t1_path)
     mask, mask_img = read_mask(mask_path)
     check_same_grid(t1_img, mask_img, t1_path, mask_path)
+    check_mni_position(t1, t1_img.affine, t1_path)
     return t1, mask, np.asarray(t1_img.affine, dtype=float)
 
 
@@ -106,8 +113,8 @@ def process_subject(
     subject_row = {
         "subject": row["subject"],
         "site": row["site"],
-        "t1_path": str(row["t1_path"]),
-        "mask_path": str(row["mask_path"]),
+        "t1_path": _relative(row["t1_path"], row.get("data_root")),
+        "mask_path": _relative(row["mask_path"], row.get("data_root")),
         **stats,
         "shape": "x".join(str(s) for s in mask.shape),
         "spacing_mm": "x".join(f"{z:g}" for z in np.round(zooms, 4)),
@@ -124,6 +131,17 @@ def process_subject(
     return subject_row, planes
 
 
+def _relative(path: Any, data_root: Any) -> str:
+    """A path as stored in ``subjects.csv``: relative to the data root (so ``--data-root`` moves a dataset)."""
+    path = Path(str(path))
+    if data_root is not None:
+        try:
+            return path.resolve().relative_to(Path(data_root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
 def _error_file(message: str, row: Mapping[str, Any]) -> str:
     for key in ("mask_path", "t1_path"):
         path = row.get(key)
@@ -134,7 +152,11 @@ def _error_file(message: str, row: Mapping[str, Any]) -> str:
 
 def _work(row: dict[str, Any]) -> tuple[str, Any]:
     try:
-        return "ok", process_subject(row, _SETTINGS, return_mask=True)
+        result = process_subject(row, _SETTINGS, return_mask=True)
+        # Fingerprints of the files read, so later stages notice a dataset rewritten under them.
+        images = {kind: {"path": result[0][f"{kind}_path"], **record.file_identity(row[f"{kind}_path"])}
+                  for kind in ("t1", "mask")}
+        return "ok", (*result, images)
     except InputError as exc:
         return "error", {"subject": row["subject"], "file": _error_file(str(exc), row), "error": str(exc)}
 
@@ -153,6 +175,8 @@ def _map(rows: list[dict[str, Any]], jobs: int):
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Stage 01 on ``run['data_root']``: write the tables and figures; return paths and counts."""
     global _SETTINGS
+    rec = record.begin("dataset", cfg, run)
+    cfg, run = rec.cfg, rec.run
     settings = section(cfg, "dataset", DEFAULTS)
     data_root = Path(run["data_root"])
     out = stage_dir(run["work_dir"], "dataset", create=True)
@@ -161,7 +185,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     log.info("%s: %d subjects found, %d labelled", data_root, len(found), len(labelled))
     if labelled.empty:
         raise InputError(f"{data_root}: no labelled subject (T1w with a lesion mask) found")
-    rows = [dict(r) for r in labelled.to_dict("records")]
+    rows = [{**r, "data_root": str(data_root)} for r in labelled.to_dict("records")]
 
     _SETTINGS = dict(settings)
     subject_rows: list[dict[str, Any]] = []
@@ -169,6 +193,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     errors: list[dict[str, str]] = []
     freq: np.ndarray | None = None
     freq_grid: tuple | None = None
+    images: dict[str, dict[str, Any]] = {}
     jobs = int(run.get("jobs") or 1)
     if jobs > 1:  # build the location reference once in the parent: forked workers inherit it
         _warm_reference(rows[0])
@@ -177,12 +202,12 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             log.warning("skipping %s: %s", result["subject"], result["error"])
             errors.append(result)
             continue
-        subject_row, planes, mask = result
+        subject_row, planes, mask, images[subject_row["subject"]] = result
         subject_rows.append(subject_row)
         for p in PLANES:
             slices[p].append(planes[p])
         if freq is None:
-            freq, freq_grid = mask.astype(np.int32), (mask.shape, subject_row["t1_path"])
+            freq, freq_grid = mask.astype(np.int32), (mask.shape, data_root / subject_row["t1_path"])
         elif mask.shape == freq.shape:
             freq += mask
 
@@ -213,6 +238,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     paths.update(make_figures(subjects, {p: pd.read_csv(paths[f"slices_{p}"]) for p in PLANES}, freq, ref_img,
                               n_freq, out, dpi=settings["dpi"]))
     log.info("%d processed, %d errors -> %s", len(subjects), len(errors_df), out)
+    rec.finish([paths["subjects"], paths["errors"], *(paths[f"slices_{p}"] for p in PLANES)], images=images)
     return {"out_dir": out, "paths": paths, **{k: summary[k] for k in ("found", "labelled", "processed", "errors")}}
 
 
@@ -373,8 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connectivity", type=int, choices=(6, 18, 26), help="3D component connectivity")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    cfg = dict(cfg)
-    cfg["dataset"] = override(section(cfg, "dataset", DEFAULTS), connectivity=args.connectivity)
-    result = run(cfg, run_cfg)
+    result = run(with_flags(cfg, "dataset", connectivity=args.connectivity), run_cfg)
     print(f"{result['processed']} subjects processed, {result['errors']} errors -> {result['out_dir']}")
+    if result["errors"]:
+        print(f"{result['errors']} subject(s) failed, listed in {result['paths']['errors']} (exit code 1)")
+        return EXIT_SOME_FAILED
     return 0

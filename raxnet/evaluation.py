@@ -20,10 +20,10 @@ import pandas as pd
 
 from raxnet.config import stage_dir
 from raxnet.errors import InputError
-from raxnet.io import check_same_grid, read_mask, read_volume, save_csv, save_figure
+from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure
 from raxnet.metrics import METRIC_KEYS
 from raxnet.log import get_logger
-from raxnet.runs import read_subject_folds, read_table, resolve_data_path
+from raxnet.runs import read_subject_folds, resolve_data_path
 
 log = get_logger(__name__)
 
@@ -66,11 +66,15 @@ def load_subjects(work: Path, data_root: Path, *, oof: bool, need_split: bool = 
 
     Without ``need_split`` and no split.csv, every subject of subjects.csv is returned with set "all".
     """
-    subjects = read_table(stage_dir(work, "dataset") / "subjects.csv", ["subject", "t1_path", "mask_path"], "01")
-    subjects = subjects.drop_duplicates("subject").set_index("subject")
+    from raxnet.tables import SPLIT, SUBJECT_FOLDS, SUBJECTS, check_subjects_agree, read_table
+
+    subjects_path = stage_dir(work, "dataset") / "subjects.csv"
+    subjects = read_table(subjects_path, SUBJECTS, columns=["subject", "t1_path", "mask_path"])
+    subjects = subjects.set_index("subject")
     split_path = stage_dir(work, "split") / "split.csv"
     if split_path.is_file() or need_split:
-        split = read_table(split_path, ["subject", "set"], "02")
+        # A hold-out subject missing from subjects.csv is not refused here: it becomes a failed row.
+        split = read_table(split_path, SPLIT, columns=["subject", "set"])
     else:
         split = pd.DataFrame({"subject": subjects.index, "set": "all"})
     sets = ["holdout"] + (["train"] if oof else [])
@@ -80,6 +84,8 @@ def load_subjects(work: Path, data_root: Path, *, oof: bool, need_split: bool = 
     folds: dict[str, int] = {}
     if oof and (split["set"] == "train").any():
         f = read_subject_folds(work)
+        check_subjects_agree(f["subject"], stage_dir(work, "folds") / "subject_folds.csv", SUBJECT_FOLDS,
+                             split.loc[split["set"] == "train", "subject"], split_path, "train subjects")
         folds = dict(zip(f["subject"], f["fold"]))
     out = []
     for _, row in split.iterrows():
@@ -108,7 +114,7 @@ def load_truth(s: Subject) -> tuple[np.ndarray, np.ndarray, Any]:
         raise InputError(f"{s.subject}: not listed in 01_dataset/subjects.csv (or no T1 path)")
     if s.mask_path is None:
         raise InputError(f"{s.subject}: no ground-truth mask listed in 01_dataset/subjects.csv")
-    t1, img = read_volume(s.t1_path)
+    t1, img = read_t1(s.t1_path)
     truth, mask_img = read_mask(s.mask_path)
     check_same_grid(img, mask_img, s.t1_path, s.mask_path)
     return t1, truth, img

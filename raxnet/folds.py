@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import override, section, stage_dir
+from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import save_csv, save_figure
 from raxnet.log import get_logger, progress
@@ -531,38 +532,41 @@ def _bars(ax: Any, stats_df: pd.DataFrame, plane: str, k: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------- stage
-def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise StageInputError(f"{path}: not found (run the earlier stage first)")
-    try:
-        df = pd.read_csv(path, dtype={"subject": str, "site": str, "volume_bin": str, "set": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StageInputError(f"{path}: cannot read CSV ({exc})") from None
-    _check_columns(df, required, str(path))
-    return df
+def read_inputs(work: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, Any] | None, dict[str, str]]:
+    """Stage 02's split and stage 01's slice tables (and spacing), checked against each other:
+    ``(split, {plane: slices}, spacing or None, sources)``; StageInputError names a bad file."""
+    from raxnet.tables import SLICES, SPLIT, SUBJECTS, check_slices_complete, check_subjects_agree, read_table
+
+    split_path = stage_dir(work, "split") / "split.csv"
+    split = read_table(split_path, SPLIT, columns=_SPLIT_REQUIRED)
+    ds = stage_dir(work, "dataset")
+    subjects_csv = ds / "subjects.csv"
+    subjects = read_table(subjects_csv, SUBJECTS, columns=["subject"]) if subjects_csv.is_file() else None
+    if subjects is not None:
+        check_subjects_agree(split["subject"], split_path, SPLIT, subjects["subject"], subjects_csv)
+    slices, sources = {}, {"split": str(split_path)}
+    for plane in PLANES:
+        p = ds / f"slices_{plane}.csv"
+        slices[plane] = read_table(p, SLICES, columns=_SLICE_REQUIRED)
+        if subjects is not None:
+            check_slices_complete(slices[plane], p, plane, subjects, subjects_csv)
+        sources[plane] = str(p)
+    spacing = None
+    if subjects is not None and "spacing_mm" in subjects.columns:
+        spacing = dict(zip(subjects["subject"], subjects["spacing_mm"]))
+    return split, slices, spacing, sources
 
 
 @stage_run("folds")
 def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     """Stage 04: read ``02_data_splitting/split.csv`` and ``01_dataset/slices_*.csv``; write
     ``04_cross_validation/`` (subject_folds.csv, <plane>_folds.csv, fold_stats.csv, figures)."""
+    rec = record.begin("folds", cfg, run_cfg)
+    cfg, run_cfg = rec.cfg, rec.run
     opts = section(cfg, "folds", DEFAULTS)
     work = Path(run_cfg["work_dir"])
-    split_path = stage_dir(work, "split") / "split.csv"
-    split = _read_csv(split_path, _SPLIT_REQUIRED)
-    ds = stage_dir(work, "dataset")
-    slices, sources = {}, {"split": str(split_path)}
-    for plane in PLANES:
-        p = ds / f"slices_{plane}.csv"
-        slices[plane] = _read_csv(p, _SLICE_REQUIRED)
-        sources[plane] = str(p)
-    spacing = None
-    subjects_csv = ds / "subjects.csv"
-    if subjects_csv.is_file():
-        sub = pd.read_csv(subjects_csv, dtype={"subject": str})
-        if "spacing_mm" in sub.columns:
-            spacing = dict(zip(sub["subject"], sub["spacing_mm"]))
-    subject_folds, plane_folds, st = make_folds(
+    split, slices, spacing, sources = read_inputs(work)
+    subject_folds, plane_folds, stats_df = make_folds(
         split, slices, int(opts["n_folds"]), int(run_cfg["seed"]),
         normal_ratio=float(opts["normal_ratio"]), area_bin_edges=opts["area_bin_edges"],
         normal_min_brain_fraction=float(opts["normal_min_brain_fraction"]), normal_source=opts["normal_source"],
@@ -574,11 +578,12 @@ def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     save_csv(subject_folds, out / "subject_folds.csv")
     for plane, df in plane_folds.items():
         save_csv(df, out / f"{plane}_folds.csv")
-    save_csv(st, out / "fold_stats.csv")
+    save_csv(stats_df, out / "fold_stats.csv")
+    rec.finish([out / "subject_folds.csv", out / "fold_stats.csv", *(out / f"{p}_folds.csv" for p in plane_folds)])
     train = split[split["set"] == "train"]
-    figs = [plot_balance(st, k, out / "fold_balance.png"),
-            plot_volume_balance(st, subject_folds, train, k, out / "fold_volume_balance.png", spacing)]
-    summary = balance_summary(st)
+    figs = [plot_balance(stats_df, k, out / "fold_balance.png"),
+            plot_volume_balance(stats_df, subject_folds, train, k, out / "fold_volume_balance.png", spacing)]
+    summary = balance_summary(stats_df)
     for r in summary.itertuples():
         log.info("%-8s max per-bin deviation %.4f, min KS p %.3g, min MWU p %.3g", r.plane,
                  r.max_bin_deviation, r.min_ks_p, r.min_mwu_p)
@@ -605,9 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--normal-ratio", type=float, help="normal slices per lesion slice, per fold (default 1.0)")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    cfg = dict(cfg)
-    cfg["folds"] = override(section(cfg, "folds", DEFAULTS), n_folds=args.folds, normal_ratio=args.normal_ratio)
-    s = run(cfg, run_cfg)
+    s = run(with_flags(cfg, "folds", n_folds=args.folds, normal_ratio=args.normal_ratio), run_cfg)
     print(f"{s['n_subjects']} subjects in {s['k']} folds -> {s['subject_folds_csv']}")
     for r in s["balance"]:
         print(f"  {r['plane']:<8} max per-bin deviation {r['max_bin_deviation']:.4f}  "

@@ -38,16 +38,18 @@ metrics, so every hold-out subject is accounted for. Metric semantics: :mod:`rax
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from raxnet import record
 from raxnet.brainmask import read_record
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.components import LESION_CONNECTIVITY
-from raxnet.config import override, section, stage_dir
-from raxnet.errors import ConfigError, InputError, StageInputError
+from raxnet.config import section, stage_dir, with_flags
+from raxnet.errors import EXIT_SOME_FAILED, ConfigError, InputError, StageInputError
 from raxnet.evaluation import (
     Subject,
     find_predictions,
@@ -66,7 +68,7 @@ from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, CLEAN_SUFFIX, FUSED_METHODS, fuse_all, method_names, postprocess
 from raxnet.postprocess_selection import check_grid, choose, score_candidates, summarise_candidates
-from raxnet.runs import FoldModel, fold_models, plane_weights, select_models, train_dir
+from raxnet.runs import FoldModel, fold_models, plane_weights, run_name, select_models, train_dir
 from raxnet.stage import stage_run
 
 log = get_logger(__name__)
@@ -116,13 +118,16 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], methods: Sequence[str],
-            extra: dict[str, Any], skipped: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+            extra: dict[str, Any], skipped: Sequence[Mapping[str, str]] = (),
+            rec: record.StageRun | None = None) -> dict[str, Any]:
     result = write_results(out, rows, errors, methods, skipped)
     print(result["table"])
     why = sorted({s["reason"] for s in skipped})
     log.info("08_fusion: %d subject(s) scored, %d failed (errors.csv), %d skipped%s -> %s",
              result["n_subjects"] - result["n_failed"], result["n_failed"], result["n_skipped"],
              f" (skipped.csv: {'; '.join(why)})" if why else "", out)
+    if rec is not None:
+        rec.finish([p for p in sorted(out.glob("*.csv")) + sorted(out.glob("*.json")) if p.name != record.RECORD_FILE])
     return {**result, **extra}
 
 
@@ -163,12 +168,40 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
     return record
 
 
+def check_trained_current(work: Path, models: Sequence[FoldModel]) -> None:
+    """Refuse a stage-07 model trained from stage-03/04 tables that have changed since (its run.json
+    records their SHA-256; models without that record, e.g. made by hand, are not checked)."""
+    from raxnet.training import input_digests
+
+    seen: set[Path] = set()
+    for m in models:
+        run_json = m.path.parent / "run.json"
+        if run_json in seen or not run_json.is_file():
+            continue
+        seen.add(run_json)
+        made = json.loads(run_json.read_text()).get("inputs")
+        if made is None:
+            continue
+        now = input_digests(work, m.plane)
+        changed = [k for k in sorted(set(now) | set(made)) if now.get(k) != made.get(k)]
+        if changed:
+            raise StageInputError(
+                f"{m.path.parent}: trained from other tables ({changed[0]} changed since); re-train it: "
+                f"07_train/train.py --work-dir {work} --plane {m.plane} --fold {m.fold} --force")
+
+
 @stage_run("fusion")
 def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """Fuse, write masks and score every hold-out (and, with ``oof``, train) subject; see module doc."""
+    rec = record.begin("fusion", cfg, run)
+    cfg, run = rec.cfg, rec.run
+    if ("fusion", "model") not in rec.explicit:  # the models stage 07 trained with the run's settings
+        from raxnet.training import loss_names, model_names
+
+        cfg["fusion"]["model"] = run_name(model_names(cfg)[0], loss_names(cfg)[0])
     f = settings(cfg)
     if f["evaluate_only"]:
-        return evaluate_only(cfg, run, f["evaluate_only"])
+        return evaluate_only(cfg, run, f["evaluate_only"], rec=rec)
     work, data_root = Path(run["work_dir"]), Path(run["data_root"])
     out = stage_dir(work, "fusion", create=True)
     methods = method_names(f["methods"], int(f["min_size"]))
@@ -188,6 +221,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     subjects = load_subjects(work, data_root, oof=bool(f["oof"]) or select)
     if not any(s.set == "holdout" for s in subjects):
         raise StageInputError(f"{stage_dir(work, 'split') / 'split.csv'}: no hold-out subject")
+    record.check_images(work, data_root, [s.subject for s in subjects], "stage 08")
 
     # Out-of-fold: the fold_<k> models of all needed planes must exist.
     all_models = fold_models(models_dir, needed)
@@ -213,6 +247,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             skipped.append({"subject": s.subject, "set": s.set, "reason": why})
             continue
         todo.append((s, {p: [all_models[p][s.fold]] for p in needed}))
+    check_trained_current(work, [m for _, models in todo for ms in models.values() for m in ms])
 
     # out-of-fold subjects first, grouped by fold so each fold's models load once; the post-processing is
     # chosen on them before the first hold-out subject is read
@@ -296,13 +331,13 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         "postprocessing": (postprocessing or {}).get("inference"),
     }
     save_json(info, out / "fusion.json")
-    return _finish(out, rows, errors, methods, {"selected_folds": used, "weights": weights,
-                                                "weight_source": weight_source,
-                                                "oof_skipped_folds": sorted(skipped_folds),
-                                                "postprocessing": postprocessing}, skipped)
+    extra = {"selected_folds": used, "weights": weights, "weight_source": weight_source,
+             "oof_skipped_folds": sorted(skipped_folds), "postprocessing": postprocessing}
+    return _finish(out, rows, errors, methods, extra, skipped, rec=rec)
 
 
-def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path) -> dict[str, Any]:
+def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str | Path,
+                  rec: record.StageRun | None = None) -> dict[str, Any]:
     """Score existing masks in ``pred_dir`` against the ground truth of subjects.csv.
 
     Writes the same files as :func:`run` (subject_metrics.csv, summary.csv, errors.csv, figures, qc/)
@@ -317,6 +352,8 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputError(f"{pred_dir}: prediction directory not found")
+    if not data_root.is_dir():
+        raise StageInputError(f"{data_root}: data root not found (--data-root: the folder that contains Training/)")
     # A sub-folder, so scoring other masks never overwrites the stage's own fusion results.
     out = stage_dir(work, "fusion", create=True) / f"evaluate_{pred_dir.resolve().name}"
     subjects = load_subjects(work, data_root, oof=bool(f["oof"]), need_split=False)
@@ -355,7 +392,7 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
             qc_subject(out, s, t1, truth, masks, results, spacing, f["qc_method"])
     save_json({"evaluate_only": str(pred_dir), "methods": methods, "connectivity": int(f["connectivity"])},
               out / "fusion.json")
-    return _finish(out, rows, errors, methods, {"methods": methods})
+    return _finish(out, rows, errors, methods, {"methods": methods}, rec=rec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,11 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="score existing <subject>_<method>.nii.gz masks instead of predicting")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    fusion = section(cfg, "fusion", DEFAULTS)
-    override(fusion, **dict(model=args.model, ensemble=args.ensemble, tta=args.tta, threshold=args.threshold,
-                 min_size=args.min_size, connectivity=args.connectivity, batch_size=args.batch_size,
-                 oof=args.oof, save_probabilities=args.save_probabilities, qc=args.qc,
-                 evaluate_only=args.evaluate_only,
-                 methods=[m.strip() for m in args.methods.split(",")] if args.methods else None))
-    run({**cfg, "fusion": fusion}, run_cfg)
+    cfg = with_flags(cfg, "fusion", model=args.model, ensemble=args.ensemble, tta=args.tta, threshold=args.threshold,
+                     min_size=args.min_size, connectivity=args.connectivity, batch_size=args.batch_size,
+                     oof=args.oof, save_probabilities=args.save_probabilities, qc=args.qc,
+                     evaluate_only=args.evaluate_only,
+                     methods=[m.strip() for m in args.methods.split(",")] if args.methods else None)
+    result = run(cfg, run_cfg)
+    if result.get("n_failed"):
+        print(f"{result['n_failed']} subject(s) failed, listed in {stage_dir(run_cfg['work_dir'], 'fusion')}"
+              "/errors.csv (exit code 1)")
+        return EXIT_SOME_FAILED
     return 0

@@ -6,16 +6,19 @@ Validation errors are :class:`~raxnet.errors.InputError` with a one-line message
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
 
-from raxnet.errors import InputError
+from raxnet.errors import InputError, OutputError
 
 #: Affines of two images on "the same grid" may differ by float noise from different writers.
 AFFINE_ATOL = 1e-3
@@ -57,6 +60,16 @@ def read_volume(path: str | Path, *, dtype: type = np.float32) -> tuple[np.ndarr
     return data, img
 
 
+def read_t1(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """:func:`read_volume` for a T1w scan: an image without contrast (all voxels equal, e.g. all zero) is
+    refused -- it would train on, or predict, nothing."""
+    data, img = read_volume(path)
+    if data.size == 0 or float(data.min()) == float(data.max()):
+        raise InputError(f"{path}: the T1w image is empty (every voxel is {float(data.flat[0]) if data.size else 0:g}); "
+                         "check the file, or remove this subject")
+    return data, img
+
+
 def read_mask(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Load a lesion mask as uint8 0/1; values > 0 are lesion.
 
@@ -81,17 +94,93 @@ def check_same_grid(ref: nib.Nifti1Image, other: nib.Nifti1Image, ref_path: Any,
         raise InputError(f"{other_path}: affine does not match {ref_path}")
 
 
+#: What to do about an output that cannot be written, by errno.
+_WRITE_HINTS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free space or choose another --work-dir / --output",
+    errno.EDQUOT: "the disk quota is exceeded: free space or choose another --work-dir / --output",
+    errno.EROFS: "the file system is read-only: choose a writable --work-dir / --output",
+    errno.EACCES: "no permission to write there: choose a writable --work-dir / --output",
+    errno.EPERM: "no permission to write there: choose a writable --work-dir / --output",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another --work-dir / --output",
+    errno.EISDIR: "a folder is in the way of this file: remove it or choose another --work-dir / --output",
+    errno.EEXIST: "a file is in the way of this folder: remove it or choose another --work-dir / --output",
+}
+
+
+def os_error_message(exc: OSError, path: str | Path | None = None) -> str:
+    """One line for an OSError: the file, the system's reason and what to do."""
+    where = path if path is not None else (exc.filename or "?")
+    code = exc.errno
+    reason = None
+    if code is None:  # libraries put the errno in the text only (h5py), or report a short write (NumPy)
+        m = re.search(r"errno = (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+        short = re.search(r"(\d+) requested and (\d+) written", str(exc))
+        if short:
+            code = errno.ENOSPC
+            reason = f"only {short.group(2)} of {short.group(1)} bytes written"
+    reason = reason or (os.strerror(code) if code else (exc.strerror or str(exc)))
+    hint = _WRITE_HINTS.get(code or -1, "check that the folder exists and is writable")
+    return f"{where}: {reason}; {hint}"
+
+
+def make_dirs(path: str | Path) -> Path:
+    """``mkdir -p`` whose failure (a file in the way, read-only disk...) is an :class:`OutputError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(os_error_message(OSError(errno.ENOTDIR, "Not a directory"), path)) from None
+    except OSError as exc:
+        raise OutputError(os_error_message(exc, exc.filename or path)) from None
+    return path
+
+
+#: Name of atomic_path's temporary files: ``.<target name>.<8 random characters><suffix>``.
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^/]*)$")
+
+
+def is_temp_file(name: str) -> bool:
+    """True for the name of a temporary file left behind by :func:`atomic_path` (e.g. after a SIGKILL)."""
+    m = _TEMP_NAME.match(name)
+    return bool(m) and (m["target"].endswith(m["suffix"]) or m["suffix"] == ".tmp")
+
+
+def clean_temp_files(folder: str | Path, *, recursive: bool = True, min_age_s: float = 0.0) -> list[Path]:
+    """Remove stale temporary files of :func:`atomic_path` under ``folder``; returns what was removed.
+
+    ``min_age_s`` spares files younger than that (a concurrent writer's file in a shared folder).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for path in folder.rglob(".*") if recursive else folder.glob(".*"):
+        try:
+            if path.is_file() and is_temp_file(path.name) and now - path.stat().st_mtime >= min_age_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # removed meanwhile by its writer
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
 
-    ``suffix`` keeps the extension libraries look at (``.nii.gz``, ``.npy``, ``.png``).
+    ``suffix`` keeps the extension libraries look at (``.nii.gz``, ``.npy``, ``.png``). A failure to
+    write (full disk, read-only or missing folder) raises :class:`OutputError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise OutputError(os_error_message(exc, path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -101,9 +190,15 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename not in (None, str(tmp_path), str(path)):
+            raise  # about another file (e.g. a source being copied): not a failure to write this one
+        raise OutputError(os_error_message(exc, path)) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        try:
+            tmp_path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def save_nifti(data: np.ndarray, ref: nib.Nifti1Image, path: str | Path, dtype: type = np.uint8) -> Path:

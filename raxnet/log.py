@@ -144,7 +144,8 @@ def command_line() -> str:
 
 
 def _has_outputs(folder: Path) -> bool:
-    return any(p.is_file() and p.name != LOG_NAME for p in folder.rglob("*"))
+    # record.json is the stage's "running" mark (raxnet.record), not an output
+    return any(p.is_file() and p.name not in (LOG_NAME, "record.json") for p in folder.rglob("*"))
 
 
 @contextlib.contextmanager

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import override, section, stage_dir
+from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv
 from raxnet.log import get_logger
@@ -49,12 +50,11 @@ def volume_shape(work_dir: str | Path, fallback: tuple[int, int, int] | None = N
     Without either it is an error rather than a silent guess: the 1 mm ATLAS grid would describe networks
     four times the size of the 2 mm demo's.
     """
+    from raxnet.tables import SUBJECTS, read_table
+
     path = stage_dir(work_dir, "dataset") / "subjects.csv"
     if path.is_file():
-        try:
-            table = pd.read_csv(path)
-        except Exception as exc:
-            raise StageInputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        table = read_table(path, SUBJECTS, columns=["subject"])
         if "shape" in table.columns and table["shape"].notna().any():
             shapes = sorted(set(table["shape"].dropna().astype(str)))
             if len(shapes) > 1:
@@ -94,6 +94,8 @@ def run(
     """Build ``models`` (default all of MODEL_NAMES) for ``planes`` and write models.csv + summary.txt."""
     from raxnet.models.flops import count_flops
 
+    rec = record.begin("model", cfg, run)
+    cfg, run = rec.cfg, rec.run
     model_cfg = section(cfg, "model", DEFAULTS)
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
@@ -138,6 +140,7 @@ def run(
     )
     with atomic_path(txt_path, suffix=".txt") as tmp:
         tmp.write_text(header + "\n".join(summaries))
+    rec.finish([csv_path], models=names, planes=plane_list, volume_shape=list(vol))
     return {"models_csv": str(csv_path), "summary_txt": str(txt_path), "rows": len(rows), "volume_shape": vol}
 
 
@@ -164,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point of stage 06."""
     args = build_parser().parse_args(argv)
     cfg, run_cfg = resolve(args)
-    model_cfg = override(section(cfg, "model", DEFAULTS), width=args.width, depth=args.depth)
-    cfg = {**cfg, "model": model_cfg}
+    cfg = with_flags(cfg, "model", width=args.width, depth=args.depth)
     shape = parse_shape(args.shape) if args.shape else None
     result = run(cfg, run_cfg, planes=args.plane, models=args.models, shape=shape)
     print(pd.read_csv(result["models_csv"]).to_string(index=False))

@@ -18,6 +18,7 @@ import pandas as pd
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import STAGE_DIRS, stage_dir
 from raxnet.log import get_logger
+from raxnet.runs import resolve_data_path
 from raxnet.stage import update_report
 
 log = get_logger(__name__)
@@ -78,7 +79,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     holdout = split.loc[split["set"] == "holdout", "subject"].tolist()
     predicted = None
     if holdout:
-        scan = Path(subjects.loc[holdout[0], "t1_path"])
+        scan = resolve_data_path(subjects.loc[holdout[0], "t1_path"], data_root)
         opts = section(cfg, "predict", PREDICT_DEFAULTS)
         out_dir = stage_dir(work, "predict")
 

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from raxnet.cli_common import add_verbose
-from raxnet.errors import ConfigError, InputError, RaxnetError
-from raxnet.io import read_volume, save_csv, save_nifti
+from raxnet.errors import EXIT_BAD_INPUT, EXIT_SOME_FAILED, ConfigError, InputError, OutputError, RaxnetError
+from raxnet.io import load_nifti, make_dirs, read_t1, save_csv, save_nifti
 from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, postprocess
@@ -56,12 +56,49 @@ MAX_SPREAD = float(np.std([0.0, 0.0, 1.0]))
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 #: Fraction of the template brain's bounding box an MNI-space scan's field of view must cover.
 MIN_FOV_COVERAGE = 0.9
+#: Voxels of the 1 mm MNI152 (ATLAS) grid, 197 x 233 x 189.
+MNI_1MM_VOXELS = 197 * 233 * 189
+#: A scan with more voxels than this many 1 mm MNI volumes is refused before its data is read: memory grows
+#: with the input grid (a 600³ float32 input took 6.7 GB), and an MNI-space T1w needs no finer grid.
+MAX_MNI_VOLUMES = 4
 
 
 def output_stem(path: str | Path) -> str:
     """BIDS-style stem: ``sub-01_ses-1_space-X_T1w.nii.gz`` -> ``sub-01_ses-1_space-X``."""
     name = _NIFTI.sub("", Path(path).name)
     return re.sub(r"_T1w$", "", name)
+
+
+def output_names(inputs: Sequence[Path], root: str | Path | None = None) -> list[str]:
+    """Output name of each input (outputs are ``<out>/<name>_desc-lesion_mask.nii.gz``, ...): its
+    :func:`output_stem`, under the input's folder relative to ``root`` (the ``--input`` folder), so scans
+    with the same file name in different folders never overwrite each other. Two inputs that would still
+    write the same outputs (``x_T1w.nii`` beside ``x_T1w.nii.gz``) are refused."""
+    names = []
+    for path in inputs:
+        name = output_stem(path)
+        if root is not None:
+            parent = Path(path).parent.relative_to(root).as_posix()
+            name = name if parent == "." else f"{parent}/{name}"
+        names.append(name)
+    seen: dict[str, Path] = {}
+    for path, name in zip(inputs, names):
+        if name in seen:
+            raise InputError(f"{path}: would write the same outputs ({name}_*) as {seen[name]}; rename one of them")
+        seen[name] = path
+    return names
+
+
+def check_size(path: str | Path) -> None:
+    """Refuse, from its header alone, a scan larger than :data:`MAX_MNI_VOLUMES` 1 mm MNI volumes."""
+    img = load_nifti(path)
+    voxels = int(np.prod(img.shape[:3], dtype=np.int64))
+    if voxels > MAX_MNI_VOLUMES * MNI_1MM_VOXELS:
+        shape = "x".join(str(int(s)) for s in img.shape[:3])
+        raise InputError(
+            f"{path}: {shape} = {voxels / 1e6:.0f} M voxels, {voxels / MNI_1MM_VOXELS:.0f} times a 1 mm MNI152 "
+            f"volume (at most {MAX_MNI_VOLUMES} times is read); resample it to 1 mm MNI152NLin2009aSym first"
+        )
 
 
 def find_inputs(path: str | Path) -> list[Path]:
@@ -177,13 +214,17 @@ class Predictor:
                            connectivity=int(s["connectivity"]), weights=s["weights"] or None)
 
 
-def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    """Segment one scan and write its outputs; returns the summary row."""
+def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str, Any],
+                 name: str | None = None) -> dict[str, Any]:
+    """Segment one scan and write its outputs as ``<out_dir>/<name>_*`` (default name: its
+    :func:`output_stem`); returns the summary row."""
     from raxnet.lesions import component_table
 
     start = time.perf_counter()
-    data, img = read_volume(path)
-    if opts["register"]:
+    register = bool(opts.get("register"))  # callers that predate --register pass no such key
+    check_size(path)
+    data, img = read_t1(path)
+    if register:
         from raxnet import registration
 
         registration.check_registrable(data, img, path)
@@ -193,7 +234,7 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     predictor.models  # noqa: B018  (loads the models once per run; not counted in the per-volume time)
     start += time.perf_counter() - loading
     reg = None
-    if opts["register"]:  # segmented in MNI space; every result goes back through the inverse transform
+    if register:  # segmented in MNI space; every result goes back through the inverse transform
         grid_affine = np.asarray(predictor.manifest["affine"], dtype=float)
         reg, probs, mask = registration.register_and_segment(
             data, img, path, tuple(predictor.manifest["grid_shape"]), grid_affine,
@@ -206,8 +247,8 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         to_input = functools.partial(back_to_input_grid, manifest=predictor.manifest, img=img)
     if resampled:
         mask = (to_input(mask, interpolation="nearest") > 0.5).astype(np.uint8)
-    stem = output_stem(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = name or output_stem(path)
+    make_dirs((out_dir / stem).parent)
     mask_path = save_nifti(mask, img, out_dir / f"{stem}_desc-lesion_mask.nii.gz", dtype=np.uint8)
     if opts["save_probabilities"]:
         # The mean probability map is only built (and resampled back) when it is written.
@@ -279,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
             "<name>_lesions.csv (one row per lesion, with its mean probability and plane agreement),\n"
             "<name>_summary.csv and <name>_qc.png; for the whole run summary.csv (one row per input scan,\n"
             "failed ones included), report.html (the table and every scan's overlay) and log.txt.\n"
-            "Exit codes: 0 all scans done; 1 some scans failed (listed at the end); 2 nothing done / bad input."
+            "Outputs of scans in sub-folders of --input go to the same sub-folders of --output.\n"
+            "Exit codes: 0 all scans done; 1 some scans failed (listed at the end); 2 nothing done / bad input;\n"
+            "3 an output could not be written (full disk, read-only folder): the batch stops."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -318,19 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def predict_batch(predictor: Predictor, inputs: Sequence[Path], out_dir: Path,
-                  opts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+def predict_batch(predictor: Predictor, inputs: Sequence[Path], out_dir: Path, opts: dict[str, Any],
+                  root: str | Path | None = None) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """Segment every input (going on past failures), then write ``summary.csv`` (one row per input,
     failed ones included: :data:`BATCH_COLUMNS`) and ``report.html`` in ``out_dir``; everything logged is
-    appended to ``out_dir/log.txt``. A single input that fails raises (nothing else to report)."""
+    appended to ``out_dir/log.txt``. Outputs mirror each input's folder relative to ``root``
+    (:func:`output_names`). A single input that fails raises (nothing else to report); an output that
+    cannot be written (:class:`OutputError`, full disk...) stops the batch."""
     from raxnet.report import PREDICT_SUMMARY, write_predict_report
 
+    names = output_names(inputs, root)
     done, failed, rows = [], [], []
     with stage_log(out_dir, "raxnet predict"):
-        for path in progress(inputs, desc="predict", unit="scan", disable=True if len(inputs) < 2 else None):
-            row = {"name": output_stem(path), "input": str(path)}
+        for path, name in progress(list(zip(inputs, names)), desc="predict", unit="scan",
+                                   disable=True if len(inputs) < 2 else None):
+            row = {"name": name, "input": str(path)}
             try:
-                result = predict_file(predictor, path, out_dir, opts)
+                result = predict_file(predictor, path, out_dir, opts, name=name)
+            except OutputError:
+                raise  # the machine, not this scan: every later scan would fail the same way
             except RaxnetError as exc:
                 if len(inputs) == 1:
                     raise
@@ -363,11 +412,13 @@ def _env_flag(name: str) -> bool | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``raxnet predict`` (``RAXNET_REGISTER`` / ``RAXNET_REGISTRATION`` in the environment
     set ``--register`` / ``--registration`` when the flags are not given, as ``docker compose`` does)."""
-    from raxnet.config import load_config, override, section
+    from raxnet.config import load_config, override, section, validate
 
     args = build_parser().parse_args(argv)
     setup_console(args.verbose)
-    opts = section(load_config(args.config), "predict", DEFAULTS)
+    cfg = load_config(args.config)
+    validate(cfg)
+    opts = section(cfg, "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
              qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm,
              register=_env_flag("RAXNET_REGISTER"), registration=os.environ.get("RAXNET_REGISTRATION") or None)
@@ -379,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      connectivity=args.connectivity, tta=args.tta, brain_mask_mm=opts["brain_mask_mm"])
     predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], overrides=overrides)
     out_dir = Path(args.output)
-    done, failed = predict_batch(predictor, inputs, out_dir, opts)
+    root = Path(args.input) if Path(args.input).is_dir() else None
+    done, failed = predict_batch(predictor, inputs, out_dir, opts, root=root)
     if done:
         print(f"{len(done)} scan(s) segmented into {out_dir}/ "
               f"({np.mean([d['seconds'] for d in done]):.1f} s per scan)")
@@ -387,5 +439,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(failed)} scan(s) failed:")
         for path, msg in failed:
             print(f"  {msg}" if str(path) in msg else f"  {path}: {msg}")
-        return 2 if not done else 1
+        return EXIT_BAD_INPUT if not done else EXIT_SOME_FAILED
     return 0

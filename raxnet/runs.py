@@ -183,29 +183,12 @@ def plane_weights(run_folder: Path, planes: Sequence[str] = PLANES) -> tuple[dic
 # ------------------------------------------------------------------------- earlier stages' tables
 
 
-def read_table(path: Path, required: Sequence[str], stage: str) -> pd.DataFrame:
-    """A stage's CSV (``subject`` read as text); StageInputError when missing, unreadable or short of columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageInputError(f"{path}: not found (run stage {stage} first)")
-    try:
-        df = pd.read_csv(path, dtype={"subject": str})
-    except Exception as exc:
-        raise StageInputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
-
-
 def read_subject_folds(work_dir: str | Path) -> pd.DataFrame:
-    """Stage-04 ``subject_folds.csv`` (``subject`` as text, ``fold`` as int); StageInputError when
-    missing, malformed or empty."""
-    path = stage_dir(work_dir, "folds") / "subject_folds.csv"
-    df = read_table(path, ["subject", "fold"], "04")
-    if df.empty:
-        raise StageInputError(f"{path}: no subject")
-    return df.astype({"fold": int})
+    """Stage-04 ``subject_folds.csv`` (``subject`` as text, ``fold`` as int >= 1), checked by
+    :data:`raxnet.tables.SUBJECT_FOLDS`; StageInputError when missing, malformed or empty."""
+    from raxnet.tables import SUBJECT_FOLDS, read_table
+
+    return read_table(stage_dir(work_dir, "folds") / "subject_folds.csv", SUBJECT_FOLDS)
 
 
 def resolve_data_path(value: Any, data_root: str | Path) -> Path | None:

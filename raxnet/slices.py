@@ -12,15 +12,20 @@ and written once per plane as
 
 Two ``.npy`` files per subject and plane (not one file per slice) keep the file count small; both open
 with ``np.load(path, mmap_mode="r")`` so later stages read single slices without loading volumes.
-``index.csv`` lists every stack (paths relative to the stage folder); ``convert.json`` records the
-brain-mask setting (stage 08 and the weight export read it). Re-running skips subjects whose stacks
-already exist with the right shape and dtype, and redoes any that are missing or corrupt, or all of
-them when the brain-mask setting changed.
+``index.csv`` lists every stack (paths relative to the stage folder) and the ``source`` digest of what
+it was made from; ``convert.json`` records the brain-mask setting (stage 08 and the weight export read
+it). ``sources/<subject>.json`` records what each subject's stacks were made from: the SHA-256 of its
+T1w and mask, the planes, the brain-mask setting. Re-running skips a subject only when that record
+matches the images stage 01 read and the current settings and its stacks exist with the right shape,
+dtype and size, and rebuilds it otherwise (a regenerated dataset, another brain-mask setting, an
+interrupted or corrupt conversion). Image paths in ``subjects.csv`` are relative to ``--data-root``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,11 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from raxnet import record
+from raxnet.brainmask import DEFAULT_DILATION_MM, check_setting, prepare, write_record
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import STAGE_DIRS, override, section, stage_dir
-from raxnet.brainmask import DEFAULT_DILATION_MM, check_setting, prepare, read_record, write_record
-from raxnet.errors import ConfigError, InputError, StageInputError
-from raxnet.io import check_same_grid, load_nifti, read_mask, read_volume, save_csv, save_npy
+from raxnet.config import STAGE_DIRS, section, stage_dir, with_flags
+from raxnet.errors import EXIT_SOME_FAILED, ConfigError, InputError, StageInputError
+from raxnet.io import atomic_path, check_same_grid, load_nifti, read_mask, read_t1, save_csv, save_npy
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANE_AXIS, PLANES, from_slices, parse_planes, slice_shape, to_slices
 from raxnet.runs import resolve_data_path
@@ -50,7 +56,9 @@ DEFAULTS: dict[str, Any] = {
 
 IMAGE_DTYPE = np.float16
 MASK_DTYPE = np.uint8
-INDEX_COLUMNS = ["subject", "set", "plane", "n_slices", "height", "width", "image_path", "mask_path"]
+INDEX_COLUMNS = ["subject", "set", "plane", "n_slices", "height", "width", "image_path", "mask_path", "source"]
+#: Bumped when the conversion itself changes, so stacks made by an older version are rebuilt.
+CONVERSION_VERSION = 1
 ERROR_COLUMNS = ["subject", "error"]
 
 
@@ -80,12 +88,47 @@ def _stack_ok(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return ok
 
 
+def check_stack(path: str | Path, shape: Sequence[int], dtype: Any) -> None:
+    """Refuse (StageInputError naming the file and what to do) a stack that is missing, truncated,
+    unreadable or not of ``shape``/``dtype``, before a later stage trips over it."""
+    from raxnet.tables import rerun_hint
+
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise StageInputError(f"{path}: slice stack not found; {rerun_hint('convert')}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise StageInputError(f"{path}: truncated or unreadable slice stack ({type(exc).__name__}: {exc}); "
+                              f"{rerun_hint('convert')}") from None
+    if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+        raise StageInputError(f"{path}: a {arr.dtype} stack of shape {arr.shape}, index.csv says {np.dtype(dtype)} "
+                              f"{tuple(shape)}; {rerun_hint('convert')}")
+    del arr
+
+
 def expected_shapes(volume_shape: tuple[int, ...], planes: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """Stack shape ``(n_slices, H, W)`` of each plane for a volume of ``volume_shape``."""
     return {p: (int(volume_shape[PLANE_AXIS[p]]), *slice_shape(volume_shape, p)) for p in planes}
 
 
-def _is_done(stage: Path, subject: str, t1_path: Path, planes: Sequence[str]) -> bool:
+def source_path(stage: Path, subject: str) -> Path:
+    """``sources/<subject>.json``: what the subject's stacks were made from."""
+    return Path(stage) / "sources" / f"{subject}.json"
+
+
+def source_digest(source: dict[str, Any]) -> str:
+    """Short digest of a source record (the ``source`` column of ``index.csv``)."""
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_done(stage: Path, subject: str, t1_path: Path, planes: Sequence[str], source: dict[str, Any]) -> bool:
+    try:
+        made_from = json.loads(source_path(stage, subject).read_text())
+    except (OSError, ValueError):
+        return False
+    if made_from != source:
+        return False
     try:
         shape = tuple(int(s) for s in load_nifti(t1_path).shape[:3])
     except InputError:
@@ -106,7 +149,7 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     mask or a mask on another grid; nothing is written for that subject then.
     """
     stage = Path(stage)
-    t1, t1_img = read_volume(t1_path)
+    t1, t1_img = read_t1(t1_path)
     mask, mask_img = read_mask(mask_path)
     check_same_grid(t1_img, mask_img, t1_path, mask_path)
     norm = prepare(t1, t1_img.affine, brain_mask_mm, source=str(t1_path))
@@ -120,10 +163,15 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     return shapes
 
 
-def _worker(task: tuple[str, str, str, str, tuple[str, ...], float | None]) -> tuple[str, dict | None, str | None]:
-    subject, t1, msk, stage, planes, brain_mask_mm = task
+def _worker(task: tuple[str, str, str, str, tuple[str, ...], float | None, dict]) -> tuple[str, dict | None, str | None]:
+    subject, t1, msk, stage, planes, brain_mask_mm, source = task
+    src = source_path(Path(stage), subject)
     try:
-        return subject, convert_subject(subject, t1, msk, stage, planes, brain_mask_mm), None
+        src.unlink(missing_ok=True)  # an interrupted conversion leaves no valid source record
+        shapes = convert_subject(subject, t1, msk, stage, planes, brain_mask_mm)
+        with atomic_path(src, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(source, sort_keys=True))
+        return subject, shapes, None
     except InputError as exc:
         return subject, None, str(exc)
 
@@ -136,18 +184,13 @@ def _resolve_path(value: Any, data_root: Path, subject: str, column: str) -> Pat
 
 
 def _subjects_table(work: Path, data_root: Path, include_holdout: bool) -> pd.DataFrame:
+    from raxnet.tables import SPLIT, SUBJECTS, check_subjects_agree, read_table
+
     split_csv = stage_dir(work, "split") / "split.csv"
     subjects_csv = stage_dir(work, "dataset") / "subjects.csv"
-    for path in (split_csv, subjects_csv):
-        if not path.is_file():
-            raise StageInputError(f"{path}: not found (run the earlier stages first)")
-    split = pd.read_csv(split_csv, dtype={"subject": str})
-    subjects = pd.read_csv(subjects_csv, dtype={"subject": str})
-    for name, df, cols in ((split_csv, split, ["subject", "set"]),
-                           (subjects_csv, subjects, ["subject", "t1_path", "mask_path"])):
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise StageInputError(f"{name}: missing column(s) {', '.join(missing)}")
+    split = read_table(split_csv, SPLIT, columns=["subject", "set"])
+    subjects = read_table(subjects_csv, SUBJECTS, columns=["subject", "t1_path", "mask_path"])
+    check_subjects_agree(split["subject"], split_csv, SPLIT, subjects["subject"], subjects_csv)
     sets = ["train", "holdout"] if include_holdout else ["train"]
     table = split.loc[split["set"].isin(sets), ["subject", "set"]].merge(
         subjects[["subject", "t1_path", "mask_path"]], on="subject", how="left"
@@ -161,33 +204,35 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     Subjects already converted (stacks present, right shape/dtype) are skipped; bad subjects are
     logged, listed in ``errors.csv`` and left out of the index while the rest go on.
     """
+    if include_holdout is not None:
+        cfg = with_flags(cfg, "convert", include_holdout=bool(include_holdout))
+    rec = record.begin("convert", cfg, run)
+    cfg, run = rec.cfg, rec.run
     opts = section(cfg, "convert", DEFAULTS)
-    if include_holdout is None:
-        include_holdout = bool(opts["include_holdout"])
+    include_holdout = bool(opts["include_holdout"])
     planes = tuple(parse_planes(opts["planes"]))
     work = Path(run["work_dir"])
     data_root = Path(run["data_root"])
     stage = stage_dir(work, "convert", create=True)
     table = _subjects_table(work, data_root, include_holdout)
+    images = record.check_images(work, data_root, table["subject"], "stage 03")
     brain_mask_mm = brain_mask_setting(opts)
-    recorded, before = read_record(stage)
-    redo_all = recorded and before != brain_mask_mm
-    if redo_all:
-        log.info("brain-mask setting changed (%s -> %s mm): converting every subject again", before, brain_mask_mm)
 
     errors: dict[str, str] = {}
-    tasks, done = [], []
+    tasks, done, sources = [], [], {}
     for row in table.itertuples(index=False):
         try:
             t1 = _resolve_path(row.t1_path, data_root, row.subject, "t1_path")
             msk = _resolve_path(row.mask_path, data_root, row.subject, "mask_path")
+            source = _source(images.get(row.subject), t1, msk, planes, brain_mask_mm)
         except InputError as exc:
             errors[row.subject] = str(exc)
             continue
-        if not redo_all and _is_done(stage, row.subject, t1, planes):
+        sources[row.subject] = source
+        if _is_done(stage, row.subject, t1, planes, source):
             done.append(row.subject)
         else:
-            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, brain_mask_mm))
+            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, brain_mask_mm, source))
     if done:
         log.info("%d subject(s) already converted, skipped", len(done))
 
@@ -219,7 +264,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
             rows.append({
                 "subject": row.subject, "set": row.set, "plane": plane, "n_slices": n, "height": h,
                 "width": w, "image_path": img.relative_to(stage).as_posix(),
-                "mask_path": msk.relative_to(stage).as_posix(),
+                "mask_path": msk.relative_to(stage).as_posix(), "source": source_digest(sources[row.subject]),
             })
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     save_csv(index, stage / "index.csv")
@@ -228,7 +273,24 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     save_csv(err_df, stage / "errors.csv")
     log.info("converted %d subject(s) (%d skipped as done, %d error(s)) -> %s",
              len(shapes), len(done), len(errors), stage)
+    rec.finish([stage / "index.csv", stage / "errors.csv", stage / "convert.json"])
     return index
+
+
+def _source(recorded: dict[str, Any] | None, t1: Path, mask: Path, planes: Sequence[str],
+            brain_mask_mm: float | None) -> dict[str, Any]:
+    """What a subject's stacks are made from: the images' SHA-256 (as stage 01 recorded them, else read
+    now), the planes, the brain-mask setting and the conversion version."""
+    def digest(kind: str, path: Path) -> str:
+        if recorded and kind in recorded:
+            return recorded[kind]["sha256"]
+        try:
+            return record.sha256_file(path)
+        except OSError as exc:
+            raise InputError(f"{path}: {'file not found' if isinstance(exc, FileNotFoundError) else exc}") from None
+
+    return {"t1": digest("t1", t1), "mask": digest("mask", mask), "planes": sorted(planes),
+            "brain_mask_mm": brain_mask_mm, "version": CONVERSION_VERSION}
 
 
 def _stage_of(path: str | Path) -> Path:
@@ -289,14 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--brain-mask-mm", type=float, help=f"brain-mask dilation in mm (default {DEFAULT_DILATION_MM:g})")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    conv = section(cfg, "convert", DEFAULTS)
-    override(conv, planes=args.planes, include_holdout=True if args.all else None, brain_mask=args.brain_mask,
-             brain_mask_mm=args.brain_mask_mm)
-    cfg = {**cfg, "convert": conv}
+    cfg = with_flags(cfg, "convert", planes=args.planes, include_holdout=True if args.all else None,
+                     brain_mask=args.brain_mask, brain_mask_mm=args.brain_mask_mm)
     summary = run(cfg, run_cfg)
     print(f"{summary['subjects']} subject(s), {summary['stacks']} stack pair(s) in {summary['index']}; "
           f"{summary['n_errors']} error(s)")
-    return 1 if summary["subjects"] == 0 and summary["n_errors"] > 0 else 0
+    if summary["n_errors"]:
+        print(f"{summary['n_errors']} subject(s) failed, listed in {summary['errors']} (exit code 1)")
+        return EXIT_SOME_FAILED
+    return 0
 
 
 __all__ = ["DEFAULTS", "brain_mask_setting", "convert", "convert_subject", "open_stack", "load_volume_from_stacks", "run", "main",

@@ -25,8 +25,9 @@ import pandas as pd
 from scipy import stats
 from sklearn.model_selection import train_test_split
 
+from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import override, section, stage_dir
+from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import save_csv, save_figure
 from raxnet.log import get_logger
@@ -350,22 +351,18 @@ def plot_split(split_df: pd.DataFrame, stats_df: pd.DataFrame, labels: Sequence[
 
 # --------------------------------------------------------------------------------------------- stage
 def read_subjects(path: Path) -> pd.DataFrame:
-    """Read stage 01's ``subjects.csv``; missing file or columns raise StageInputError naming it."""
-    if not path.is_file():
-        raise StageInputError(f"{path}: not found (run stage 01 first)")
-    try:
-        df = pd.read_csv(path, dtype={"subject": str, "site": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StageInputError(f"{path}: cannot read CSV ({exc})") from None
-    missing = [c for c in _REQUIRED if c not in df.columns]
-    if missing:
-        raise StageInputError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
+    """Read and check stage 01's ``subjects.csv``; a missing file, column or bad value raises
+    StageInputError naming it."""
+    from raxnet.tables import SUBJECTS, read_table
+
+    return read_table(path, SUBJECTS, columns=_REQUIRED)
 
 
 @stage_run("split")
 def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     """Stage 02: read ``01_dataset/subjects.csv``, write ``02_data_splitting/`` (split, stats, figure)."""
+    rec = record.begin("split", cfg, run_cfg)
+    cfg, run_cfg = rec.cfg, rec.run
     opts = section(cfg, "split", DEFAULTS)
     work = Path(run_cfg["work_dir"])
     src = stage_dir(work, "dataset") / "subjects.csv"
@@ -381,6 +378,7 @@ def run(cfg: dict[str, Any], run_cfg: dict[str, Any]) -> dict[str, Any]:
     save_csv(split[SPLIT_COLUMNS], out / "split.csv")
     save_csv(st, out / "split_stats.csv")
     fig = plot_split(split, st, labels, out / "split_distribution.png")
+    rec.finish([out / "split.csv", out / "split_stats.csv"])
     n_train = int((split["set"] == "train").sum())
     n_hold = len(split) - n_train
     t = st[st["row"] == "test"].set_index("name")["p_value"]
@@ -405,9 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also balance acquisition sites (strata = volume bin x site, sparse ones merged)")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
-    cfg = dict(cfg)
-    cfg["split"] = override(section(cfg, "split", DEFAULTS), holdout_fraction=args.holdout_fraction,
-                            stratify_site=args.stratify_site)
+    cfg = with_flags(cfg, "split", holdout_fraction=args.holdout_fraction, stratify_site=args.stratify_site)
     summary = run(cfg, run_cfg)
     print(f"{summary['n_train']} train / {summary['n_holdout']} hold-out -> {summary['split_csv']}")
     return 0

@@ -69,3 +69,40 @@ def spacing_of(affine: np.ndarray) -> int | None:
         if np.allclose(affine, grid(s)[1], atol=1e-3):
             return s
     return None
+
+
+#: Centre (mm, RAS) of the MNI152 2009a T1 template's foreground (checked against the template in the tests).
+HEAD_CENTRE_MM = np.array([0.0, -22.0, 9.5])
+#: A registered head's centre lies within this distance of :data:`HEAD_CENTRE_MM` (skull, scalp, a missing
+#: or defaced part and large lesions move it by a few mm; a scan shifted by 60 mm is far outside).
+MAX_CENTRE_OFFSET_MM = 40.0
+
+
+def head_centre_mm(t1: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
+    """World position (mm) of the centre of the T1w's foreground (voxels above 10 % of its 99th
+    percentile; every 2nd voxel per axis is enough), or None for an image without foreground."""
+    sub = np.asarray(t1)[::2, ::2, ::2]
+    positive = sub[sub > 0]
+    if positive.size == 0:
+        return None
+    idx = np.argwhere(sub > 0.1 * float(np.percentile(positive, 99)))
+    if idx.size == 0:
+        return None
+    affine = np.asarray(affine, dtype=float)
+    return affine[:3, :3] @ (idx.mean(axis=0) * 2) + affine[:3, 3]
+
+
+def check_mni_position(t1: np.ndarray, affine: np.ndarray, path: object) -> None:
+    """Refuse (InputError naming ``path``) a T1w whose head lies outside MNI152 space (shifted or not
+    registered): its centre more than :data:`MAX_CENTRE_OFFSET_MM` from the template's."""
+    from raxnet.errors import InputError
+
+    centre = head_centre_mm(t1, affine)
+    if centre is None:
+        return  # an empty image is refused by raxnet.io.read_t1
+    offset = float(np.linalg.norm(centre - HEAD_CENTRE_MM))
+    if offset > MAX_CENTRE_OFFSET_MM:
+        raise InputError(
+            f"{path}: not in MNI152NLin2009aSym space (the head's centre lies {offset:.0f} mm from the template's: "
+            "shifted or not registered); register it to MNI152NLin2009aSym first"
+        )

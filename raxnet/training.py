@@ -15,9 +15,17 @@ Run folders are ``<work>/07_train/<run name>/<plane>/fold_<k>/`` where the run n
 for the default loss (``tversky_focal``) and ``<model>-<loss>`` for any other loss (see :func:`raxnet.runs.run_name`, which owns the layout).
 Each holds ``model.keras`` (the best model, uncompiled: loads with plain ``keras.saving.load_model``),
 ``history.csv``, ``metrics.csv`` (one summary row), ``subject_dice.csv`` (one row per validation
-subject), ``run.json`` and the resume checkpoint (``last.keras`` with optimizer state, ``best.weights.h5``,
-``state.json``). An interrupted run continues from ``last.keras``; a finished run (epoch budget reached or
-stopped early) is skipped unless ``force``; asking for more epochs continues a finished run.
+subject), ``run.json`` and the resume checkpoint: ``last_e<NNNN>.keras`` (model + optimizer after epoch
+N), ``best_e<NNNN>.weights.h5`` (the best inner-validation epoch so far) and ``state.json``, which names
+them and is written last: an epoch is committed only when ``state.json`` points at its files, so a run
+killed at any moment resumes from a consistent checkpoint (files it does not name, and stale temporary
+files, are removed when the run starts). An interrupted run continues from its checkpoint; a finished
+run (epoch budget reached or stopped early) is skipped unless ``force``; asking for more epochs continues
+a finished run. A checkpoint or finished run made with other settings or from other stage-03/04 tables
+is refused (``--force`` retrains it).
+
+Settings come from the run's configuration (:mod:`raxnet.record`): the model is the one stage 06
+described, and a flag that contradicts what an earlier stage used is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import gc
 import hashlib
 import json
 import math
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -35,10 +45,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from raxnet import record
 from raxnet.cli_common import resolve, stage_parser
-from raxnet.config import override, section, stage_dir
+from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, InputError, RaxnetError, StageInputError
-from raxnet.io import atomic_path, save_csv, save_figure, save_json
+from raxnet.io import atomic_path, clean_temp_files, make_dirs, save_csv, save_figure, save_json
 from raxnet.log import get_logger, progress
 from raxnet.planes import from_slices, parse_planes
 from raxnet.runs import DEFAULT_LOSS, read_subject_folds, run_dir, run_name
@@ -95,7 +106,7 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def _split_names(value: str | Sequence[str]) -> list[str]:
+def split_names(value: str | Sequence[str]) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
     names = [str(v).strip() for v in value if str(v).strip()]
@@ -157,7 +168,7 @@ def model_names(cfg: dict[str, Any]) -> list[str]:
     """Models to train ([train].model, default [model].name), validated against MODEL_NAMES."""
     from raxnet import models
 
-    names = _split_names(settings(cfg)["model"]) or [_model_and_arrays(cfg)[0]["name"]]
+    names = split_names(settings(cfg)["model"]) or [_model_and_arrays(cfg)[0]["name"]]
     bad = [n for n in names if n not in models.MODEL_NAMES]
     if bad:
         raise ConfigError(f"unknown model(s) {', '.join(bad)}; expected {', '.join(models.MODEL_NAMES)}")
@@ -168,14 +179,15 @@ def loss_names(cfg: dict[str, Any]) -> list[str]:
     """Losses to train with ([train].loss), validated against LOSS_NAMES."""
     from raxnet import losses
 
-    names = _split_names(settings(cfg)["loss"])
+    names = split_names(settings(cfg)["loss"])
     bad = [n for n in names if n not in losses.LOSS_NAMES]
     if bad or not names:
         raise ConfigError(f"unknown loss(es) {', '.join(bad) or '(none)'}; expected {', '.join(losses.LOSS_NAMES)}")
     return names
 
 
-def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, loss_name: str, seed: int) -> str:
+def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, loss_name: str, seed: int,
+                 augment: dict | None = None) -> str:
     key = {
         "model_name": model_name,
         "loss": loss_name,
@@ -184,7 +196,33 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
         "arrays": {k: v for k, v in arrays.items() if k not in _ARRAYS_RUNTIME_KEYS},
         "train": {k: train[k] for k in _FINGERPRINT_KEYS},
     }
+    if augment is not None:  # the augmentation strengths change what is trained on ([augment])
+        key["augment"] = augment
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_digests(work_dir: str | Path, plane: str) -> dict[str, str]:
+    """SHA-256 of the earlier stages' tables a (plane, fold) run is trained from: stage 03's index (which
+    carries each stack's source digest) and stage 04's fold tables. A finished run or checkpoint made from
+    other tables is stale."""
+    from raxnet.record import sha256_file
+
+    work = Path(work_dir)
+    paths = [stage_dir(work, "convert") / "index.csv", stage_dir(work, "folds") / "subject_folds.csv",
+             stage_dir(work, "folds") / f"{plane}_folds.csv"]
+    return {p.relative_to(work).as_posix(): sha256_file(p) for p in paths if p.is_file()}
+
+
+def _stale_reason(made: dict[str, Any], fp: str, inputs: dict[str, str]) -> str | None:
+    """Why a checkpoint or finished run (its state.json / run.json dict) does not match this run."""
+    if made.get("fingerprint") != fp:
+        return "with other settings (model/loss/arrays/optimizer/seed)"
+    if "inputs" not in made:
+        return "by an older version (no record of its input tables)"
+    changed = [k for k in sorted(set(inputs) | set(made["inputs"])) if inputs.get(k) != made["inputs"].get(k)]
+    if changed:
+        return f"from other stage-03/04 tables ({changed[0]} changed since)"
+    return None
 
 
 # ------------------------------------------------------------------------------------ keras bits
@@ -302,10 +340,12 @@ def _monitor_class() -> type:
     class TrainingMonitor(keras.callbacks.Callback):
         """Per-epoch bookkeeping that survives interruption.
 
-        Tracks the best inner validation loss (saves ``best.weights.h5``), early stopping and the plateau
-        learning-rate schedule with their counters in ``state.json``, appends ``history.csv`` and saves
-        ``last.keras`` (model + optimizer) — in that order, so ``state.json`` never points past the
-        checkpoint. Keras' own EarlyStopping/ReduceLROnPlateau would forget their counters on resume.
+        Tracks the best inner validation loss (saves ``best_e<N>.weights.h5``), early stopping and the
+        plateau learning-rate schedule with their counters in ``state.json``, appends ``history.csv`` and
+        saves ``last_e<N>.keras`` (model + optimizer) under names of their own, then commits the epoch by
+        writing ``state.json`` (which names them) and only then removes the previous epoch's files. A kill
+        at any point leaves ``state.json`` naming a complete, consistent checkpoint. Keras' own
+        EarlyStopping/ReduceLROnPlateau would forget their counters on resume.
         """
 
         def __init__(self, out: Path, state: dict[str, Any], history: list[dict], train: dict[str, Any]):
@@ -340,7 +380,8 @@ def _monitor_class() -> type:
             delta = float(tr["min_delta"])
             if np.isfinite(val_loss) and val_loss < st["best_val_loss"] - delta:
                 st.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0, time_to_best_s=st["train_time_s"])
-                _save_weights(self.model, self.out / "best.weights.h5")
+                st["best_weights"] = checkpoint_name("best", epoch + 1)
+                _save_weights(self.model, self.out / st["best_weights"])
             else:
                 st["wait"] += 1
             if tr["schedule"] == "plateau":
@@ -359,8 +400,10 @@ def _monitor_class() -> type:
                 self.model.stop_training = True
                 log.info("early stop after epoch %d (best epoch %d)", epoch + 1, st["best_epoch"])
             save_csv(pd.DataFrame(self.history, columns=HISTORY_COLUMNS), self.out / "history.csv")
-            _save_keras(self.model, self.out / "last.keras")
-            save_json(st, self.out / "state.json")
+            st["checkpoint"] = checkpoint_name("last", epoch + 1)
+            _save_keras(self.model, self.out / st["checkpoint"])
+            save_json(st, self.out / "state.json")  # the commit: the epoch counts from here on
+            remove_uncommitted(self.out, st)
 
     return TrainingMonitor
 
@@ -417,22 +460,47 @@ def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int) -> int:
     return n
 
 
-def _new_state(fingerprint: str) -> dict[str, Any]:
+def _new_state(fingerprint: str, inputs: dict[str, str]) -> dict[str, Any]:
     return {
         "epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "wait": 0, "plateau_best": math.inf,
         "plateau_wait": 0, "train_time_s": 0.0, "time_to_best_s": 0.0, "stopped_early": False,
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint, "inputs": inputs, "checkpoint": None, "best_weights": None,
     }
 
 
+def checkpoint_name(kind: str, epoch: int) -> str:
+    """``last_e0003.keras`` (model + optimizer after epoch 3) or ``best_e0002.weights.h5``."""
+    return f"last_e{epoch:04d}.keras" if kind == "last" else f"best_e{epoch:04d}.weights.h5"
+
+
+_CHECKPOINT = re.compile(r"^(last_e\d{4}\.keras|best_e\d{4}\.weights\.h5)$")
+
+
+def remove_uncommitted(out: Path, state: dict[str, Any] | None) -> list[Path]:
+    """Remove checkpoint files ``state`` does not name (an older epoch's, or those of an epoch killed
+    before its commit) and the pre-commit names ``last.keras`` / ``best.weights.h5``."""
+    keep = {state.get("checkpoint"), state.get("best_weights")} if state else set()
+    removed = []
+    for path in out.iterdir() if out.is_dir() else ():
+        if (_CHECKPOINT.match(path.name) or path.name in ("last.keras", "best.weights.h5")) and path.name not in keep:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _read_state(out: Path) -> dict[str, Any] | None:
+    """The committed state of a run, or None (no checkpoint, unreadable, or its files missing)."""
     path = out / "state.json"
-    if not (path.is_file() and (out / "last.keras").is_file()):
+    if not path.is_file():
         return None
     try:
         state = json.loads(path.read_text())
     except json.JSONDecodeError:
         log.warning("%s: unreadable, starting the run again", path)
+        return None
+    if not state.get("checkpoint") or not (out / state["checkpoint"]).is_file():
+        return None  # made before checkpoints were committed with the state, or removed by hand
+    if state.get("best_weights") and not (out / state["best_weights"]).is_file():
         return None
     for key in ("best_val_loss", "plateau_best"):  # json has no infinity: save_json writes Infinity
         state[key] = float(state[key])
@@ -440,14 +508,15 @@ def _read_state(out: Path) -> dict[str, Any] | None:
 
 
 _RUN_FILES = (
-    "model.keras", "history.csv", "curves.png", "metrics.csv", "subject_dice.csv", "run.json", "last.keras",
-    "best.weights.h5", "state.json", "errors.csv",
+    "model.keras", "history.csv", "curves.png", "metrics.csv", "subject_dice.csv", "run.json", "state.json",
+    "errors.csv",
 )
 
 
 def _clear_run(out: Path) -> None:
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    remove_uncommitted(out, None)
 
 
 def write_curves(out: Path, history: Sequence[Mapping[str, Any]], title: str) -> Path | None:
@@ -540,35 +609,42 @@ def train_one(
     """Train, checkpoint and evaluate one (plane, outer fold, model, loss) run; returns its run.json dict.
 
     Skips a finished run (reads its run.json) unless ``force``; resumes an unfinished one from
-    ``last.keras`` when ``[train].resume``.
+    its committed checkpoint (``state.json``) when ``[train].resume``. Skipping does not import Keras.
     """
-    import keras
-
-    from raxnet import batches, losses, models
-
     train = settings(cfg)
     model_cfg, arrays = _model_and_arrays(cfg)
     seed = int(run["seed"])
-    out = run_dir(run["work_dir"], model_name, loss_name, plane, fold)
-    out.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed)
+    out = make_dirs(run_dir(run["work_dir"], model_name, loss_name, plane, fold))
+    from raxnet.augment import DEFAULTS as AUGMENT_DEFAULTS
+
+    augment = section(cfg, "augment", AUGMENT_DEFAULTS) if arrays.get("augment") else None
+    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment)
+    inputs = input_digests(run["work_dir"], plane)
     epochs = int(train["epochs"])
     tag = f"{run_name(model_name, loss_name)}/{plane}/fold_{fold}"
 
+    removed = clean_temp_files(out, recursive=False)  # left by a killed run
     if force or not train["resume"]:
         _clear_run(out)
     state = _read_state(out)
+    removed += remove_uncommitted(out, state)
+    if removed:
+        log.info("%s: removed %d stale or uncommitted file(s)", tag, len(removed))
     if state is None and (out / "run.json").is_file() and (out / "model.keras").is_file():
         # A finished run whose checkpoint was removed (e.g. to save disk) is still finished.
         info = json.loads((out / "run.json").read_text())
-        if info.get("fingerprint") == fp and (info.get("stopped_early") or info.get("epochs_run", 0) >= epochs):
+        if info.get("stopped_early") or info.get("epochs_run", 0) >= epochs:
+            why = _stale_reason(info, fp, inputs)
+            if why:
+                raise StageInputError(f"{out}: this run was trained {why}; pass --force to retrain it, or start "
+                                      "a fresh run with another --work-dir")
             log.info("%s: finished (%d epochs, no checkpoint kept), skipped; --force retrains", tag, info["epochs_run"])
             return info
-    if state is not None and state.get("fingerprint") != fp:
-        raise ConfigError(
-            f"{out}: checkpoint was made with other settings (model/loss/arrays/optimizer/seed); "
-            "pass --force to retrain"
-        )
+    if state is not None:
+        why = _stale_reason(state, fp, inputs)
+        if why:
+            raise StageInputError(f"{out}: checkpoint was made {why}; pass --force to retrain it, or start a "
+                                  "fresh run with another --work-dir")
     done = state is not None and (state["stopped_early"] or state["epoch"] >= epochs)
     if done and (out / "run.json").is_file() and (out / "model.keras").is_file():
         log.info("%s: finished (%d epochs), skipped; --force retrains", tag, state["epoch"])
@@ -577,7 +653,7 @@ def train_one(
         return json.loads((out / "run.json").read_text())
     if state is None:
         _clear_run(out)
-        state = _new_state(fp)
+        state = _new_state(fp, inputs)
         history: list[dict] = []
     else:
         hist_path = out / "history.csv"
@@ -587,6 +663,10 @@ def train_one(
         log.info("%s: resuming after epoch %d", tag, state["epoch"])
     for stale in ("run.json", "metrics.csv", "subject_dice.csv", "model.keras"):
         (out / stale).unlink(missing_ok=True)
+
+    import keras
+
+    from raxnet import batches, losses, models
 
     _seed_everything(seed, bool(train["deterministic"]))
     depth = int(model_cfg["depth"])
@@ -603,9 +683,9 @@ def train_one(
 
     with _precision(bool(train["mixed_precision"])), _strategy_scope():
         if state["epoch"] > 0:
-            model = keras.saving.load_model(str(out / "last.keras"), compile=True)
+            model = keras.saving.load_model(str(out / state["checkpoint"]), compile=True)
             if getattr(model, "optimizer", None) is None:
-                raise StageInputError(f"{out / 'last.keras'}: checkpoint has no optimizer state; pass --force")
+                raise StageInputError(f"{out / state['checkpoint']}: checkpoint has no optimizer state; pass --force")
         else:
             model = models.build_model(
                 model_name, input_shape,
@@ -640,8 +720,8 @@ def train_one(
         write_curves(out, history, tag)
         if state["best_epoch"] == 0:
             raise RaxnetError(f"{tag}: no finite inner validation loss in {state['epoch']} epochs (diverged?)")
-        if train["restore_best"] and (out / "best.weights.h5").is_file():
-            model.load_weights(str(out / "best.weights.h5"))
+        if train["restore_best"] and state.get("best_weights") and (out / state["best_weights"]).is_file():
+            model.load_weights(str(out / state["best_weights"]))
         # A fresh, uncompiled copy: model.keras then loads anywhere without custom objects.
         infer = model.__class__.from_config(model.get_config())
         infer.set_weights(model.get_weights())
@@ -669,10 +749,10 @@ def train_one(
         "train_time_s": float(state["train_time_s"]), "time_to_best_s": float(state["time_to_best_s"]),
         "params": int(infer.count_params()), "flops_per_slice": flops,
         "input_shape": list(input_shape), "slice_shape": [int(s) for s in sets.slice_shape],
-        "seed": seed, "fingerprint": fp,
+        "seed": seed, "fingerprint": fp, "inputs": inputs,
         "subjects": {r: int((roles["role"] == r).sum()) for r in ("train", "inner_val", "val")},
         "metrics": metrics, "errors": len(errors),
-        "keras_version": keras.__version__, "backend": keras.backend.backend(),
+        "keras_version": keras.__version__, "backend": keras.backend.backend(), "versions": record.versions(),
         "config": {"train": train, "model": model_cfg, "arrays": arrays},
     }
     save_json(info, out / "run.json")
@@ -773,17 +853,27 @@ def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dic
     ``{"planes": {plane: {"lesion_slice_dice", "dice_3d"}}`` for the first model/loss, ``"results"``
     (same, per run name), ``"runs"`` (run folders) and ``"comparison"`` (csv path, compare mode only).
     """
+    rec = record.begin("train", cfg, run)
+    cfg, run = rec.cfg, rec.run
     train = settings(cfg)
     planes = parse_planes(train["planes"])
     # Stage-04 folds first: a missing earlier stage is reported before TensorFlow is imported.
     folds = parse_folds(train["folds"], read_subject_folds(run["work_dir"])["fold"].unique())
     models_ = model_names(cfg)
     losses_ = loss_names(cfg)
+    described = record.read_record(run["work_dir"], "model")
+    if described is not None:  # stage 07 trains the models stage 06 described
+        missing = [m for m in models_ if m not in described.get("models", [])]
+        if missing:
+            raise StageInputError(
+                f"{stage_dir(run['work_dir'], 'model')}: stage 06 did not describe {', '.join(missing)} "
+                f"(it built {', '.join(described.get('models', []))}); run 06_model/build_model.py --models "
+                f"{','.join(dict.fromkeys([*described.get('models', []), *missing]))} first")
     jobs = [(p, f, m, l) for p in planes for f in folds for m in models_ for l in losses_]
     compare = len(models_) * len(losses_) > 1
     infos: list[dict[str, Any]] = []
     for i, (plane, fold, model_name, loss_name) in enumerate(progress(jobs, desc="stage 07 runs", unit="run")):
-        if i:
+        if i and "keras" in sys.modules:
             import keras
 
             keras.backend.clear_session()  # frees the previous run's graphs and weights
@@ -833,16 +923,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--xla", action="store_true", default=None, help="XLA jit_compile (GPU)")
     args = parser.parse_args(argv)
     cfg, run_ = resolve(args)
-    train = section(cfg, "train", DEFAULTS)
-    override(
-        train, planes=args.plane, folds=args.fold, model=args.model, loss=args.loss, epochs=args.epochs,
-        resume=args.resume, mixed_precision=args.mixed_precision, xla=args.xla,
-    )
-    cfg = {**cfg, "train": train}
-    if args.steps_per_epoch is not None:
-        from raxnet import batches
-
-        cfg["arrays"] = override(section(cfg, "arrays", batches.DEFAULTS), steps_per_epoch=args.steps_per_epoch)
+    cfg = with_flags(cfg, "train", planes=args.plane, folds=args.fold, model=args.model, loss=args.loss,
+                     epochs=args.epochs, resume=args.resume, mixed_precision=args.mixed_precision, xla=args.xla)
+    cfg = with_flags(cfg, "arrays", steps_per_epoch=args.steps_per_epoch)
     summary = run(cfg, run_, force=args.force)
     for name, planes in summary["results"].items():
         for plane, r in planes.items():

@@ -180,7 +180,11 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     subjects_csv = stage_dir(work_dir, "dataset") / "subjects.csv"
     if not subjects_csv.is_file():
         raise StageInputError(f"{subjects_csv}: not found (run stage 01 first)")
-    first_t1 = pd.read_csv(subjects_csv)["t1_path"].iloc[0]
+    from raxnet.record import run_data_root
+    from raxnet.runs import resolve_data_path
+
+    # subjects.csv stores image paths relative to the run's data root (its config.toml).
+    first_t1 = resolve_data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
     ref = load_nifti(first_t1)
     out_dir.mkdir(parents=True, exist_ok=True)
     planes: dict[str, Any] = {}

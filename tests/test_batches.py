@@ -333,3 +333,43 @@ def test_keras_fit_consumes_dataset_with_workers(work, workers):
         # (Keras first peeks at batches 0-1 of epoch 0 to infer the tensor spec)
         assert sorted([i for e, i in _Logged.served if e == epoch][-steps:]) == list(range(steps))
     assert sum(e == 1 for e, _ in _Logged.served) == steps
+
+
+def _copy_work(work: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "w"
+    shutil.copytree(work, dst, ignore=shutil.ignore_patterns("05_prepare_arrays"))
+    return dst
+
+
+def test_non_numeric_fold_table_value_is_one_error_line(work, tmp_path, capsys):
+    """Issue repro: a non-numeric value in a stage-04 CSV gave stage 05 a traceback."""
+    from conftest import run_stage
+
+    w = _copy_work(work, tmp_path)
+    path = w / "04_cross_validation" / "axial_folds.csv"
+    table = pd.read_csv(path, dtype=str)
+    table.loc[3, "lesion_pixels"] = "12px"
+    table.to_csv(path, index=False)
+    code, _, err = run_stage(main, ["--work-dir", w, "--plane", "axial", "--fold", 1, "--depth", 2], capsys)
+    assert code == 2 and err == [f"error: {path}: row 5: column lesion_pixels = '12px' is not an integer; "
+                                 "re-run stage 04 (04_cross_validation/make_folds.py) or restore the file"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_truncated_or_empty_stack_is_refused_by_stage_05(work, tmp_path, capsys, damage):
+    """Issue repro: a truncated or zero-byte .npy stack passed stage 05 (exit 0) and failed stage 07
+    with a traceback that named no file."""
+    from conftest import run_stage
+
+    w = _copy_work(work, tmp_path)
+    stack = w / "03_moving_converting" / "axial" / "sub-05_image.npy"
+    data = stack.read_bytes()
+    stack.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    code, _, err = run_stage(main, ["--work-dir", w, "--plane", "axial", "--fold", 1, "--depth", 2], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {stack}: truncated or unreadable slice stack (")
+    assert err[0].endswith("re-run stage 03 (03_moving_converting/convert_to_2d.py)")
+    with pytest.raises(StageInputError, match="sub-05_image.npy: truncated"):
+        build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)  # what stage 07 calls

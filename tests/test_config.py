@@ -2,7 +2,7 @@
 
 import pytest
 
-from raxnet.config import load_config, override, section, stage_dir
+from raxnet.config import defaults_of, load_config, override, section, stage_dir, validate, with_flags
 from raxnet.errors import ConfigError
 
 DEFAULTS = {"seed": 1, "bins": [0, 5], "nested": {"a": 1, "b": 2}}
@@ -44,32 +44,73 @@ def test_stage_dir(tmp_path):
         stage_dir(tmp_path, "nope")
 
 
-SECTIONS = {
-    "run": "raxnet.config:RUN_DEFAULTS",
-    "synthetic": "raxnet.synthetic:DEFAULTS",
-    "dataset": "raxnet.dataset_info:DEFAULTS",
-    "split": "raxnet.splitting:DEFAULTS",
-    "convert": "raxnet.slices:DEFAULTS",
-    "folds": "raxnet.folds:DEFAULTS",
-    "arrays": "raxnet.batches:DEFAULTS",
-    "augment": "raxnet.augment:DEFAULTS",
-    "model": "raxnet.models:DEFAULTS",
-    "train": "raxnet.training:DEFAULTS",
-    "fusion": "raxnet.fusion:DEFAULTS",
-    "predict": "raxnet.predict:DEFAULTS",
-}
-
-
 def test_shipped_configs_are_valid():
-    """Every section of every configs/*.toml is known and every key exists in its module's defaults."""
-    import importlib
+    """Every section of every configs/*.toml is known and every value has its default's type."""
     from pathlib import Path
 
     paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
     assert {p.name for p in paths} >= {"demo.toml", "atlas.toml"}
     for path in paths:
         cfg = load_config(path)
-        assert set(cfg) - {"_source"} <= set(SECTIONS), path
-        for name, target in SECTIONS.items():
-            module, attr = target.split(":")
-            section(cfg, name, getattr(importlib.import_module(module), attr))
+        validate(cfg)
+        for name in set(cfg) - {"_source"}:
+            section(cfg, name, defaults_of(name))
+
+
+def test_section_registry_points_at_the_modules_defaults():
+    """The registry names each module's own DEFAULTS (and reading them does not import TensorFlow)."""
+    import subprocess
+    import sys
+
+    from raxnet import batches, fusion, models, predict, training
+
+    assert defaults_of("arrays") is batches.DEFAULTS and defaults_of("model") is models.DEFAULTS
+    assert defaults_of("train") is training.DEFAULTS and defaults_of("fusion") is fusion.DEFAULTS
+    assert defaults_of("predict") is predict.DEFAULTS
+    code = ("import sys; from raxnet import config\nfor n in config.SECTIONS: config.defaults_of(n)\n"
+            "print('keras' in sys.modules, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_validate_reports_every_problem_one_per_line(tmp_path):
+    """Issue repro: a misspelt section was ignored, a misspelt key caught only by stage 07 and
+    ``epochs = "two"`` gave a traceback."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[trian]\nepochs = 2\n[train]\nepochs = "two"\nfolds = 1\n[model]\nwidht = 8\n'
+                    '[split]\nholdout_fraction = 1\nvolume_bin_edges = [0, "a"]\n[run]\nseed = true\n'
+                    '[folds]\narea_bin_edges = { axial = [0, 1], sagital = [0] }\n[convert]\nplanes = "axil"\n')
+    with pytest.raises(ConfigError) as exc:
+        validate(load_config(path))
+    lines = exc.value.lines()
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    text = "\n".join(lines)
+    assert "unknown section [trian]" in text
+    assert "[train] epochs = 'two': expected an integer (default 60)" in text
+    assert "unknown setting [model] widht" in text
+    assert "[split] volume_bin_edges: element 'a' is not a number" in text
+    assert "[run] seed = True: expected an integer" in text
+    assert "[folds] area_bin_edges: unknown key 'sagital'" in text
+    assert "[convert] planes = 'axil'" in text
+    assert len(lines) == 7  # folds = 1 and holdout_fraction = 1 (an int for a float) are fine
+
+
+def test_cli_prints_one_error_line_per_problem(tmp_path, capsys):
+    from raxnet import splitting
+    from raxnet.cli_common import run_cli
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[trian]\nepochs = 2\n[train]\nepochs = "two"\n')
+    with pytest.raises(SystemExit) as exc:
+        run_cli(splitting.main, ["--config", str(path), "--work-dir", str(tmp_path / "w")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_with_flags_keeps_only_what_was_given():
+    cfg = with_flags({"split": {"seed": 1}}, "split", holdout_fraction=0.3, stratify_site=None)
+    assert cfg == {"split": {"seed": 1, "holdout_fraction": 0.3}}
+    with pytest.raises(ConfigError):
+        with_flags({}, "split", colour="red")

@@ -179,3 +179,33 @@ def test_cli_exit_codes(tree: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 2 and "data root not found" in res.stderr
+
+
+def test_empty_and_shifted_scans_are_refused(tiny_atlas: Path, tmp_path: Path, capsys) -> None:
+    """Issue repro: an all-zero T1 was accepted, and a T1 + mask pair shifted 60 mm off MNI space was
+    accepted with ``location = outside``. Both are refused with one line; the stage exits 1 (some
+    subjects failed) and keeps the good ones."""
+    from conftest import run_stage
+
+    root = tmp_path / "ATLAS_2"
+    for t1 in sorted(tiny_atlas.glob("Training/*/*/ses-1/anat/*_T1w.nii.gz"))[:3]:
+        dst = root / t1.parent.relative_to(tiny_atlas)
+        dst.mkdir(parents=True)
+        for f in t1.parent.iterdir():
+            (dst / f.name).write_bytes(f.read_bytes())
+    t1s = sorted(root.glob("Training/*/*/ses-1/anat/*_T1w.nii.gz"))
+    empty, shifted = t1s[1], t1s[2]
+    img = nib.load(str(empty))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.int16), img.affine, img.header), str(empty))
+    moved = np.array(nib.load(str(shifted)).affine)
+    moved[0, 3] += 60.0
+    for path in [shifted, *shifted.parent.glob("*_mask.nii.gz")]:
+        src = nib.load(str(path))
+        nib.save(nib.Nifti1Image(np.asarray(src.dataobj), moved, src.header), str(path))
+    code, out, _ = run_stage(dataset_info.main, ["--data-root", root, "--work-dir", tmp_path / "w"], capsys)
+    assert code == 1 and "2 subject(s) failed" in out
+    errors = pd.read_csv(tmp_path / "w" / "01_dataset" / "errors.csv").set_index("file")["error"]
+    assert errors[str(empty)] == f"{empty}: the T1w image is empty (every voxel is 0); check the file, or remove this subject"
+    assert errors[str(shifted)].startswith(f"{shifted}: not in MNI152NLin2009aSym space (")
+    assert "register it to MNI152NLin2009aSym first" in errors[str(shifted)]
+    assert len(pd.read_csv(tmp_path / "w" / "01_dataset" / "subjects.csv")) == 1

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -63,7 +64,9 @@ def _make_dataset(root, work, subjects):
         anat = root / "Training" / "R001" / name / "ses-1" / "anat"
         t1p = _write(anat / f"{name}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz", t1, np.float32)
         mp = _write(anat / f"{name}_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz", truth, np.uint8)
-        rows.append({"subject": name, "site": "R001", "t1_path": str(t1p), "mask_path": str(mp),
+        # as stage 01 stores them: relative to the data root
+        rows.append({"subject": name, "site": "R001", "t1_path": str(t1p.relative_to(root)),
+                     "mask_path": str(mp.relative_to(root)),
                      "lesion_voxels": int(truth.sum())})
         split.append({"subject": name, "site": "R001", "lesion_voxels": int(truth.sum()),
                       "volume_bin": "small" if i % 2 else "large", "set": set_name})
@@ -116,7 +119,8 @@ def tiny_work(tmp_path_factory):
 
 
 def _run(root, work, **fusion):
-    cfg = {"fusion": fusion}
+    # Every [fusion] setting given: the shared work dir's config.toml keeps what an earlier test gave.
+    cfg = {"fusion": {**F.DEFAULTS, **fusion}}
     return F.run(cfg, {"work_dir": str(work), "data_root": str(root), "seed": 0, "jobs": 1})
 
 
@@ -322,3 +326,35 @@ def test_cli_main_writes_outputs(tmp_path):
     df = pd.read_csv(work / "08_fusion" / "evaluate_pred" / "subject_metrics.csv")
     assert df["method"].tolist() == ["prediction"] and df["dice"].tolist() == [1.0]
     assert not (work / "08_fusion" / "evaluate_pred" / "qc").exists()
+
+
+def test_data_root_is_honoured_and_a_missing_one_refused(tiny_work, tmp_path, capsys):
+    """Issue repro: ``fuse.py --data-root /nonexistent`` exited 0 and scored 6 subjects (absolute paths in
+    subjects.csv were used instead). Paths are relative to the data root, which must exist."""
+    from conftest import run_stage
+
+    root, work = tiny_work
+    subjects = pd.read_csv(work / "01_dataset" / "subjects.csv")
+    assert not any(Path(p).is_absolute() for p in subjects["t1_path"])
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("08_fusion"))
+    code, _, err = run_stage(F.main, ["--work-dir", copy, "--data-root", tmp_path / "nonexistent", "--no-qc"], capsys)
+    assert code == 2 and err == [f"error: {tmp_path / 'nonexistent'}: data root not found (--data-root: the folder "
+                                 "that contains Training/)"]
+    moved = tmp_path / "moved"
+    shutil.copytree(root, moved)
+    res = _run(moved, copy, qc=False, select=False)
+    assert res["n_subjects"] == 4 and res["n_failed"] == 2  # the same subjects fail as from the original root
+
+
+def test_stage_08_uses_the_run_name_of_stage_07s_settings(tiny_work, tmp_path):
+    """Stage 08 fuses the models stage 07 trained with the run's settings: loss dice -> 07_train/raxnet-dice."""
+    root, work = tiny_work
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("08_fusion"))
+    (copy / "07_train" / "raxnet").rename(copy / "07_train" / "raxnet-dice")
+    fusion = {k: v for k, v in F.DEFAULTS.items() if k != "model"}
+    cfg = {"train": {"loss": "dice"}, "fusion": {**fusion, "qc": False, "select": False, "methods": ["mean"]}}
+    res = F.run(cfg, {"work_dir": str(copy), "data_root": str(root)})
+    assert json.loads((copy / "08_fusion" / "fusion.json").read_text())["model"] == "raxnet-dice"
+    assert res["n_subjects"] == 4

@@ -1,20 +1,28 @@
 """raxnet.io: validated NIfTI reading and atomic writers."""
 
+import errno
 import gzip
+import os
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
-from raxnet.errors import InputError
+from raxnet.errors import EXIT_IO, InputError, OutputError
 from raxnet.io import (
     atomic_path,
     check_same_grid,
+    clean_temp_files,
+    is_temp_file,
+    make_dirs,
     read_mask,
+    read_t1,
     read_volume,
     save_csv,
     save_json,
     save_nifti,
+    save_npy,
 )
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -131,3 +139,66 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_read_t1_refuses_an_empty_scan(tmp_path):
+    """Issue repro: an all-zero T1 was accepted (trained on, predicted with 0 lesions)."""
+    path = write(tmp_path / "zero_T1w.nii.gz", np.zeros((4, 5, 6)))
+    with pytest.raises(InputError, match=r"zero_T1w.nii.gz: the T1w image is empty \(every voxel is 0\)"):
+        read_t1(path)
+    data, _ = read_t1(write(tmp_path / "ok.nii.gz", np.arange(120).reshape(4, 5, 6)))
+    assert data.max() == 119
+
+
+@pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "disk is full"), (errno.EROFS, "read-only"),
+                                        (errno.EACCES, "no permission")])
+def test_write_failures_are_one_output_error_naming_the_file(tmp_path, monkeypatch, code, hint):
+    """A full disk or read-only folder while writing: OutputError (exit code 3) naming the output."""
+    def failing_save(file, arr, *args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OutputError) as exc:
+        save_npy(np.zeros(3), tmp_path / "x_mask.npy")
+    assert exc.value.exit_code == EXIT_IO
+    assert str(exc.value).startswith(f"{tmp_path / 'x_mask.npy'}: {os.strerror(code)}; ") and hint in str(exc.value)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is removed
+
+
+def test_output_below_a_file_is_one_output_error(tmp_path):
+    """Issue repro: an output folder that is a file gave a NotADirectoryError traceback."""
+    (tmp_path / "work").write_text("not a folder")
+    for target in (tmp_path / "work" / "01_dataset" / "a.csv", tmp_path / "work" / "b.csv"):
+        with pytest.raises(OutputError, match="is a file, not a folder|Not a directory"):
+            save_csv(pd.DataFrame({"a": [1]}), target)
+    with pytest.raises(OutputError, match="work: Not a directory; a part of this path is a file"):
+        make_dirs(tmp_path / "work")
+
+
+def test_h5py_style_errno_in_text_is_understood(tmp_path):
+    from raxnet.io import os_error_message
+
+    exc = OSError("Unable to synchronously create file (file write failed: errno = 28, error message = 'x')")
+    assert "No space left on device; the disk is full" in os_error_message(exc, tmp_path / "w.h5")
+    exc = OSError("1100385 requested and 55232 written")  # NumPy's short write on a full disk
+    assert os_error_message(exc, "x.npy") == ("x.npy: only 55232 of 1100385 bytes written; the disk is full: "
+                                              "free space or choose another --work-dir / --output")
+
+
+def test_stale_temp_files_are_recognised_and_cleaned(tmp_path):
+    """Issue repro: a SIGKILL left .last.keras.*.keras and .<subject>_mask.npy.*.npy forever."""
+    names = [".last.keras.k2j_h4g5.keras", ".sub-r001s001_mask.npy.a1b2c3d4.npy", ".errors.csv.q9w8e7r6.csv",
+             ".best.weights.h5.abcdefgh.weights.h5", ".summary.txt.0a1b2c3d.txt"]
+    keep = [".gitignore", ".last.keras", "last.keras", ".sub_mask.npy.toolong123.npy", ".x.npy.a1b2c3d4.csv"]
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    for i, name in enumerate(names + keep):
+        (tmp_path / ("deep/er" if i % 2 else "") / name).write_text("x")
+    assert all(is_temp_file(n) for n in names) and not any(is_temp_file(n) for n in keep)
+    removed = clean_temp_files(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(names)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
+    # The names atomic_path really uses are recognised.
+    for target in ("out.nii.gz", "last.keras", "index.csv", "noext"):
+        with atomic_path(tmp_path / target) as tmp:
+            assert is_temp_file(tmp.name), tmp.name
+            tmp.write_text("x")

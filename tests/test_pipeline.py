@@ -4,34 +4,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_TOML
 
 from raxnet.config import STAGE_DIRS
 from raxnet.pipeline import main
 
-TINY = """
-[run]
-seed = 3
-jobs = 1
-[synthetic]
-subjects = 8
-spacing = 2
-sites = 2
-[split]
-holdout_fraction = 0.25
-[folds]
-n_folds = 3
-[model]
-width = 4
-depth = 2
-[arrays]
-batch_size = 4
-steps_per_epoch = 2
-[train]
-epochs = 1
-folds = "1"
-[fusion]
-min_size = 5
-"""
+TINY = TINY_TOML  # the shared tiny configuration (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +55,11 @@ def test_holdout_table_has_planes_and_fusions(demo, capsys):
 
 
 def test_prediction_matches_input_grid(demo):
-    work, _ = demo
+    work, data = demo
     split = pd.read_csv(work / "02_data_splitting" / "split.csv")
     subjects = pd.read_csv(work / "01_dataset" / "subjects.csv").set_index("subject")
-    scan = nib.load(subjects.loc[split.loc[split["set"] == "holdout", "subject"].iloc[0], "t1_path"])
+    # Image paths are stored relative to the data root.
+    scan = nib.load(data / subjects.loc[split.loc[split["set"] == "holdout", "subject"].iloc[0], "t1_path"])
     (mask_path,) = (work / "09_predict").glob("*_desc-lesion_mask.nii.gz")
     mask = nib.load(str(mask_path))
     assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine)

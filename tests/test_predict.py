@@ -239,7 +239,9 @@ def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkey
     monkeypatch.setattr(predict_module, "Predictor", FixedProbabilities)
     weights = _fixed_weight_set(tmp_path / "w", {"fusion": "vote", "threshold": 0.35})
     scan = tmp_path / "scan_T1w.nii.gz"
-    nib.save(nib.Nifti1Image(np.full((6, 6, 6), 100.0, np.float32), PROB_AFFINE), str(scan))
+    data = np.full((6, 6, 6), 100.0, np.float32)
+    data[5, 5, 5] = 0.0  # not an empty (constant) scan, which predict refuses
+    nib.save(nib.Nifti1Image(data, PROB_AFFINE), str(scan))
 
     def lesion_voxels(*flags):
         out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
@@ -266,6 +268,89 @@ def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkey
     assert lesion_voxels()[1]["brain_mask_mm"] == 6.0
     assert lesion_voxels("--brain-mask-mm", "2")[1]["brain_mask_mm"] == 2.0
     assert np.isnan(lesion_voxels("--no-brain-mask")[1]["brain_mask_mm"])
+
+
+def test_same_file_name_in_two_folders_writes_two_sets_of_outputs(scan, tmp_path, capsys):
+    """Issue repro: a/dup_T1w.nii.gz and b/dup_T1w.nii.gz were both reported segmented, but the second
+    overwrote the first's outputs. Outputs now mirror the input's relative path."""
+    src = tmp_path / "in"
+    for sub in ("a", "b"):
+        (src / sub).mkdir(parents=True)
+        (src / sub / "dup_T1w.nii.gz").write_bytes(Path(scan[0]).read_bytes())
+    out = tmp_path / "out"
+    assert run_predict(["--input", src, "--output", out, "--weights", WEIGHTS, "--no-qc"]) == 0
+    for sub in ("a", "b"):
+        assert (out / sub / "dup_desc-lesion_mask.nii.gz").is_file() and (out / sub / "dup_lesions.csv").is_file()
+    batch = pd.read_csv(out / "summary.csv")
+    assert batch["name"].tolist() == ["a/dup", "b/dup"] and (batch["status"] == "ok").all()
+    assert batch["mask"].tolist() == [str(out / "a" / "dup_desc-lesion_mask.nii.gz"),
+                                      str(out / "b" / "dup_desc-lesion_mask.nii.gz")]
+
+
+def test_output_names_mirror_folders_and_refuse_what_would_collide(tmp_path):
+    from raxnet.errors import InputError
+    from raxnet.predict import output_names
+
+    root = tmp_path / "in"
+    files = [root / "a" / "dup_T1w.nii.gz", root / "b" / "dup_T1w.nii.gz", root / "top_T1w.nii"]
+    assert output_names(files, root) == ["a/dup", "b/dup", "top"]
+    assert output_names([files[2]]) == ["top"]
+    with pytest.raises(InputError, match=r"x_T1w.nii: would write the same outputs \(x_\*\) as .*x_T1w.nii.gz"):
+        output_names([root / "x_T1w.nii.gz", root / "x_T1w.nii"], root)
+
+
+def test_oversized_and_empty_scans_are_refused_before_reading(scan, tmp_path, capsys):
+    """Issue repro: a 600³ float32 input took 6.7 GB; an all-zero T1 was 'segmented' with 0 lesions."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((600, 600, 600))
+    header.set_data_dtype(np.float32)
+    header.set_sform(nib.load(str(scan[0])).affine, code=4)
+    huge = tmp_path / "huge_T1w.nii"
+    huge.write_bytes(header.binaryblock + b"\0" * 4)  # the header alone: the data is never read
+    code = run_predict(["--input", huge, "--output", tmp_path / "o", "--weights", WEIGHTS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {huge}: 600x600x600 = 216 M voxels, 25 times a 1 mm MNI152 volume "
+                                 "(at most 4 times is read); resample it to 1 mm MNI152NLin2009aSym first"]
+    img = nib.load(str(scan[0]))
+    empty = tmp_path / "empty_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), str(empty))
+    code = run_predict(["--input", empty, "--output", tmp_path / "o", "--weights", WEIGHTS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {empty}: the T1w image is empty (every voxel is 0); check the file, "
+                                 "or remove this subject"]
+
+
+def test_io_failure_stops_the_batch_with_exit_3(scan, tmp_path, capsys, monkeypatch):
+    """Issue repro: predict exited 1 both when some scans failed and when an I/O failure (Errno 28)
+    stopped the batch after the first scan. A full disk now stops the batch: one line, exit code 3."""
+    import errno
+    import os
+
+    from raxnet import io as rio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("sub-01_T1w.nii.gz", "sub-02_T1w.nii.gz"):
+        (src / name).write_bytes(Path(scan[0]).read_bytes())
+    calls = []
+
+    def full_disk(img, filename):
+        calls.append(filename)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rio.nib, "save", full_disk)
+    code = run_predict(["--input", src, "--output", tmp_path / "out", "--weights", WEIGHTS, "--no-qc"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 3 and len(calls) == 1  # the second scan was not attempted
+    assert err == [f"error: {tmp_path / 'out' / 'sub-01_desc-lesion_mask.nii.gz'}: No space left on device; "
+                   "the disk is full: free space or choose another --work-dir / --output"]
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("not a folder")
+    code = run_predict(["--input", src / "sub-01_T1w.nii.gz", "--output", tmp_path / "file" / "o",
+                        "--weights", WEIGHTS])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 3 and len(err) == 1 and "is a file, not a folder" in err[0]
+
 
 
 @pytest.mark.slow

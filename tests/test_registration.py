@@ -224,7 +224,9 @@ def test_predict_register_refuses_a_2d_image_with_one_line(tmp_path, capsys):
     from raxnet.cli_common import run_cli
     from raxnet.predict import main
 
-    nib.save(nib.Nifti1Image(np.ones((64, 64, 1), np.float32), np.eye(4)), tmp_path / "sub-99_T1w.nii.gz")
+    # not constant: an empty (constant) scan is refused before the 2D check
+    slab = np.arange(64 * 64, dtype=np.float32).reshape(64, 64, 1)
+    nib.save(nib.Nifti1Image(slab, np.eye(4)), tmp_path / "sub-99_T1w.nii.gz")
     with pytest.raises(SystemExit) as exc:
         run_cli(main, ["--input", str(tmp_path / "sub-99_T1w.nii.gz"), "--output", str(tmp_path / "o"), "--register"])
     assert exc.value.code == 2

@@ -82,7 +82,7 @@ def test_read_subject_folds(tmp_path: Path) -> None:
     with pytest.raises(StageInputError, match="missing column"):
         R.read_subject_folds(tmp_path)
     path.write_text("subject,fold\n")
-    with pytest.raises(StageInputError, match="no subject"):
+    with pytest.raises(StageInputError, match="subject_folds.csv: no rows; re-run stage 04"):
         R.read_subject_folds(tmp_path)
 
 

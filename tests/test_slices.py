@@ -172,6 +172,55 @@ def test_open_stack_rejects_bad_file(work):
         open_stack(w, "s01", "axial")
 
 
+def test_empty_t1_is_refused_and_exit_code_is_1(work, capsys):
+    """Issue repro: an all-zero T1 was converted and trained on."""
+    from conftest import run_stage
+
+    from raxnet.slices import main
+
+    w, run_cfg, _ = work
+    data = Path(run_cfg["data_root"])
+    _write(data / "s02_T1w.nii.gz", np.zeros(SHAPE, np.float32))
+    code, out, err = run_stage(main, ["--work-dir", w, "--data-root", data], capsys)
+    assert code == 1 and not err and "1 subject(s) failed" in out
+    errors = pd.read_csv(w / "03_moving_converting" / "errors.csv")
+    assert errors["error"].tolist() == [f"{data / 's02_T1w.nii.gz'}: the T1w image is empty (every voxel is 0); "
+                                        "check the file, or remove this subject"]
+
+
+def test_full_disk_is_one_error_line_exit_3(work, capsys, monkeypatch):
+    """Issue repro: a full disk (Errno 28) in stage 03 gave a traceback."""
+    import errno
+    import os
+
+    from conftest import run_stage
+
+    from raxnet import io as rio
+    from raxnet.slices import main
+
+    def full(file, arr, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rio.np, "save", full)
+    w, run_cfg, _ = work
+    code, out, err = run_stage(main, ["--work-dir", w, "--data-root", run_cfg["data_root"]], capsys)
+    assert code == 3 and len(err) == 1, (out, err)
+    assert err[0].startswith(f"error: {w / '03_moving_converting' / 'axial' / 's01_image.npy'}: No space left on device")
+    assert "free space or choose another --work-dir" in err[0]
+
+
+def test_work_dir_that_is_a_file_is_one_error_line_exit_3(tmp_path, capsys):
+    """Issue repro: NotADirectoryError / FileExistsError tracebacks for an output folder that is a file."""
+    from conftest import run_stage
+
+    from raxnet.slices import main
+
+    (tmp_path / "work").write_text("a file")
+    code, _, err = run_stage(main, ["--work-dir", tmp_path / "work"], capsys)
+    assert code == 3 and err == [f"error: {tmp_path / 'work' / '03_moving_converting'}: Not a directory; a part "
+                                 "of this path is a file, not a folder: choose another --work-dir / --output"]
+
+
 def test_brain_mask_step_zeroes_outside_and_is_recorded(tmp_path):
     """A coarse MNI grid (20 mm voxels over the whole head): stage 03 writes exactly brainmask.prepare's
     output, zero beyond the dilated template brain; convert.json records the setting; changing it redoes

@@ -105,9 +105,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_outputs_exist(trained: dict) -> None:
     out = trained["out"]
-    for name in ("model.keras", "history.csv", "run.json", "metrics.csv", "subject_dice.csv", "last.keras",
-                 "state.json", "best.weights.h5"):
+    state = json.loads((out / "state.json").read_text())
+    assert state["checkpoint"] == "last_e0003.keras" and state["best_weights"].startswith("best_e")
+    for name in ("model.keras", "history.csv", "run.json", "metrics.csv", "subject_dice.csv", state["checkpoint"],
+                 "state.json", state["best_weights"]):
         assert (out / name).is_file(), name
+    # Only the committed checkpoint is kept.
+    assert sorted(p.name for p in out.glob("*_e*")) == sorted([state["checkpoint"], state["best_weights"]])
     assert out == trained["work"] / "07_train" / MODEL / "axial" / "fold_1"
     info = json.loads((out / "run.json").read_text())
     for key in ("plane", "fold", "model", "loss", "best_epoch", "best_val_loss", "epochs_run", "train_time_s",
@@ -167,7 +171,8 @@ def test_finished_run_without_checkpoint_is_skipped(trained: dict, tmp_path: Pat
     work = tmp_path / "copy"
     shutil.copytree(trained["work"], work)
     out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
-    (out / "last.keras").unlink()
+    for path in out.glob("*_e*"):
+        path.unlink()
     (out / "state.json").unlink()
     run = {**trained["run"], "work_dir": str(work)}
     t0 = time.perf_counter()
@@ -228,8 +233,54 @@ def test_model_reloads_in_fresh_process(trained: dict, tmp_path: Path) -> None:
 
 
 def test_changed_settings_refuse_to_resume(trained: dict) -> None:
-    with pytest.raises(ConfigError, match="--force"):
+    with pytest.raises(StageInputError, match="with other settings.*--force"):
         training.train_one(_cfg(3, learning_rate=1e-2), trained["run"], PLANE, 1, MODEL, "tversky_focal")
+
+
+def test_changed_fold_table_refuses_a_finished_run(trained: dict, tmp_path: Path) -> None:
+    """Stale outputs: a finished run is not reused once the stage-04 tables it was trained from change."""
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(trained["work"], work)
+    folds = work / "04_cross_validation" / "axial_folds.csv"
+    table = pd.read_csv(folds)
+    table[table["kind"] == "lesion"].to_csv(folds, index=False)  # another selection of normal slices
+    with pytest.raises(StageInputError, match=r"from other stage-03/04 tables \(04_cross_validation/axial_folds.csv "
+                                              r"changed since\); pass --force"):
+        training.train_one(_cfg(3), {**trained["run"], "work_dir": str(work)}, PLANE, 1, MODEL, "tversky_focal")
+
+
+def test_kill_between_checkpoint_and_state_resumes_the_same_run(tmp_path: Path, monkeypatch) -> None:
+    """Issue repro: last.keras was saved before state.json, so a kill between the two made the resumed run
+    repeat an epoch on already-updated weights (epoch-2 loss 1.03715 uninterrupted vs 1.02566 resumed).
+    Now the epoch is committed by state.json alone: a run killed at exactly that point, resumed, gives the
+    uninterrupted losses. A SIGKILL's temporary files are removed on the next start."""
+    baseline = make_work_dir(tmp_path / "b")
+    training.train_one(_cfg(2), {"work_dir": str(baseline), "seed": 7, "jobs": 1}, PLANE, 1, MODEL, "tversky_focal")
+    work = make_work_dir(tmp_path / "w")
+    run = {"work_dir": str(work), "seed": 7, "jobs": 1}
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    real_save_json = training.save_json
+
+    def killed_at_epoch_2_commit(obj, path):
+        if Path(path).name == "state.json" and obj.get("epoch") == 2:
+            (out / ".last_e0002.keras.k1ll3d_x.keras").write_bytes(b"partial")  # what a SIGKILL leaves
+            raise KeyboardInterrupt  # the process dies after the checkpoint, before the commit
+        return real_save_json(obj, path)
+
+    monkeypatch.setattr(training, "save_json", killed_at_epoch_2_commit)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_one(_cfg(2), run, PLANE, 1, MODEL, "tversky_focal")
+    assert (out / "last_e0002.keras").is_file()  # written, but never committed
+    assert json.loads((out / "state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(training, "save_json", real_save_json)
+    training.train_one(_cfg(2), run, PLANE, 1, MODEL, "tversky_focal")
+    resumed = pd.read_csv(out / "history.csv")
+    uninterrupted = pd.read_csv(runs.run_dir(baseline, MODEL, "tversky_focal", PLANE, 1) / "history.csv")
+    np.testing.assert_allclose(resumed["loss"], uninterrupted["loss"].iloc[:2], rtol=1e-6)
+    np.testing.assert_allclose(resumed["val_loss"], uninterrupted["val_loss"].iloc[:2], rtol=1e-6)
+    assert not list(out.glob(".*")) and sorted(p.name for p in out.glob("last_e*")) == ["last_e0002.keras"]
 
 
 # --------------------------------------------------------------------------------- hand-computed
