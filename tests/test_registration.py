@@ -251,7 +251,7 @@ def test_docker_switch_raxnet_register_sets_the_default(tmp_path, capsys, monkey
     from raxnet.predict import main
 
     path = tmp_path / "sub-99_T1w.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((64, 64, 1), np.float32), np.eye(4)), path)
+    nib.save(nib.Nifti1Image(np.arange(64 * 64, dtype=np.float32).reshape(64, 64, 1), np.eye(4)), path)
 
     def last_error(*extra):
         with pytest.raises(SystemExit):
