@@ -59,7 +59,7 @@ MIN_FOV_COVERAGE = 0.9
 #: Voxels of the 1 mm MNI152 (ATLAS) grid, 197 x 233 x 189.
 MNI_1MM_VOXELS = 197 * 233 * 189
 #: A scan with more voxels than this many 1 mm MNI volumes is refused before its data is read: memory grows
-#: with the input grid (a 600³ float32 input took 6.7 GB), and an MNI-space T1w needs no finer grid.
+#: with the input grid (several float32 copies of it are held), and an MNI-space T1w needs no finer grid.
 MAX_MNI_VOLUMES = 4
 
 
