@@ -23,7 +23,7 @@ Post-processing chosen on validation data (``select``, on by default; :mod:`raxn
 the train subjects are predicted out of fold (even without ``oof``, which only decides whether they are
 reported) and every candidate of the grid ``select_methods`` × ``select_thresholds`` ×
 ``select_min_lesion_mm3`` is scored on them; the choice (best mean ``select_metric``; lesion removal kept
-only if it improves it) is made before the first hold-out subject is read, written to
+only if it improves it by more than ``select_min_gain``) is made before the first hold-out subject is read, written to
 ``postprocessing.json`` (choice, validation scores, the ``inference`` block ``raxnet export-weights``
 copies into ``weights.json``) and ``postprocessing_candidates.csv`` (mean scores of every candidate), and
 applied to the hold-out as method ``selected``.
@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "select_methods": ["mean", "vote", "weighted"],  # fusion methods tried
     "select_thresholds": [0.3, 0.4, 0.5, 0.6, 0.7],  # lesion where probability >= threshold
     "select_min_lesion_mm3": [0, 20, 50, 100, 200, 500],  # smaller lesions removed (0 = keep all)
+    "select_min_gain": 0.005,  # lesion removal kept only if it raises the mean metric by more than this
 }
 
 #: Name of the hold-out method that applies the post-processing chosen on validation data.
@@ -113,7 +114,8 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(f[key], str):
             f[key] = [m.strip() for m in f[key].split(",") if m.strip()]
     if f["select"]:
-        check_grid(f["select_methods"], f["select_thresholds"], f["select_min_lesion_mm3"], f["select_metric"])
+        check_grid(f["select_methods"], f["select_thresholds"], f["select_min_lesion_mm3"], f["select_metric"],
+                   f["select_min_gain"])
     return f
 
 
@@ -151,7 +153,7 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
         return record
     candidates = summarise_candidates(candidate_rows)
     chosen = choose(candidates, metric=f["select_metric"], default_threshold=float(f["threshold"]),
-                    methods=f["select_methods"])
+                    methods=f["select_methods"], min_gain=float(f["select_min_gain"]))
     is_chosen = ((candidates["method"] == chosen["fusion"]) & (candidates["threshold"] == chosen["threshold"])
                  & (candidates["min_lesion_mm3"] == chosen["min_lesion_mm3"]))
     save_csv(candidates.assign(chosen=is_chosen), out / "postprocessing_candidates.csv", float_format="%.6g")

@@ -8,8 +8,10 @@ step is kept only if it improves the validation metric):
 
 1. fusion method and threshold: the pair with the best mean validation metric *without* lesion removal
    (ties: the method listed first, then the threshold closest to ``[fusion].threshold``);
-2. minimum lesion size: 0 (keep every lesion) unless a size in the grid beats it strictly on the mean
-   validation metric for that method and threshold; the best such size (ties: the smallest).
+2. minimum lesion size: 0 (keep every lesion) unless a size in the grid beats it by more than
+   ``min_gain`` on the mean validation metric for that method and threshold; the best such size (ties:
+   the smallest). Removing small lesions trades small-lesion detection for fewer specks, so a gain
+   within the noise of a few dozen validation subjects must not buy it.
 
 The hold-out subjects are never passed to either function: stage 08 applies the choice to them afterwards
 (method ``selected``) and ``raxnet export-weights`` stores it in ``weights.json`` for ``raxnet predict``.
@@ -34,7 +36,7 @@ CANDIDATE_COLUMNS = ["method", "threshold", "min_lesion_mm3", "n_subjects", "dic
 
 
 def check_grid(methods: Sequence[str], thresholds: Sequence[float], sizes_mm3: Sequence[float],
-               metric: str) -> None:
+               metric: str, min_gain: float = 0.0) -> None:
     """ConfigError for an empty or out-of-range candidate grid."""
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad or not methods:
@@ -45,6 +47,8 @@ def check_grid(methods: Sequence[str], thresholds: Sequence[float], sizes_mm3: S
         raise ConfigError(f"fusion.select_min_lesion_mm3 must be >= 0, got {list(sizes_mm3)}")
     if metric not in METRICS:
         raise ConfigError(f"fusion.select_metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if not 0.0 <= float(min_gain) < 1.0:
+        raise ConfigError(f"fusion.select_min_gain must be in [0, 1), got {min_gain}")
 
 
 def score_candidates(
@@ -89,7 +93,7 @@ def summarise_candidates(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd
 
 
 def choose(candidates: pd.DataFrame, *, metric: str = "dice", default_threshold: float = 0.5,
-           methods: Sequence[str] | None = None) -> dict[str, Any]:
+           methods: Sequence[str] | None = None, min_gain: float = 0.0) -> dict[str, Any]:
     """The chosen (method, threshold, min_lesion_mm3) from :func:`summarise_candidates` (module doc).
 
     Returns the choice with its validation score, the score of the same method and threshold without
@@ -106,14 +110,16 @@ def choose(candidates: pd.DataFrame, *, metric: str = "dice", default_threshold:
     same = candidates[(candidates["method"] == best["method"]) & (candidates["threshold"] == best["threshold"])]
     same = same.sort_values("min_lesion_mm3", kind="stable")
     chosen = same.iloc[0]  # min_lesion_mm3 == 0
+    bar = float(chosen[col]) + float(min_gain)
     for _, row in same.iloc[1:].iterrows():
-        if row[col] > chosen[col]:  # strictly better: removal kept only if it helps
+        if row[col] > bar and row[col] > chosen[col]:  # removal kept only if it helps by more than min_gain
             chosen = row
     return {
         "fusion": str(chosen["method"]),
         "threshold": float(chosen["threshold"]),
         "min_lesion_mm3": float(chosen["min_lesion_mm3"]),
         "metric": metric,
+        "min_gain": float(min_gain),
         "score": float(chosen[col]),
         "score_without_removal": float(best[col]),
         "n_subjects": int(chosen["n_subjects"]),

@@ -36,7 +36,7 @@ the left, intersected with the subject's tissue maps; see :data:`TERRITORIES`)
 
 Intensities
     The lesion is hypointense, its look drawn per subject (:func:`draw_lesion_look`, ranges in
-    :data:`PROFILES`): a core anywhere from CSF-like to 80 % of the way to grey matter (template units:
+    :data:`PROFILES`): a core anywhere from CSF-like to 60 % of the way to grey matter (template units:
     CSF ~0.31, GM ~0.66, WM ~0.84), smooth texture (SD 0-0.06, 1-4 mm), a brighter gliotic rim inside
     the border (0-0.15, 1-3 mm), a CSF-like cavity deeper than 2-6 mm in 40 % of subjects, blended into
     the tissue by a partial-volume weight (the lesion blurred with SD 0.4-1.2 mm). A lesion touching the
@@ -44,8 +44,10 @@ Intensities
     dilatation). The tissue contrast is then remapped (GM-WM difference x 0.85-1.15, CSF +-0.04). Then
     per site (R001, R002, ...) and per subject: gamma (0.81-1.24), smooth multiplicative bias field (SD
     ``bias`` in log units), arbitrary scanner scale (WM ~300-3,000) and Rician noise (SD ~``noise`` x WM).
+    The core stops at 60 % because a lesion nearer grey matter is invisible in cortex and deep grey matter
+    at 2 mm (a label without image evidence, which no T1 tracer would draw).
     ``profile = "shifted"`` draws every one of these outside the training ranges (darker-than-CSF or
-    nearly grey-matter cores, coarse texture, strong rim, soft edges, GM-WM contrast x 0.4-0.6, brighter
+    62-72 % cores, coarse texture, strong rim, soft edges, GM-WM contrast x 0.4-0.6, brighter
     CSF, gamma 0.6-0.75 or 1.35-1.6, 2.2-3.2 x noise, bias SD 0.22-0.3, 0.8-1.4 mm through-plane blur):
     an out-of-domain test set. The template is skull-stripped, so by
     default the synthetic T1s are brain-extracted (background exactly 0); with ``whole_head`` the brain
@@ -196,7 +198,7 @@ Intervals = tuple[tuple[float, float], ...]
 #: ``blur_mm`` is a Gaussian blur along one random axis (thick slices).
 PROFILES: dict[str, dict[str, Intervals]] = {
     "training": {
-        "core": ((0.0, 0.8),),
+        "core": ((0.0, 0.6),),
         "texture": ((0.0, 0.06),),
         "texture_mm": ((1.0, 4.0),),
         "rim": ((0.0, 0.15),),
@@ -209,7 +211,7 @@ PROFILES: dict[str, dict[str, Intervals]] = {
         "blur_mm": ((0.0, 0.0),),
     },
     "shifted": {
-        "core": ((-0.3, -0.08), (0.82, 0.92)),
+        "core": ((-0.3, -0.08), (0.62, 0.72)),
         "texture": ((0.07, 0.1),),
         "texture_mm": ((4.5, 6.0),),
         "rim": ((0.16, 0.22),),

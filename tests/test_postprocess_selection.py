@@ -69,6 +69,21 @@ def test_lesion_removal_is_kept_only_if_it_helps():
     assert [(r["min_lesion_mm3"], round(r["dice"], 4)) for r in rows] == [(0.0, 0.9412), (8.0, 0.9412), (9.0, 1.0)]
 
 
+def test_lesion_removal_needs_more_than_min_gain():
+    # hand-made candidate means: removing lesions < 100 mm³ gains 0.004, < 200 mm³ gains 0.02
+    cand = pd.DataFrame({"method": ["mean"] * 3, "threshold": [0.5] * 3, "min_lesion_mm3": [0.0, 100.0, 200.0],
+                         "n_subjects": [10] * 3, "dice_mean": [0.600, 0.604, 0.620], "lesion_f1_mean": [0.5] * 3})
+    assert S.choose(cand)["min_lesion_mm3"] == 200.0  # no tolerance: the best size
+    assert S.choose(cand, min_gain=0.005)["min_lesion_mm3"] == 200.0  # 0.02 > 0.005: still kept
+    assert S.choose(cand, min_gain=0.03)["min_lesion_mm3"] == 0.0  # neither gain is worth a lost lesion
+    only_small = cand.iloc[:2]
+    assert S.choose(only_small)["min_lesion_mm3"] == 100.0
+    chosen = S.choose(only_small, min_gain=0.005)
+    assert chosen["min_lesion_mm3"] == 0.0 and chosen["score"] == pytest.approx(0.600) and chosen["min_gain"] == 0.005
+    with pytest.raises(ConfigError, match="select_min_gain"):
+        S.check_grid(["mean"], [0.5], [0], "dice", min_gain=-0.1)
+
+
 def test_ties_go_to_the_listed_method_then_the_default_threshold():
     probs, truth = case((1, 1, 1), (6, 6, 6))
     for p in probs.values():  # every plane sees the lesion at 0.9, no speck: every candidate is perfect
