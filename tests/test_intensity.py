@@ -27,3 +27,49 @@ def test_invariant_to_scanner_scaling():
 
 def test_empty_volume():
     assert normalise(np.zeros((3, 3, 3))).sum() == 0
+
+
+def test_hand_computed_scaling_and_clip_at_1_5():
+    """1002 foreground voxels (1..1000, 1400, 3000): numpy's linear percentiles at ranks 0.005 * 1001 and
+    0.995 * 1001 are 6.005 and 996.995, so v -> (v - 6.005) / 990.99; 3000 lands at 3.02 and is clipped to 1.5,
+    1400 stays at 1.4067 (above 1, below the clip), the background stays 0."""
+    vol = np.zeros((11, 10, 10), np.float32)
+    vol[:10] = np.arange(1, 1001, dtype=np.float32).reshape(10, 10, 10)
+    vol[10, 0, 0], vol[10, 0, 1] = 1400.0, 3000.0
+    fg = vol[vol > 0]
+    lo, hi = np.percentile(fg, [0.5, 99.5])
+    assert (lo, hi) == pytest.approx((6.005, 996.995))
+    out = normalise(vol)
+    assert CLIP_MAX == 1.5
+    assert out[10, 0, 1] == pytest.approx(1.5)  # clipped at 1.5, not 1.0
+    assert out[10, 0, 0] == pytest.approx((1400 - 6.005) / 990.99, rel=1e-5)  # 1.4067: above 1, not clipped
+    assert out[0, 0, 0] == 0.0  # value 1 is below the 0.5th percentile: clipped at 0
+    assert out[4, 9, 9] == pytest.approx((500 - 6.005) / 990.99, rel=1e-5)
+    assert (out[10, 1:] == 0).all()  # background
+
+
+def test_stats_mask_restricts_the_percentiles_only():
+    """Percentiles from the masked voxels (values 1..100 there), scaling applied everywhere."""
+    vol = np.zeros((2, 10, 10), np.float32)
+    vol[0] = np.arange(1, 101, dtype=np.float32).reshape(10, 10)
+    vol[1] = 10_000.0  # bright voxels outside the stats mask
+    mask = np.zeros(vol.shape, bool)
+    mask[0] = True
+    lo, hi = np.percentile(np.arange(1, 101, dtype=np.float32), [0.5, 99.5])
+    out = normalise(vol, stats_mask=mask)
+    np.testing.assert_allclose(out[0], np.clip((vol[0] - lo) / (hi - lo), 0, 1.5), rtol=1e-5)
+    assert (out[1] == 1.5).all()
+    # without the mask the bright half sets the 99.5th percentile and the first half is near 0
+    assert normalise(vol)[0].max() < 0.02
+    assert normalise(vol, stats_mask=np.zeros(vol.shape, bool)).sum() == 0  # no stats voxel: all zero
+
+
+def test_constant_foreground_scale_one():
+    """hi == lo: the scale is 1, so every foreground voxel maps to 0 (v - lo)."""
+    vol = np.zeros((3, 3, 3), np.float32)
+    vol[1] = 7.0
+    out = normalise(vol)
+    assert out.dtype == np.float32 and (out == 0).all()
+    vol[1, 1, 1] = 7.5  # one brighter voxel: (7.5 - 7) / scale with scale = hi - lo > 0
+    lo, hi = np.percentile(vol[vol > 0], [0.5, 99.5])
+    assert normalise(vol)[1, 1, 1] == pytest.approx((7.5 - lo) / (hi - lo), rel=1e-5)

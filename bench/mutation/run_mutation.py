@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""Mutation-testing benchmark (issue 14): mutmut over the core modules, one module at a time.
+
+For each module a sandbox ``<work>/<label>/<module>/`` gets a copy of ``raxnet/``, the fast test files that
+cover that module (``MODULES``), ``weights/`` and ``configs/`` (from the working tree, or from a git
+revision with ``--rev``) and a ``setup.cfg`` that tells mutmut to mutate only ``raxnet/<module>.py`` and to
+select tests from those files only. mutmut then runs in the sandbox (its ``mutants/`` copy stays there,
+under the git-ignored ``work/``), niced and with one worker, so it never competes with a training run.
+
+Writes to ``--out`` (default ``bench/results/mutation_<date>/<label>/``):
+``summary.csv`` (per module: mutants, killed, survived, timeout, other, judged equivalent, score, seconds),
+``summary.md`` (the same as a table), ``survivors.md`` (every surviving mutant with its diff, and the reason
+where ``bench/mutation/equivalent.toml`` judges it equivalent).
+
+Score = killed / (mutants - judged-equivalent survivors - mutants no selected test runs). Timeouts count as
+killed (the mutant made a test hang, which a user would notice), as mutmut itself counts them.
+
+    make mutation                                 # all modules, working tree
+    python bench/mutation/run_mutation.py --modules metrics,planes --label after
+    python bench/mutation/run_mutation.py --rev 2bb47c5 --label before
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+#: module of raxnet/ -> the fast test files that cover it (tests/...). Only these run against its mutants.
+MODULES: dict[str, list[str]] = {
+    "metrics": ["test_metrics.py", "test_components.py"],
+    "postprocess": ["test_postprocess.py"],
+    "planes": ["test_planes.py", "test_inference.py"],
+    "intensity": ["test_intensity.py", "test_brainmask.py"],
+    "inference": ["test_inference.py"],
+    "losses": ["test_losses.py"],
+    "splitting": ["test_splitting.py"],
+    "folds": ["test_folds.py"],
+    "batches": ["test_batches.py"],
+    "predict": ["test_predict.py", "test_predict_geometry.py"],
+}
+#: modules mutated only in part: glob patterns of the mutant names to run (the rest is not mutated).
+#: predict: its geometry (field-of-view check, resampling to and from the weights' grid) and predict_file
+#: (mask back on the input grid, lesion volume); the CLI, batch loop and registration are left out.
+MUTANT_FILTER: dict[str, list[str]] = {
+    "predict": ["raxnet.predict.x__fov_coverage__mutmut_*", "raxnet.predict.x__is_oblique__mutmut_*",
+                "raxnet.predict.x_to_model_grid__mutmut_*", "raxnet.predict.x_back_to_input_grid__mutmut_*",
+                "raxnet.predict.x_predict_file__mutmut_*"],
+}
+SUPPORT = ["conftest.py", "html_checks.py"]
+COPY_DIRS = ["raxnet", "weights", "configs"]
+COPY_FILES = ["pyproject.toml"]
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+def populate(sandbox: Path, module: str, rev: str | None) -> list[str]:
+    """Fill ``sandbox`` with the sources and the module's test files; returns the test paths used."""
+    tests = list(MODULES[module])
+    if rev:
+        names = COPY_DIRS + COPY_FILES + [f"tests/{t}" for t in SUPPORT]
+        listed = subprocess.run(
+            ["git", "ls-tree", "-r", "--name-only", rev, "tests"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.split()
+        tests = [t for t in dict.fromkeys(tests) if f"tests/{t}" in listed]
+        names += [f"tests/{t}" for t in tests]
+        archive = subprocess.run(["git", "archive", rev, *names], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(sandbox)], input=archive, check=True)
+    else:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for d in COPY_DIRS:
+            shutil.copytree(ROOT / d, sandbox / d, ignore=ignore)
+        for f in COPY_FILES:
+            shutil.copy2(ROOT / f, sandbox / f)
+        (sandbox / "tests").mkdir()
+        tests = [t for t in dict.fromkeys(tests) if (ROOT / "tests" / t).exists()]
+        for t in SUPPORT + tests:
+            shutil.copy2(ROOT / "tests" / t, sandbox / "tests" / t)
+    return [f"tests/{t}" for t in tests]
+
+
+def write_config(sandbox: Path, module: str, tests: list[str]) -> None:
+    lines = [
+        "[mutmut]",
+        "source_paths = raxnet",
+        f"only_mutate = raxnet/{module}.py",
+        "also_copy =\n    weights\n    configs",
+        "pytest_add_cli_args =\n    -p\n    no:cacheprovider\n    -q\n    -o\n    addopts=\n    -m\n    not slow",
+        "pytest_add_cli_args_test_selection =\n" + "\n".join(f"    {t}" for t in tests),
+        "use_git_change_detection = false",
+        "track_dependencies = false",
+    ]
+    (sandbox / "setup.cfg").write_text("\n".join(lines) + "\n")
+
+
+def mutmut(sandbox: Path, *args: str, log=None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("mutmut")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="",
+               MPLBACKEND="Agg", OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    cmd = ["nice", "-n", "15", str(exe), *args]
+    if log is None:
+        return subprocess.run(cmd, cwd=sandbox, env=env, capture_output=True, text=True)
+    return subprocess.run(cmd, cwd=sandbox, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def load_equivalent() -> dict[str, str]:
+    path = HERE / "equivalent.toml"
+    if not path.exists():
+        return {}
+    data = tomllib.loads(path.read_text())
+    return {k: v for k, v in data.get("equivalent", {}).items()}
+
+
+def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict:
+    sandbox = Path(args.work) / args.label / module
+    if sandbox.exists():
+        shutil.rmtree(sandbox)
+    sandbox.mkdir(parents=True)
+    tests = populate(sandbox, module, args.rev)
+    write_config(sandbox, module, tests)
+    start = time.monotonic()
+    with open(sandbox.parent / f"log_{module}.txt", "w") as log:
+        proc = mutmut(sandbox, "run", "--max-children", str(args.max_children), *MUTANT_FILTER.get(module, []),
+                      log=log)
+    seconds = time.monotonic() - start
+    status: dict[str, str] = {}
+    for line in mutmut(sandbox, "results", "--all", "true").stdout.splitlines():
+        m = re.match(r"\s+(\S+__mutmut_\d+): (.+)$", line)
+        if m and _selected(module, m.group(1)):
+            status[m.group(1)] = m.group(2).strip()
+    counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0}
+    survivors = []
+    for name, st in sorted(status.items(), key=lambda kv: _natural(kv[0])):
+        if st in ("killed", "caught by type check"):
+            counts["killed"] += 1
+        elif st in ("timeout", "segfault"):
+            counts["timeout"] += 1
+        elif st == "survived":
+            counts["survived"] += 1
+            survivors.append(name)
+        elif st == "no tests":
+            counts["no tests"] += 1
+            survivors.append(name)
+        else:
+            counts["other"] += 1
+            survivors.append(name)
+    diffs = {n: mutmut(sandbox, "show", n).stdout for n in survivors}
+    n_equiv = sum(1 for n in survivors if n in equivalent and status[n] == "survived")
+    denominator = len(status) - n_equiv
+    killed = counts["killed"] + counts["timeout"]
+    score = killed / denominator if denominator else float("nan")
+    return {
+        "module": module, "mutants": len(status), "killed": counts["killed"], "timeout": counts["timeout"],
+        "survived": counts["survived"], "no_tests": counts["no tests"], "other": counts["other"],
+        "equivalent": n_equiv, "raw_score": round(killed / len(status), 4) if status else float("nan"),
+        "score": round(score, 4), "seconds": round(seconds), "mutmut_rc": proc.returncode,
+        "tests": " ".join(tests), "_survivors": [(n, status[n], diffs[n], equivalent.get(n)) for n in survivors],
+    }
+
+
+def _selected(module: str, name: str) -> bool:
+    patterns = MUTANT_FILTER.get(module)
+    return not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _natural(name: str):
+    head, _, num = name.rpartition("__mutmut_")
+    return head, int(num) if num.isdigit() else 0
+
+
+def write_report(rows: list[dict], out: Path, args, total_seconds: float) -> None:
+    cols = ["module", "mutants", "killed", "timeout", "survived", "no_tests", "other", "equivalent",
+            "raw_score", "score", "seconds", "mutmut_rc", "tests"]
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    source = f"git revision {args.rev}" if args.rev else "working tree"
+    md = [f"# Mutation testing ({args.label}), {dt.date.today().isoformat()}", "",
+          f"mutmut {_version()}, source: {source}, {args.max_children} worker(s), niced; "
+          f"total {total_seconds / 60:.1f} min.", "",
+          "score = (killed + timeout) / (mutants - survivors judged equivalent); raw = (killed + timeout) / mutants.",
+          "", "| module | mutants | killed | timeout | survived | no tests | equivalent | raw | score | s |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['timeout']} | {r['survived']} | "
+                  f"{r['no_tests']} | {r['equivalent']} | {r['raw_score']:.1%} | {r['score']:.1%} | {r['seconds']} |")
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    sv = [f"# Surviving mutants ({args.label})", ""]
+    for r in rows:
+        sv.append(f"## {r['module']} ({len(r['_survivors'])} not killed)")
+        sv.append("")
+        for name, st, diff, reason in r["_survivors"]:
+            tag = f"equivalent: {reason}" if reason and st == "survived" else st
+            sv.append(f"### `{name}` ({tag})")
+            sv.append("```diff")
+            sv.append("\n".join(diff.strip().splitlines()[1:]))
+            sv.append("```")
+        sv.append("")
+    (out / "survivors.md").write_text("\n".join(sv) + "\n")
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modules", default=",".join(MODULES), help="comma-separated (default: all)")
+    p.add_argument("--rev", default=None, help="take raxnet/ and tests/ from this git revision")
+    p.add_argument("--label", default="current")
+    p.add_argument("--work", default=str(ROOT / "work" / "mutation"))
+    p.add_argument("--out", default=None)
+    p.add_argument("--max-children", type=int, default=1)
+    args = p.parse_args(argv)
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    unknown = sorted(set(modules) - set(MODULES))
+    if unknown:
+        p.error(f"unknown modules: {', '.join(unknown)}")
+    out = Path(args.out or ROOT / "bench" / "results" / f"mutation_{dt.date.today().isoformat()}" / args.label)
+    out.mkdir(parents=True, exist_ok=True)
+    equivalent = load_equivalent()
+    rows = []
+    start = time.monotonic()
+    for module in modules:
+        t0 = time.monotonic()
+        print(f"[{module}] running mutmut ...", flush=True)
+        row = run_module(module, args, out, equivalent)
+        rows.append(row)
+        print(f"[{module}] {row['mutants']} mutants, {row['killed'] + row['timeout']} killed, "
+              f"{row['survived']} survived, score {row['score']:.1%} ({time.monotonic() - t0:.0f} s)", flush=True)
+        write_report(rows, out, args, time.monotonic() - start)
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
