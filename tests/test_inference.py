@@ -69,3 +69,67 @@ def test_predict_probabilities_averages_folds_and_checks_slice_size(tmp_path):
         predict_probabilities(volume, {"axial": [small]}, normalised=True, source="scan.nii")
     with pytest.raises(ValueError, match="ModelCache"):
         predict_probabilities(volume, {"axial": [path]}, normalised=True)
+
+
+def shift_model(shape2d):
+    """Not flip-equivariant: a 3x3 convolution whose only weight 1 sits at kernel row 0, column 1, so
+    out[i, j] = sigmoid(in[i - 1, j]) (zero outside the padded slice). Flipping rows (the left-right axis of
+    axial and coronal slices) turns it into sigmoid(in[i + 1, j]); flipping columns changes nothing."""
+    inputs = keras.Input((*shape2d, 1))
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[0, 1] = 1.0
+    conv = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", use_bias=False)
+    out = conv(inputs)
+    conv.set_weights([kernel])
+    return keras.Model(inputs, out)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("plane", ["axial", "sagittal", "coronal"])
+def test_flip_tta_flips_the_left_right_axis(plane):
+    """TTA = mean of the prediction and the un-flipped prediction of the left-right-flipped slices, computed
+    by hand on the zero-padded slices; the sagittal plane (no in-plane left-right axis) is predicted once."""
+    from raxnet.planes import pad_slices, to_slices
+
+    rng = np.random.default_rng(3)
+    volume = rng.uniform(0.5, 2.0, VOLUME_SHAPE).astype(np.float32)
+    target = padded_shape(slice_shape(VOLUME_SHAPE, plane), 2)
+    model = shift_model(target)
+    stack = pad_slices(to_slices(volume, plane), target)  # (n, H, W), zeros around
+    up = np.zeros_like(stack)
+    up[:, 1:] = stack[:, :-1]  # in[i - 1, j]
+    down = np.zeros_like(stack)
+    down[:, :-1] = stack[:, 1:]  # in[i + 1, j]
+    plain = _sigmoid(up)
+    # volume axis 0 (left-right) is the row axis of axial and coronal slices
+    tta = 0.5 * (_sigmoid(up) + _sigmoid(down)) if plane != "sagittal" else plain
+    h, w = slice_shape(VOLUME_SHAPE, plane)
+    b0, b1 = (target[0] - h) // 2, (target[1] - w) // 2
+    crop = (slice(None), slice(b0, b0 + h), slice(b1, b1 + w))
+    got = to_slices(predict_plane(model, volume, plane, flip_tta=True), plane)
+    np.testing.assert_allclose(got, tta[crop], atol=1e-6)
+    got_plain = to_slices(predict_plane(model, volume, plane), plane)
+    np.testing.assert_allclose(got_plain, plain[crop], atol=1e-6)
+    if plane != "sagittal":  # the two differ: a wrong flip axis would give the plain prediction back
+        assert np.abs(tta - plain)[crop].max() > 0.05
+
+
+def test_predict_probabilities_tta_and_normalisation_reach_the_planes():
+    """``tta=True`` reaches predict_plane; a raw volume is normalised first (here: percentiles 1..n)."""
+    from raxnet.inference import predict_probabilities
+    from raxnet.intensity import normalise
+
+    rng = np.random.default_rng(4)
+    volume = rng.uniform(10, 500, VOLUME_SHAPE).astype(np.float32)
+    model = shift_model(padded_shape(slice_shape(VOLUME_SHAPE, "axial"), 2))
+    raw = predict_probabilities(volume, {"axial": [model]}, tta=True)["axial"]
+    norm = normalise(volume)
+    np.testing.assert_allclose(raw, predict_plane(model, norm, "axial", flip_tta=True), atol=1e-6)
+    assert np.abs(raw - predict_plane(model, norm, "axial")).max() > 0.01
+    with pytest.raises(ValueError, match="affine"):
+        predict_probabilities(volume, {"axial": [model]}, brain_mask_mm=3.0)
+    with pytest.raises(ValueError, match="no model for plane axial"):
+        predict_probabilities(volume, {"axial": []}, normalised=True)
