@@ -1,0 +1,217 @@
+"""raxnet.predict's geometry on tiny synthetic grids, without networks: the field-of-view and oblique checks,
+resampling to the weights' grid and back (nearest for the mask), and the lesion volume in the input's mm³.
+
+``predict_file`` runs with a stand-in predictor whose probabilities are a known block on a 2 mm grid, so the
+mask on the input grid and every volume can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from raxnet.errors import InputError
+from raxnet.predict import _fov_coverage, _is_oblique, back_to_input_grid, predict_file, to_model_grid
+
+GRID_SHAPE = (10, 12, 8)
+GRID_AFFINE = np.array([[2.0, 0, 0, -10.0], [0, 2.0, 0, -12.0], [0, 0, 2.0, -8.0], [0, 0, 0, 1]])
+#: The 2 mm voxels of the block the stand-in predictor calls lesion (probability 0.9, elsewhere 0.1).
+BLOCK = (slice(3, 6), slice(4, 7), slice(2, 5))
+#: The input scan: 1 x 1 x 1.5 mm voxels over the same field of view, offset so that no input voxel centre
+#: lies half way between two grid voxel centres (nearest neighbour has no ties): index on the 2 mm grid =
+#: 0.15 + k / 2 (axes 0, 1), 0.15 + 0.75 k (axis 2).
+INPUT_SHAPE = (19, 23, 10)
+INPUT_AFFINE = np.array([[1.0, 0, 0, -9.7], [0, 1.0, 0, -11.7], [0, 0, 1.5, -7.7], [0, 0, 0, 1]])
+
+
+def manifest() -> dict:
+    return {"grid_shape": list(GRID_SHAPE), "affine": GRID_AFFINE.tolist(), "spacing_mm": [2.0, 2.0, 2.0]}
+
+
+class StandInPredictor:
+    """What predict_file uses of :class:`raxnet.predict.Predictor`, with known probabilities."""
+
+    def __init__(self) -> None:
+        self.manifest = manifest()
+        self.settings = {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "connectivity": 26,
+                         "tta": False, "brain_mask_mm": None, "weights": None}
+        self.seen: list[np.ndarray] = []
+
+    @property
+    def models(self) -> dict:
+        return {}
+
+    def probabilities(self, volume: np.ndarray, source: str = "volume") -> dict[str, np.ndarray]:
+        self.seen.append(volume)
+        p = np.full(GRID_SHAPE, 0.1, np.float32)
+        p[BLOCK] = 0.9
+        return {"axial": p, "sagittal": p.copy(), "coronal": p.copy()}
+
+    def mask(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+        return (np.mean([probs[k] for k in probs], axis=0) >= 0.5).astype(np.uint8)
+
+
+def nearest_block_on_input() -> np.ndarray:
+    """The 2 mm block on the input grid by nearest neighbour, by hand: each input voxel centre in mm, then
+    the 2 mm voxel whose centre is closest."""
+    ijk = np.indices(INPUT_SHAPE).reshape(3, -1).T
+    mm = ijk * np.diag(INPUT_AFFINE)[:3] + INPUT_AFFINE[:3, 3]
+    grid_idx = np.rint((mm - GRID_AFFINE[:3, 3]) / 2.0).astype(int)
+    inside = np.ones(len(grid_idx), bool)
+    for a, s in enumerate(BLOCK):
+        inside &= (grid_idx[:, a] >= s.start) & (grid_idx[:, a] < s.stop)
+    return inside.reshape(INPUT_SHAPE).astype(np.uint8)
+
+
+def write_scan(path, shape=INPUT_SHAPE, affine=INPUT_AFFINE) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.uniform(50, 100, shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def test_hand_nearest_block_is_what_the_test_expects():
+    m = nearest_block_on_input()
+    # 2 mm voxels 3..5 (centres -4, -2, 0 mm) <- 1 mm voxels at -4.7 .. 0.3 mm: 6 per axis 0; axis 1 the same;
+    # axis 2 (1.5 mm): centres -7.7 + 1.5 k nearest to -4, -2, 0 (+-1 mm): k = 3, 4, 5 -> 3 voxels... by hand:
+    assert m.sum(axis=(1, 2)).astype(bool).sum() == 6
+    assert m.sum(axis=(0, 2)).astype(bool).sum() == 6
+    assert m.sum(axis=(0, 1)).astype(bool).sum() == 4
+    assert m.sum() == 6 * 6 * 4
+
+
+def test_predict_file_mask_back_by_nearest_and_volume_in_input_mm3(tmp_path):
+    """A 1 x 1 x 1.5 mm scan: predicted on the 2 mm grid, the mask comes back by nearest neighbour (144
+    voxels, exactly the hand-computed ones) and the lesion volume is 144 x 1.5 mm³ = 216 mm³ (the input's
+    voxel volume, not the 2 mm grid's 8 mm³)."""
+    path = tmp_path / "scan_T1w.nii.gz"
+    write_scan(path)
+    predictor = StandInPredictor()
+    opts = {"save_probabilities": True, "save_uncertainty": True, "qc": False}
+    row = predict_file(predictor, path, tmp_path / "out", opts)
+    # the network input was the scan resampled (linearly) onto the 2 mm grid
+    assert predictor.seen[0].shape == GRID_SHAPE and row["resampled"] is True
+    expected = nearest_block_on_input()
+    mask_img = nib.load(str(tmp_path / "out" / "scan_desc-lesion_mask.nii.gz"))
+    np.testing.assert_allclose(mask_img.affine, INPUT_AFFINE)
+    assert mask_img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(mask_img.dataobj), expected)
+    assert row["lesion_voxels"] == 144 and row["lesion_volume_mm3"] == pytest.approx(216.0)
+    assert row["n_lesions"] == 1 and row["mask"] == str(tmp_path / "out" / "scan_desc-lesion_mask.nii.gz")
+    summary = pd.read_csv(tmp_path / "out" / "scan_summary.csv")
+    assert summary.loc[0, "lesion_volume_mm3"] == pytest.approx(216.0) and summary.loc[0, "lesion_voxels"] == 144
+    assert summary.loc[0, "fusion"] == "mean" and summary.loc[0, "threshold"] == 0.5
+    lesions = pd.read_csv(tmp_path / "out" / "scan_lesions.csv")
+    assert lesions["voxels"].tolist() == [144] and lesions["volume_mm3"].tolist() == pytest.approx([216.0])
+    # plane probabilities read (interpolated) on the 2 mm grid at the 1 mm voxels: 0.9 in the block's core,
+    # less at its edge; the three planes are identical, so they detect it together
+    assert 0.5 < lesions.loc[0, "mean_probability"] < 0.9 and lesions.loc[0, "planes_detecting"] == 3
+    # probability map back on the input grid (linear): 0.9 deep inside the block, 0.1 far away, float32
+    prob = nib.load(str(tmp_path / "out" / "scan_desc-lesion_probability.nii.gz"))
+    pv = np.asarray(prob.dataobj)
+    assert prob.get_data_dtype() == np.float32 and pv.shape == INPUT_SHAPE
+    assert pv[9, 11, 5] == pytest.approx(0.9, abs=1e-5) and pv[0, 0, 9] == pytest.approx(0.1, abs=1e-5)
+    assert 0.1 < pv[6, 11, 5] < 0.9  # the block's edge is interpolated
+    # the three planes agree everywhere: the uncertainty map is zero, on the input grid
+    unc = nib.load(str(tmp_path / "out" / "scan_desc-uncertainty.nii.gz"))
+    assert unc.shape == INPUT_SHAPE and np.abs(np.asarray(unc.dataobj)).max() < 1e-6
+    assert not (tmp_path / "out" / "scan_qc.png").exists()
+
+
+def test_predict_file_on_the_weights_grid_is_not_resampled(tmp_path):
+    """A scan already on the 2 mm grid: the volume goes in as it is, the mask is the block itself (27 voxels,
+    27 x 8 = 216 mm³), with a QC overlay."""
+    path = tmp_path / "grid_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    predictor = StandInPredictor()
+    row = predict_file(predictor, path, tmp_path / "out", {"save_probabilities": False, "qc": True}, name="x/y")
+    assert row["resampled"] is False
+    np.testing.assert_array_equal(predictor.seen[0], np.asarray(nib.load(str(path)).dataobj))
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "x" / "y_desc-lesion_mask.nii.gz")).dataobj)
+    expected = np.zeros(GRID_SHAPE, np.uint8)
+    expected[BLOCK] = 1
+    np.testing.assert_array_equal(mask, expected)
+    assert row["lesion_volume_mm3"] == pytest.approx(216.0) and row["lesion_voxels"] == 27
+    assert (tmp_path / "out" / "x" / "y_qc.png").stat().st_size > 1000
+    assert not (tmp_path / "out" / "x" / "y_desc-lesion_probability.nii.gz").exists()
+
+
+def test_back_to_input_grid_nearest_and_linear():
+    mask = np.zeros(GRID_SHAPE, np.uint8)
+    mask[BLOCK] = 1
+    img = nib.Nifti1Image(np.zeros(INPUT_SHAPE, np.float32), INPUT_AFFINE)
+    near = back_to_input_grid(mask, manifest(), img, "nearest")
+    assert near.shape == INPUT_SHAPE and near.dtype == np.float32
+    np.testing.assert_array_equal(near, nearest_block_on_input())
+    lin = back_to_input_grid(mask, manifest(), img, "linear")
+    assert set(np.unique(near)) == {0.0, 1.0} and len(np.unique(lin)) > 2
+    assert ((lin > 0.5) != near.astype(bool)).any()  # linear > 0.5 is not the nearest mask
+
+
+def test_to_model_grid_same_grid_resampled_or_refused(tmp_path):
+    data = np.arange(np.prod(GRID_SHAPE), dtype=np.float32).reshape(GRID_SHAPE)
+    same = nib.Nifti1Image(data, GRID_AFFINE)
+    out, resampled = to_model_grid(data, same, manifest(), tmp_path / "a.nii.gz")
+    assert resampled is False and out is data
+    # 1 mm voxels whose centres fall on the 2 mm centres and half way between: linear resampling picks the
+    # 2 mm centres exactly (values of a linear ramp are reproduced)
+    ramp = lambda mm: mm[..., 0] + 10 * mm[..., 1] + 100 * mm[..., 2]  # noqa: E731
+    fine_affine = np.array([[1.0, 0, 0, -10.0], [0, 1.0, 0, -12.0], [0, 0, 1.0, -8.0], [0, 0, 0, 1]])
+    fine_shape = (19, 23, 15)
+    ijk = np.indices(fine_shape).transpose(1, 2, 3, 0)
+    fine = ramp(ijk + fine_affine[:3, 3]).astype(np.float32)
+    out, resampled = to_model_grid(fine, nib.Nifti1Image(fine, fine_affine), manifest(), tmp_path / "b.nii.gz")
+    assert resampled is True and out.shape == GRID_SHAPE and out.dtype == np.float32
+    expected = ramp(np.indices(GRID_SHAPE).transpose(1, 2, 3, 0) * 2.0 + GRID_AFFINE[:3, 3])
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+    # nearly the same affine (within 1e-3 mm) counts as the same grid
+    close = GRID_AFFINE.copy()
+    close[0, 3] += 5e-4
+    assert to_model_grid(data, nib.Nifti1Image(data, close), manifest(), tmp_path / "c")[1] is False
+    far = GRID_AFFINE.copy()
+    far[:3, 3] += 100.0
+    with pytest.raises(InputError, match="c.nii: not in MNI152NLin2009aSym space .* covers 0% "):
+        to_model_grid(data, nib.Nifti1Image(data, far), manifest(), "c.nii")
+    tilted = GRID_AFFINE.copy()
+    c, s = np.cos(0.2), np.sin(0.2)
+    tilted[:2, :2] = 2.0 * np.array([[c, -s], [s, c]])
+    with pytest.raises(InputError, match="d.nii: oblique affine"):
+        to_model_grid(data, nib.Nifti1Image(data, tilted), manifest(), "d.nii")
+
+
+def test_fov_coverage_hand_computed():
+    """The reference box (voxel centres) spans 18 x 22 x 14 mm; an image box shifted by 9 mm along x covers
+    half of it; a larger image covers all of it; a disjoint one none."""
+    assert _fov_coverage(GRID_AFFINE, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == pytest.approx(1.0)
+    shifted = GRID_AFFINE.copy()
+    shifted[0, 3] += 9.0
+    assert _fov_coverage(shifted, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == pytest.approx(0.5)
+    shifted[1, 3] -= 11.0  # and half along y: a quarter
+    assert _fov_coverage(shifted, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == pytest.approx(0.25)
+    big = np.diag([1.0, 1.0, 1.0, 1.0])
+    big[:3, 3] = -50
+    assert _fov_coverage(big, (100, 100, 100), GRID_AFFINE, GRID_SHAPE) == pytest.approx(1.0)
+    far = GRID_AFFINE.copy()
+    far[2, 3] += 100
+    assert _fov_coverage(far, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == 0.0
+    # a flipped axis (negative spacing) spans the same box
+    flipped = GRID_AFFINE.copy()
+    flipped[0, 0], flipped[0, 3] = -2.0, 8.0
+    assert _fov_coverage(flipped, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == pytest.approx(1.0)
+
+
+def test_is_oblique():
+    assert not _is_oblique(GRID_AFFINE)
+    assert not _is_oblique(np.diag([-1.0, 1.5, 3.0, 1.0]))  # flips and anisotropy are not oblique
+    perm = np.zeros((4, 4))
+    perm[0, 1], perm[1, 0], perm[2, 2], perm[3, 3] = 2.0, 2.0, 2.0, 1.0
+    assert not _is_oblique(perm)  # axes swapped, still aligned
+    for angle in (0.2, 0.05):
+        c, s = np.cos(angle), np.sin(angle)
+        rot = np.eye(4)
+        rot[1:3, 1:3] = [[c, -s], [s, c]]
+        assert _is_oblique(rot @ np.diag([1.0, 1.0, 2.0, 1.0]))
+    tiny = np.eye(4)
+    tiny[1:3, 1:3] = [[np.cos(0.01), -np.sin(0.01)], [np.sin(0.01), np.cos(0.01)]]
+    assert not _is_oblique(tiny)  # cos(0.01) = 0.99995 > 0.999: within rounding of an aligned grid
