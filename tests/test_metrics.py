@@ -195,3 +195,108 @@ def test_dice_3d_semantics() -> None:
     c = b.copy()
     c[1, 1, 1] = True
     assert M.dice(c, b) == pytest.approx(2 * 1 / 3)
+
+
+# --- added for the mutation benchmark (issue 14): answers that change under plausible wrong variants ------
+
+
+def test_evaluate_honours_connectivity_for_lesion_f1_and_counts():
+    """A diagonal-only pair of truth voxels (touching at a corner) is one lesion under 26-connectivity and two
+    under 6; the prediction covers one of them. 26: TP 1, F1 1, counts equal; 6: TP 1, FN 1, F1 = 1 / 1.5."""
+    t = vol((5, 5, 5), (1, 1, 1), (2, 2, 2))
+    p = vol((5, 5, 5), (1, 1, 1))
+    r26 = M.evaluate(p, t, connectivity=26)
+    assert (r26["truth_lesions"], r26["pred_lesions"], r26["lesion_count_diff"]) == (1, 1, 0)
+    assert r26["lesion_f1"] == 1.0
+    r6 = M.evaluate(p, t, connectivity=6)
+    assert (r6["truth_lesions"], r6["pred_lesions"], r6["lesion_count_diff"]) == (2, 1, 1)
+    assert r6["lesion_f1"] == pytest.approx(2 / 3)
+    assert M.evaluate(p, t, connectivity=18)["truth_lesions"] == 2  # a corner is not an edge
+    assert M.lesion_f1(p, t, connectivity=6) == pytest.approx(2 / 3)
+    assert M.lesion_count_difference(p, t, connectivity=6) == 1
+    assert M.lesion_count_difference(p, t, connectivity=26) == 0
+    assert M.lesion_count_difference(t, p, connectivity=6) == 1  # absolute
+    assert M.lesion_detection(p, t, connectivity=6) == {"tp": 1, "fn": 1, "fp": 0, "n_truth": 2, "n_pred": 1}
+    # the same pair predicted, truth one voxel: FP counted per predicted component
+    assert M.lesion_detection(t, p, connectivity=6) == {"tp": 1, "fn": 0, "fp": 1, "n_truth": 1, "n_pred": 2}
+    assert M.lesion_detection(t, p, connectivity=26)["fp"] == 0
+
+
+def test_evaluate_lesion_f1_with_unequal_fp_and_fn():
+    """TP 1, FP 2, FN 1: F1 = 1 / (1 + (2 + 1) / 2) = 0.4."""
+    t = vol((9, 9, 9), (1, 1, 1), (7, 7, 7))  # two true lesions, the second missed
+    p = vol((9, 9, 9), (1, 1, 1), (4, 1, 1), (1, 4, 7))  # one hit, two spurious
+    r = M.evaluate(p, t)
+    assert r["lesion_f1"] == pytest.approx(0.4)
+    assert M.lesion_f1(p, t) == pytest.approx(0.4)
+    assert M.lesion_detection(p, t) == {"tp": 1, "fn": 1, "fp": 2, "n_truth": 2, "n_pred": 3}
+    assert r["lesion_count_diff"] == 1 and r["truth_lesions"] == 2 and r["pred_lesions"] == 3
+
+
+def test_scalar_and_bad_spacing():
+    t = vol((4, 4, 4), (0, 0, 0), (0, 0, 1))
+    p = vol((4, 4, 4), (0, 0, 0))
+    assert M.volume_difference(p, t, spacing=2.0) == (1, pytest.approx(8.0))
+    assert M.evaluate(p, t, spacing=2.0)["volume_diff_mm3"] == pytest.approx(8.0)
+    assert M.volume_difference(p, t, spacing=(1.0, 2.0, 3.0, 9.0)) == (1, pytest.approx(6.0))  # extra value ignored
+    with pytest.raises(ValueError, match=r"spacing \(1.0, 2.0\) has fewer than 3 values"):
+        M.volume_difference(p, t, spacing=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r"spacing must be positive, got \(1.0, 0.0, 1.0\)"):
+        M.volume_difference(p, t, spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="spacing must be positive"):
+        M.hd95(p, t, spacing=(1.0, -1.0, 1.0))
+
+
+def test_surface_connectivity_and_2d_masks():
+    """Truth: the 3x3x3 cube without its 8 corners (19 voxels), prediction its centre. Face erosion (6) keeps
+    the centre, so the truth surface is the 18 outer voxels; full erosion (26) removes it too (its corner
+    neighbours are missing), so the centre is surface and the prediction's distance is 0."""
+    t = np.zeros((5, 5, 5), np.uint8)
+    t[1:4, 1:4, 1:4] = 1
+    for i in (1, 3):
+        for j in (1, 3):
+            for k in (1, 3):
+                t[i, j, k] = 0
+    p = vol((5, 5, 5), (2, 2, 2))
+    d_pt, d_tp = M.surface_distances(p, t)  # 6 by default
+    assert d_pt.tolist() == [1.0] and sorted(d_tp.tolist()) == pytest.approx([1.0] * 6 + [math.sqrt(2)] * 12)
+    d_pt, d_tp = M.surface_distances(p, t, connectivity=26)
+    assert d_pt.tolist() == [0.0] and sorted(d_tp.tolist()) == pytest.approx([0.0] + [1.0] * 6 + [math.sqrt(2)] * 12)
+    assert d_pt.dtype == np.float64
+    assert M.hd95(p, t, connectivity=26) == pytest.approx(np.percentile([0.0, 0.0] + [1.0] * 6 + [math.sqrt(2)] * 12, 95))
+    assert M.hd95(p, t) == pytest.approx(np.percentile([1.0] + [1.0] * 6 + [math.sqrt(2)] * 12, 95))
+    # 2D masks: a 3x3 square and its centre
+    t2 = np.zeros((5, 5), np.uint8)
+    t2[1:4, 1:4] = 1
+    p2 = np.zeros((5, 5), np.uint8)
+    p2[2, 2] = 1
+    d_pt, d_tp = M.surface_distances(p2, t2, connectivity=4)
+    assert d_pt.tolist() == [1.0] and sorted(d_tp.tolist()) == pytest.approx([1.0] * 4 + [math.sqrt(2)] * 4)
+    with pytest.raises(ValueError, match="^surface distances need two non-empty masks$"):
+        M.surface_distances(p2, np.zeros_like(t2))
+    with pytest.raises(ValueError, match="^surface distances need two non-empty masks$"):
+        M.surface_distances(np.zeros_like(t2), t2)
+
+
+def test_crop_to_union_box_and_padding():
+    p = np.zeros((8, 9, 10), bool)
+    t = np.zeros((8, 9, 10), bool)
+    p[2, 3, 4] = True
+    t[4, 3, 6] = True
+    cp, ct = M.crop_to_union(p, t)
+    assert cp.shape == ct.shape == (3 + 2, 1 + 2, 3 + 2)  # box 2..4 x 3..3 x 4..6, one voxel of padding
+    assert cp[1, 1, 1] and ct[3, 1, 3] and cp.sum() == 1 and ct.sum() == 1
+    e = np.zeros((3, 3), bool)
+    assert M.crop_to_union(e, e)[0] is e  # nothing to crop
+
+
+def test_dice_and_slice_dice_single_voxel_cases():
+    # one voxel in one mask only: Dice 0; one shared voxel: 1; slice 2 holds one voxel each, not shared
+    p = np.zeros((3, 2, 2), np.uint8)
+    t = np.zeros((3, 2, 2), np.uint8)
+    p[0, 0, 0] = 1
+    p[1, 0, 0] = t[1, 0, 0] = 1
+    p[2, 0, 0], t[2, 1, 1] = 1, 1
+    sd = M.slice_dice(p, t)
+    assert sd.dtype == np.float64 and sd.tolist() == [0.0, 1.0, 0.0]
+    assert M.dice(p, t) == pytest.approx(2 * 1 / (3 + 2))
