@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from raxnet import postprocess as P
+from raxnet.errors import ConfigError
 
 # --- pure functions -------------------------------------------------------------------------------
 
@@ -57,8 +58,12 @@ def test_remove_small_components():
 def test_method_names_and_fuse_all_clean_variants():
     assert P.method_names(["mean", "axial"], 0) == ["mean", "axial"]
     assert P.method_names(["axial", "mean", "vote"], 3) == ["axial", "mean", "vote", "mean_clean", "vote_clean"]
-    with pytest.raises(Exception, match="unknown fusion method"):
+    with pytest.raises(ConfigError, match=r"^unknown fusion method 'median'; expected some of axial, sagittal, "
+                       r"coronal, mean, vote, weighted$"):
         P.method_names(["median"], 0)
+    with pytest.raises(ConfigError, match="^fusion.methods is empty$"):
+        P.method_names([], 2)
+    assert P.method_names(["mean", "mean", "vote"], 1) == ["mean", "vote", "mean_clean", "vote_clean"]
     p = np.zeros((5, 5, 5), np.float32)
     p[0, 0, 0] = 0.9
     p[2:4, 2:4, 2] = 0.8
@@ -94,3 +99,111 @@ def test_min_lesion_size_in_mm3():
     probs = {q: m.astype(np.float32) for q in ("axial", "sagittal", "coronal")}
     out = P.postprocess(probs, fusion="vote", threshold=0.5, min_lesion_mm3=17, spacing=(2, 2, 2))
     assert out.sum() == 3 and out[4, 4, 1:4].all()
+
+
+# --- added for the mutation benchmark (issue 14) ----------------------------------------------------------
+
+PLANE3 = ("axial", "sagittal", "coronal")
+
+
+def test_vote_counts_planes_at_the_threshold_and_needs_a_strict_majority():
+    """Two of three planes exactly at the threshold: lesion (``>=``). With four volumes 2 votes are not a
+    majority, 3 are; with two volumes both must vote."""
+    probs = {"axial": np.array([0.5, 0.5, 0.4]), "sagittal": np.array([0.5, 0.4, 0.4]),
+             "coronal": np.array([0.1, 0.1, 0.5])}
+    assert P.fuse_vote(probs, 0.5).tolist() == [1, 0, 0]
+    assert P.fuse_vote(probs).tolist() == [1, 0, 0]  # default threshold 0.5
+    assert P.fuse(probs, "vote").tolist() == [1, 0, 0]
+    four = [np.array([1.0, 1.0, 1.0]), np.array([1.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0]), np.zeros(3)]
+    assert P.fuse_vote(four, 0.5).tolist() == [1, 0, 0]
+    two = [np.array([0.9, 0.9]), np.array([0.9, 0.1])]
+    assert P.fuse_vote(two, 0.5).tolist() == [1, 0]
+
+
+def test_default_threshold_is_one_half_everywhere():
+    probs = {q: np.array([0.5, 0.49]) for q in PLANE3}
+    assert P.binarise(np.array([0.5, 0.49])).tolist() == [1, 0]
+    assert P.fuse_mean(probs).tolist() == [1, 0]
+    for method in P.ALL_METHODS:
+        assert P.fuse(probs, method).tolist() == [1, 0], method
+    assert P.fuse_weighted(probs, [1, 2, 3]).tolist() == [1, 0]
+    assert P.fuse_all(probs, ["mean", "axial"])["mean"].tolist() == [1, 0]
+
+
+def test_fuse_passes_the_threshold_to_every_method():
+    probs = {"axial": np.array([0.3, 0.2]), "sagittal": np.array([0.3, 0.2]), "coronal": np.array([0.3, 0.2])}
+    for method in P.ALL_METHODS:
+        assert P.fuse(probs, method, 0.25).tolist() == [1, 0], method
+        assert P.fuse(probs, method, 0.35).tolist() == [0, 0], method
+    with pytest.raises(ConfigError, match=r"^unknown fusion method 'max'; expected one of axial, sagittal, "
+                       r"coronal, mean, vote, weighted$"):
+        P.fuse(probs, "max")
+
+
+def test_mean_is_taken_in_float64():
+    """float32 planes 0.85, 0.64 and 3 * 0.51 - 0.85 - 0.64: their float64 mean is just above 0.51, their
+    float32 mean rounds to float32(0.51), which is below 0.51."""
+    a, b = np.float32(0.85), np.float32(0.64)
+    c = np.float32(3 * 0.51 - float(a) - float(b))
+    probs = {"axial": np.array([a]), "sagittal": np.array([b]), "coronal": np.array([c])}
+    assert probs["coronal"].dtype == np.float32
+    assert P.fuse_mean(probs, 0.51).tolist() == [1]
+
+
+def test_weights_and_connectivity_reach_fuse_all_and_postprocess():
+    probs = {"axial": np.array([0.9, 0.0]), "sagittal": np.array([0.0, 0.9]), "coronal": np.array([0.0, 0.9])}
+    w = {"axial": 4.0, "sagittal": 1.0, "coronal": 1.0}  # (4 * 0.9) / 6 = 0.6; (0.9 + 0.9) / 6 = 0.3
+    assert P.fuse_all(probs, ["weighted"], weights=w)["weighted"].tolist() == [1, 0]
+    assert P.fuse_all(probs, ["weighted"])["weighted"].tolist() == [0, 1]  # equal weights: 0.3, 0.6
+    assert P.postprocess(probs, fusion="weighted", threshold=0.5, min_lesion_mm3=0, spacing=(1, 1, 1),
+                         weights=w).tolist() == [1, 0]
+    # two voxels touching at a corner: one lesion of 2 voxels (26) or two of 1 (6)
+    m = np.zeros((3, 3, 3), np.float32)
+    m[0, 0, 0] = m[1, 1, 1] = 0.9
+    p3 = {q: m for q in PLANE3}
+    assert P.fuse_all(p3, ["mean_clean"], min_size=2, connectivity=26)["mean_clean"].sum() == 2
+    assert P.fuse_all(p3, ["mean_clean"], min_size=2, connectivity=6)["mean_clean"].sum() == 0
+    assert P.postprocess(p3, fusion="mean", threshold=0.5, min_lesion_mm3=2, spacing=(1, 1, 1)).sum() == 2
+    assert P.postprocess(p3, fusion="mean", threshold=0.5, min_lesion_mm3=2, spacing=(1, 1, 1),
+                         connectivity=6).sum() == 0
+    assert P.remove_small_lesions(m, 2, (1, 1, 1), connectivity=6).sum() == 0
+    assert P.remove_small_lesions(m, 2, (1, 1, 1)).sum() == 2
+
+
+def test_component_of_exactly_min_size_is_kept():
+    m = np.zeros((5, 5, 5), np.uint8)
+    m[0, 0, 0:3] = 1  # 3 voxels
+    m[4, 4, 4] = 1  # 1 voxel
+    assert P.remove_small_components(m, 3).tolist() == (m * (np.arange(5)[:, None, None] == 0)).tolist()
+    assert P.remove_small_components(m, 4).sum() == 0
+    out = P.remove_small_components(m, 0)
+    assert out.dtype == np.uint8 and out.sum() == 4
+    # keep_large_components directly: min_size 1 (or less) keeps every labelled component, never label 0
+    labels = np.array([0, 1, 2, 2, 0])
+    assert P.keep_large_components(labels, 2, 1).tolist() == [0, 1, 1, 1, 0]
+    assert P.keep_large_components(labels, 2, 0).tolist() == [0, 1, 1, 1, 0]
+    assert P.keep_large_components(labels, 2, 2).tolist() == [0, 0, 1, 1, 0]
+    assert P.keep_large_components(labels, 2, 2).dtype == np.uint8
+
+
+def test_min_voxels_rounds_float_error_only():
+    assert P.min_voxels(40.00000000008, (2, 2, 2)) == 5  # within 1e-9 voxels of 5: float error
+    assert P.min_voxels(40.0001, (2, 2, 2)) == 6
+    assert P.min_voxels(-3, (1, 1, 1)) == 0
+
+
+def test_fusion_input_errors_name_the_problem():
+    with pytest.raises(ValueError, match="^no probability volumes to fuse$"):
+        P.fuse_mean({})
+    with pytest.raises(ValueError, match=r"^probability volumes differ in shape: \[\(2,\), \(3,\)\]$"):
+        P.fuse_mean([np.zeros(2), np.zeros(3)])
+    probs = {"axial": np.array([0.9]), "sagittal": np.array([0.1]), "coronal": np.array([0.1])}
+    with pytest.raises(ValueError, match=r"^no weight for \['coronal'\]$"):
+        P.fuse_weighted(probs, {"axial": 1, "sagittal": 1})
+    with pytest.raises(ValueError, match="^weights given by name need probabilities given by name$"):
+        P.fuse_weighted(list(probs.values()), {"axial": 1})
+    with pytest.raises(ValueError, match="^2 weights for 3 probability volumes$"):
+        P.fuse_weighted(probs, [1, 1])
+    for bad in ([0, 0, 0], [1, np.inf, 1], [1, np.nan, 1]):
+        with pytest.raises(ValueError, match="finite, non-negative and not all zero"):
+            P.fuse_weighted(probs, bad)
