@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,7 @@ import pytest
 from raxnet import evaluation as E
 from raxnet import fusion as F
 from raxnet import metrics as M
+from raxnet.errors import InputError
 from raxnet.planes import padded_shape, slice_shape
 
 SHAPE = (12, 16, 14)
@@ -312,7 +314,7 @@ def test_evaluate_only_missing_corrupt_and_wrong_grid_predictions(tmp_path):
     summary = pd.read_csv(work / "08_fusion" / "evaluate_pred" / "summary.csv")
     assert summary.loc[0, "n"] == 5 and summary.loc[0, "n_failed"] == 3
     assert (work / "08_fusion" / "evaluate_pred" / "qc" / "sub-b_qc.png").is_file()
-    with pytest.raises(Exception, match="not found"):
+    with pytest.raises(InputError, match=f"^{re.escape(str(tmp_path / 'nope'))}: prediction directory not found$"):
         F.evaluate_only({}, {"work_dir": str(work), "data_root": str(root)}, tmp_path / "nope")
 
 
