@@ -142,3 +142,42 @@ def test_dice_coefficient_and_metric():
     metric.reset_state()
     again = losses.DiceMetric.from_config(metric.get_config())
     assert again.threshold == 0.5 and again.name == "dice"
+
+
+# Second hand example with FP != FN (issue 14): alpha and beta swapped give a different value.
+# One lesion pixel predicted 0.5, two background pixels predicted 0.5, one 0: TP 0.5, FP 1.0, FN 0.5.
+T_FP = np.array([[1, 0], [0, 0]], np.float32).reshape(1, 2, 2, 1)
+P_FP = np.array([[0.5, 0.5], [0.5, 0]], np.float32).reshape(1, 2, 2, 1)
+TVERSKY_FP = 1 - (0.5 + 1) / (0.5 + 0.3 * 1.0 + 0.7 * 0.5 + 1)  # 1 - 1.5 / 2.15; swapped: 1 - 1.5 / 2.35
+DICE_FP = 1 - (2 * 0.5 + 1) / (1 + 1.5 + 1)
+FOCAL_FP = (0.8 * 0.25 * LN2 + 2 * 0.2 * 0.25 * LN2) / 4  # the pixel predicted 0 adds ~0
+EXPECTED_FP = {
+    "dice": DICE_FP,
+    "tversky": TVERSKY_FP,
+    "focal": FOCAL_FP,
+    "tversky_focal": TVERSKY_FP + FOCAL_FP,
+    "focal_tversky": TVERSKY_FP**0.75,
+    "bce_dice": 3 * LN2 / 4 + DICE_FP,
+}
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_known_value_fp_differs_from_fn(name):
+    assert _value(get_loss(name), T_FP, P_FP) == pytest.approx(EXPECTED_FP[name], abs=1e-6)
+
+
+def test_tversky_alpha_weights_false_positives_beta_false_negatives():
+    swapped = 1 - 1.5 / (0.5 + 0.7 * 1.0 + 0.3 * 0.5 + 1)
+    assert abs(swapped - TVERSKY_FP) > 0.02
+    for name in ("tversky", "tversky_focal", "focal_tversky"):
+        cfg = get_loss(name).get_config()
+        assert (cfg["alpha"], cfg["beta"], cfg["smooth"]) == (0.3, 0.7, 1.0), name
+    assert float(losses.tversky_index(tf.constant(T_FP), tf.constant(P_FP))) == pytest.approx(1.5 / 2.15, abs=1e-6)
+    assert float(losses.tversky_index(tf.constant(T_FP), tf.constant(P_FP), 0.7, 0.3)) == pytest.approx(
+        1 - swapped, abs=1e-6)
+    cfg = get_loss("tversky_focal").get_config()
+    assert (cfg["focal_alpha"], cfg["focal_gamma"]) == (0.8, 2.0)
+    assert get_loss("focal_tversky").get_config()["gamma"] == 0.75
+    assert get_loss("focal").get_config()["alpha"] == 0.8 and get_loss("focal").get_config()["gamma"] == 2.0
+    assert float(losses.binary_focal(tf.constant(T_FP), tf.constant(P_FP))) == pytest.approx(FOCAL_FP, abs=1e-6)
+    assert float(losses.dice_index(tf.constant(T_FP), tf.constant(P_FP))) == pytest.approx(1 - DICE_FP, abs=1e-6)
