@@ -69,6 +69,20 @@ def test_ablation_flags_remove_their_parts(tiny_models):
     assert [type(layer).__name__ for layer in off.layers] == [type(layer).__name__ for layer in unet.layers]
 
 
+def _bilinear_matrix(n: int, m: int) -> np.ndarray:
+    """(m, n) linear interpolation weights of an n -> m resize with half-pixel centres (edges clamped):
+    output i samples input position (i + 0.5) * n / m - 0.5; for 2 -> 4 the rows are [1, 0], [.75, .25],
+    [.25, .75], [0, 1]."""
+    w = np.zeros((m, n))
+    for i in range(m):
+        x = min(max((i + 0.5) * n / m - 0.5, 0.0), n - 1.0)
+        lo = int(np.floor(x))
+        hi = min(lo + 1, n - 1)
+        w[i, lo] += 1 - (x - lo)
+        w[i, hi] += x - lo
+    return w
+
+
 def test_attention_gate_matches_oktay_formula():
     """Coarse coefficients = sigmoid(psi(relu(W_x x (2x2 stride 2) + W_g g + b_g)) + b_psi), by hand."""
     rng = np.random.default_rng(1)
@@ -91,6 +105,11 @@ def test_attention_gate_matches_oktay_formula():
     expected = 1 / (1 + np.exp(-(f @ wpsi + bpsi)))
     np.testing.assert_allclose(coarse[0], expected, rtol=1e-5, atol=1e-6)
     assert alpha.shape == (1, 4, 6, 1)  # resampled to x's grid
+    # bilinearly (half-pixel centres), not by repeating each coarse value (nearest)
+    up = _bilinear_matrix(2, 4) @ coarse[0, :, :, 0] @ _bilinear_matrix(3, 6).T
+    np.testing.assert_allclose(alpha[0, :, :, 0], up, rtol=1e-5, atol=1e-6)
+    nearest = np.repeat(np.repeat(coarse[0, :, :, 0], 2, axis=0), 2, axis=1)
+    assert np.abs(alpha[0, :, :, 0] - nearest).max() > 1e-3
     np.testing.assert_allclose(out, x * alpha, rtol=1e-6, atol=1e-6)  # alpha scales every channel of x
 
     # The gating signal steers the coefficients; so do the skip features.
