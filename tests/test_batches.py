@@ -373,3 +373,27 @@ def test_truncated_or_empty_stack_is_refused_by_stage_05(work, tmp_path, capsys,
     assert err[0].endswith("re-run stage 03 (03_moving_converting/convert_to_2d.py)")
     with pytest.raises(StageInputError, match="sub-05_image.npy: truncated"):
         build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)  # what stage 07 calls
+
+
+def test_lesion_fraction_sets_the_lesion_share_of_every_batch(work, folds):
+    """lesion_fraction 0.25 of 8: 2 lesion + 6 normal slices in every batch, len = ceil(lesion slices / 2)."""
+    from raxnet.batches import lesion_per_batch
+
+    assert lesion_per_batch(8, 0.25) == 2 and lesion_per_batch(8, 0.75) == 6 and lesion_per_batch(8, 0.5) == 4
+    assert lesion_per_batch(4, 0.01) == 1 and lesion_per_batch(4, 0.99) == 3  # at least one of each
+    assert lesion_per_batch(10, 0.34) == 3  # round(3.4)
+    with pytest.raises(ConfigError, match=r"arrays.lesion_fraction must be in \(0, 1\)"):
+        lesion_per_batch(8, 1.0)
+    with pytest.raises(ConfigError, match="arrays.batch_size must be >= 2"):
+        lesion_per_batch(1, 0.5)
+    sets = build_training_sets(_cfg(lesion_fraction=0.25), _run_cfg(work), "axial", fold=2, depth=2)
+    kind = folds.set_index(["subject", "slice"])["kind"]
+    roles = sets.subjects.set_index("subject")["role"]
+    train_les = folds[(folds.subject.map(roles) == "train") & (folds.kind == "lesion")]
+    ds = sets.train
+    assert len(ds) == -(-len(train_les) // 2)
+    for j in range(len(ds)):
+        x, y = ds[j]
+        kinds = [kind[pr] for pr in _decode(x)]
+        assert kinds.count("lesion") == 2 and kinds.count("normal") == 6, j
+        assert int((y.reshape(8, -1).max(axis=1) > 0).sum()) == 2
