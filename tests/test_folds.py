@@ -310,3 +310,34 @@ def test_cli_missing_input_is_one_error_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "split.csv" in err and len(err.splitlines()) == 1
+
+
+def test_folds_are_stratified_by_volume_bin(data, result):
+    """Every volume bin of stage 02 is spread over the folds as evenly as its size allows (counts differ by at
+    most 1), so each fold's volume mix matches the train set's: per fold, each bin's share is within one
+    subject of the bin's share of the train set."""
+    _, _, split = data
+    subject_folds, _, _ = result
+    train = split[split["set"] == "train"].merge(subject_folds, on="subject")
+    table = pd.crosstab(train["volume_bin"], train["fold"]).reindex(columns=range(1, 6), fill_value=0)
+    assert table.to_numpy().sum() == len(train) and len(table) >= 3  # several bins are in play
+    for b, row in table.iterrows():
+        assert row.max() - row.min() <= 1, (b, row.tolist())
+    sizes = table.sum(axis=0)
+    assert sizes.max() - sizes.min() <= 1  # the round-robin deal continues across bins
+
+
+def test_make_folds_uses_the_volume_bins_it_is_given():
+    """Twelve subjects in two volume bins of six (all without lesion slices, so only the deal decides):
+    with 3 folds each fold gets exactly two of each bin, whichever bin labels are used."""
+    subjects = [f"s{i:02d}" for i in range(12)]
+    vb = ["(0, 10]" if i % 2 else "(10, 100]" for i in range(12)]
+    split = pd.DataFrame({"subject": subjects, "site": "R", "lesion_voxels": [5 if i % 2 else 50 for i in range(12)],
+                          "volume_bin": vb, "set": "train"})
+    slices = {p: pd.DataFrame({"subject": np.repeat(subjects, 4), "slice": np.tile(np.arange(4), 12),
+                               "lesion_pixels": 0, "n_lesions": 0, "brain_pixels": 1000}) for p in PLANES}
+    for seed in range(3):
+        sf, _, _ = make_folds(split, slices, 3, seed=seed, normal_ratio=0.0, **FAST)
+        merged = sf.merge(split, on="subject")
+        table = pd.crosstab(merged["volume_bin"], merged["fold"])
+        assert (table.to_numpy() == 2).all(), (seed, table)
