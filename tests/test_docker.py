@@ -45,3 +45,26 @@ def test_dockerfile_runs_raxnet_predict_as_non_root():
     # the weights the image ships are the ones the manifest points at
     assert re.search(r"RAXNET_WEIGHTS=/opt/raxnet/weights/demo", text)
     assert (ROOT / "weights" / "demo" / "weights.json").is_file()
+
+
+def test_image_ships_a_complete_weight_set_where_the_env_points():
+    """WORKDIR + COPY weights put weights/ at /opt/raxnet/weights, which RAXNET_WEIGHTS names; the manifest there
+    lists three plane models that are real .keras archives; the compose command is the image's CMD."""
+    import zipfile
+
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR\s+(\S+)\s*$", text, re.MULTILINE).group(1)
+    assert re.search(r"^COPY\s+weights\s+\./weights\s*$", text, re.MULTILINE)
+    env = re.search(r"RAXNET_WEIGHTS=(\S+)", text).group(1)
+    assert env.startswith(workdir.rstrip("/") + "/weights/")
+    shipped = ROOT / env[len(workdir.rstrip("/")) + 1 :]
+    manifest = json.loads((shipped / "weights.json").read_text())
+    assert set(manifest["planes"]) == {"axial", "sagittal", "coronal"}
+    for plane, entry in manifest["planes"].items():
+        assert zipfile.is_zipfile(shipped / entry["file"]), plane
+    assert dockerfile_instruction("CMD") == ["--input", "/input", "--output", "/output"]
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    assert compose["services"]["predict"]["command"] == dockerfile_instruction("CMD")
+    # the image installs the pinned requirements the tests run with
+    assert re.search(r"^RUN pip install -r requirements.txt", text, re.MULTILINE)
+    assert re.search(r"^tensorflow-cpu==\d", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
