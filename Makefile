@@ -11,7 +11,7 @@ DATA   ?= data/ATLAS_2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: install demo test bench weights clean
+.PHONY: install demo test bench weights mutation clean
 
 # ANTsPy (predict --register) goes in with --no-deps: its numpy/scipy caps are stale (requirements-antspyx.txt).
 $(STAMP): requirements.txt requirements-dev.txt requirements-antspyx.txt pyproject.toml
@@ -37,6 +37,16 @@ weights: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# Mutation-testing benchmark (bench/mutation, README "Mutation testing"): mutmut over the core modules, one
+# worker, niced; not part of `make test` or CI. MUTATION_ARGS="--modules metrics,planes --label x" for a subset.
+MUTMUT_STAMP := $(VENV)/.mutmut-installed
+$(MUTMUT_STAMP): $(STAMP) bench/mutation/requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r bench/mutation/requirements.txt
+	touch $(MUTMUT_STAMP)
+
+mutation: $(MUTMUT_STAMP)
+	$(BIN)/python bench/mutation/run_mutation.py $(MUTATION_ARGS)
 
 clean:
 	rm -rf work data .pytest_cache
