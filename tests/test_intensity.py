@@ -73,3 +73,26 @@ def test_constant_foreground_scale_one():
     vol[1, 1, 1] = 7.5  # one brighter voxel: (7.5 - 7) / scale with scale = hi - lo > 0
     lo, hi = np.percentile(vol[vol > 0], [0.5, 99.5])
     assert normalise(vol)[1, 1, 1] == pytest.approx((7.5 - lo) / (hi - lo), rel=1e-5)
+
+
+def test_output_type_shape_and_small_positive_values():
+    # float64 input in, float32 out; values in (0, 1] are foreground too (only <= 0 is background)
+    vol = np.zeros((4, 4, 4), np.float64)
+    vol[1:3, 1:3, 1:3] = [[[0.2, 0.4], [0.6, 0.8]], [[0.3, 0.5], [0.7, 0.9]]]
+    out = normalise(vol)
+    assert out.dtype == np.float32 and out.shape == vol.shape
+    lo, hi = np.percentile(vol[vol > 0], [0.5, 99.5])  # 0.2035, 0.8965
+    expected = np.where(vol > 0, np.clip((vol - lo) / (hi - lo), 0, 1.5), 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert out[1, 1, 1] == 0.0 and out[2, 2, 2] > 1.0 and 0 < out[1, 2, 2] < 1
+    empty = normalise(np.zeros((3, 4, 5)))
+    assert empty.shape == (3, 4, 5) and empty.dtype == np.float32 and not empty.any()
+
+
+def test_equal_percentiles_use_scale_one():
+    """1000 voxels of 7 and one of 8: both percentiles are 7, so the scale is 1 and the 8 maps to 1.0."""
+    vol = np.full(1001, 7.0, np.float32)
+    vol[-1] = 8.0
+    assert np.percentile(vol, [0.5, 99.5]).tolist() == [7.0, 7.0]
+    out = normalise(vol.reshape(7, 11, 13))
+    assert out.ravel()[-1] == 1.0 and (out.ravel()[:-1] == 0).all()
