@@ -1,5 +1,7 @@
 """raxnet.inference: slice-wise prediction pads, batches, crops back and restacks exactly."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,111 @@ def test_predict_probabilities_tta_and_normalisation_reach_the_planes():
         predict_probabilities(volume, {"axial": [model]}, brain_mask_mm=3.0)
     with pytest.raises(ValueError, match="no model for plane axial"):
         predict_probabilities(volume, {"axial": []}, normalised=True)
+
+
+def test_model_slice_shape_of_multi_input_and_half_fixed_models():
+    a, b = keras.Input((8, 16, 1)), keras.Input((4, 4, 1))
+    two = keras.Model([a, b], keras.layers.Conv2D(1, 1)(a))
+    assert model_slice_shape(two) == (8, 16)  # the first input is the slice
+    for shape in ((8, None, 1), (None, 16, 1)):
+        inputs = keras.Input(shape)
+        with pytest.raises(ValueError, match=r"^plane models must have a fixed input size \(H, W, 1\)$"):
+            model_slice_shape(keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs)))
+
+
+def test_slice_size_check_per_axis_and_model_names(tmp_path):
+    """Axial slices of a 5x6x7 volume are 5x6: a 5x6 model fits exactly; 4x8 and 8x4 are too small along one
+    axis each; the error names the source and the model (its path, its .name, or "model")."""
+    from raxnet.errors import InputError
+    from raxnet.inference import ModelCache, predict_probabilities
+    from raxnet.runs import FoldModel
+
+    volume = np.random.default_rng(5).uniform(0.1, 1, VOLUME_SHAPE).astype(np.float32)
+    exact = sigmoid_model((5, 6))
+    out = predict_probabilities(volume, {"axial": [exact]}, normalised=True)
+    assert out["axial"].dtype == np.float32 and out["axial"].shape == VOLUME_SHAPE
+    np.testing.assert_allclose(out["axial"], _sigmoid(volume), atol=1e-6)
+    for shape in ((4, 8), (8, 4)):
+        small = sigmoid_model(shape)
+        small.name = "tiny_net"
+        with pytest.raises(InputError, match=rf"^volume: axial slices \(5, 6\) are larger than the input "
+                                             rf"\({shape[0]}, {shape[1]}\) of tiny_net$"):
+            predict_probabilities(volume, {"axial": [small]}, normalised=True)
+
+    class Bare:  # a model-like object without a name
+        input_shape = (None, 4, 8, 1)
+
+    with pytest.raises(InputError, match=r"of model$"):
+        predict_probabilities(volume, {"axial": [Bare()]}, normalised=True)
+    path = tmp_path / "small.keras"
+    sigmoid_model((4, 8)).save(path)
+    with pytest.raises(InputError, match=rf"of {re.escape(str(path))}$"):
+        predict_probabilities(volume, {"axial": [path]}, normalised=True, cache=ModelCache())
+    # a FoldModel is loaded from its path through the cache
+    good = tmp_path / "good.keras"
+    exact.save(good)
+    fold = FoldModel(plane="axial", fold=1, path=good, best_val_loss=float("nan"))
+    out = predict_probabilities(volume, {"axial": [fold]}, normalised=True, cache=ModelCache())
+    np.testing.assert_allclose(out["axial"], _sigmoid(volume), atol=1e-6)
+    with pytest.raises(ValueError, match="^model paths need a ModelCache$"):
+        predict_probabilities(volume, {"axial": [fold]}, normalised=True)
+
+
+def test_brain_mask_step_is_applied_before_prediction():
+    """With brain_mask_mm and an affine, the volume goes through raxnet.brainmask.prepare (as stage 03 did)."""
+    from raxnet.brainmask import prepare
+    from raxnet.inference import predict_probabilities
+    from raxnet.templates import grid
+
+    shape, affine = grid(2)
+    rng = np.random.default_rng(6)
+    volume = np.zeros(shape, np.float32)
+    volume[10:-10, 10:-10, 10:-10] = rng.uniform(10, 100, (shape[0] - 20, shape[1] - 20, shape[2] - 20))
+    model = sigmoid_model(padded_shape(slice_shape(shape, "sagittal"), 2))
+    got = predict_probabilities(volume, {"sagittal": [model]}, affine=affine, brain_mask_mm=0.0, source="s")
+    expected = predict_plane(model, prepare(volume, affine, 0.0, source="s"), "sagittal")
+    np.testing.assert_allclose(got["sagittal"], expected, atol=1e-6)
+    plain = predict_probabilities(volume, {"sagittal": [model]}, affine=affine)  # no brain-mask step
+    assert np.abs(plain["sagittal"] - got["sagittal"]).max() > 0.01
+    with pytest.raises(ValueError, match="^the brain-mask step needs the volume's affine$"):
+        predict_probabilities(volume, {"sagittal": [model]}, brain_mask_mm=0.0)
+
+
+def test_model_cache_loads_once_without_compiling_and_forgets(tmp_path):
+    import logging
+
+    from raxnet.errors import StageInputError
+    from raxnet.inference import ModelCache, load_model
+
+    model = sigmoid_model((4, 4))
+    model.compile(optimizer="adam", loss="mse")
+    a, b = tmp_path / "a.keras", tmp_path / "b.keras"
+    model.save(a)
+    model.save(b)
+    # compile=False: the training state (optimizer) is not restored, as it is by default
+    assert getattr(keras.saving.load_model(a), "optimizer", None) is not None
+    assert getattr(load_model(a), "optimizer", None) is None
+    cache = ModelCache()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # the raxnet logger does not propagate to pytest's caplog
+    logger = logging.getLogger("raxnet.inference")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        first = cache.get(a)
+        assert cache.get(str(a)) is first
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [r.getMessage() for r in records] == [f"loading {a}"]
+    cache.get(b)
+    cache.keep_only([b])
+    assert cache.get(b) is not None and cache.get(a) is not first  # a was forgotten and loaded again
+    cache.keep_only([str(a)])
+    assert set(cache._models) == {a}
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a keras file")
+    with pytest.raises(StageInputError, match=rf"^{re.escape(str(bad))}: cannot load model \(\w+Error: "):
+        cache.get(bad)
