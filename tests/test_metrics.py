@@ -222,6 +222,13 @@ def test_evaluate_honours_connectivity_for_lesion_f1_and_counts():
     assert M.lesion_detection(t, p, connectivity=26)["fp"] == 0
 
 
+def test_evaluate_of_two_empty_masks():
+    e = np.zeros((3, 3, 3), np.uint8)
+    r = M.evaluate(e, e, spacing=(2.0, 2.0, 2.0))
+    assert (r["dice"], r["iou"], r["precision"], r["recall"], r["lesion_f1"], r["hd95_mm"]) == (1.0,) * 5 + (0.0,)
+    assert r["lesion_count_diff"] == 0 and r["volume_diff_mm3"] == 0.0 and r["truth_lesions"] == 0
+
+
 def test_evaluate_lesion_f1_with_unequal_fp_and_fn():
     """TP 1, FP 2, FN 1: F1 = 1 / (1 + (2 + 1) / 2) = 0.4."""
     t = vol((9, 9, 9), (1, 1, 1), (7, 7, 7))  # two true lesions, the second missed
@@ -272,6 +279,8 @@ def test_surface_connectivity_and_2d_masks():
     p2[2, 2] = 1
     d_pt, d_tp = M.surface_distances(p2, t2, connectivity=4)
     assert d_pt.tolist() == [1.0] and sorted(d_tp.tolist()) == pytest.approx([1.0] * 4 + [math.sqrt(2)] * 4)
+    # hd95 passes its neighbourhood on (the 3D default, 6, is not a 2D neighbourhood)
+    assert M.hd95(p2, t2, connectivity=4) == pytest.approx(np.percentile([1.0] * 5 + [math.sqrt(2)] * 4, 95))
     with pytest.raises(ValueError, match="^surface distances need two non-empty masks$"):
         M.surface_distances(p2, np.zeros_like(t2))
     with pytest.raises(ValueError, match="^surface distances need two non-empty masks$"):

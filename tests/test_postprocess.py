@@ -141,13 +141,22 @@ def test_fuse_passes_the_threshold_to_every_method():
 
 
 def test_mean_is_taken_in_float64():
-    """float32 planes 0.85, 0.64 and 3 * 0.51 - 0.85 - 0.64: their float64 mean is just above 0.51, their
-    float32 mean rounds to float32(0.51), which is below 0.51."""
-    a, b = np.float32(0.85), np.float32(0.64)
-    c = np.float32(3 * 0.51 - float(a) - float(b))
-    probs = {"axial": np.array([a]), "sagittal": np.array([b]), "coronal": np.array([c])}
-    assert probs["coronal"].dtype == np.float32
-    assert P.fuse_mean(probs, 0.51).tolist() == [1]
+    """float32 planes 0.67, 0.53, 0.75 (as float32: 0.6700000167, 0.5299999714, 0.75): their exact mean is
+    0.6499999960, below 0.65; a float32 mean rounds to 0.65000004 and would call the voxel lesion."""
+    probs = {"axial": np.array([0.67], np.float32), "sagittal": np.array([0.53], np.float32),
+             "coronal": np.array([0.75], np.float32)}
+    assert P.fuse_mean(probs, 0.65).tolist() == [0]
+    assert P.fuse_mean(probs, 0.6499).tolist() == [1]
+
+
+def test_vote_of_identical_planes_is_each_planes_threshold_mask():
+    """The vote compares each plane with the threshold in the plane's own dtype, as binarise does for one
+    plane: three identical float32 planes at float32(0.51) vote exactly like one plane at threshold 0.51."""
+    p = np.array([0.51, 0.5, 0.52], np.float32)
+    one = P.binarise(p, 0.51)
+    assert P.fuse_vote({q: p for q in PLANE3}, 0.51).tolist() == one.tolist() == P.fuse(
+        {q: p for q in PLANE3}, "axial", 0.51).tolist()
+    assert P.fuse_vote({q: p for q in PLANE3}, 0.51).tolist() == [1, 0, 1]
 
 
 def test_weights_and_connectivity_reach_fuse_all_and_postprocess():
