@@ -196,7 +196,7 @@ def test_component_of_exactly_min_size_is_kept():
 
 
 def test_min_voxels_rounds_float_error_only():
-    assert P.min_voxels(40.00000000008, (2, 2, 2)) == 5  # within 1e-9 voxels of 5: float error
+    assert P.min_voxels(40.0000000008, (2, 2, 2)) == 5  # 5.0000000001 voxels: within 1e-9 of 5, float error
     assert P.min_voxels(40.0001, (2, 2, 2)) == 6
     assert P.min_voxels(-3, (1, 1, 1)) == 0
 
