@@ -85,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "predict_batch_size": 32,  # slices per batch for the outer-fold prediction
     "threshold": 0.5,  # probability >= threshold = lesion (outer metrics; raxnet.postprocess.binarise)
     "resume": True,  # continue an interrupted run from its last checkpoint
+    "init_weights": "",  # weight set folder (raxnet export-weights) to start each plane from: fine-tuning; "" = random
     "verbose": 0,  # Keras fit's own output (1 = progress bar, 2 = a line per epoch); raxnet logs every epoch
 }
 
@@ -94,7 +95,7 @@ _OPTIMIZERS = ("adam", "adamw")
 _FINGERPRINT_KEYS = (
     "validation_steps", "optimizer", "learning_rate", "weight_decay", "clipnorm",
     "schedule", "lr_factor", "lr_patience", "min_lr", "mixed_precision", "warmup_fraction",
-    "bn_recalibration_batches",
+    "bn_recalibration_batches", "init_weights",
 )
 #: [arrays] keys that only change how batches are served, not which: free to change on resume.
 _ARRAYS_RUNTIME_KEYS = ("workers", "use_multiprocessing", "max_queue_size", "max_open_stacks")
@@ -187,7 +188,7 @@ def loss_names(cfg: dict[str, Any]) -> list[str]:
 
 
 def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, loss_name: str, seed: int,
-                 augment: dict | None = None) -> str:
+                 augment: dict | None = None, init: dict | None = None) -> str:
     key = {
         "model_name": model_name,
         "loss": loss_name,
@@ -198,6 +199,8 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
     }
     if augment is not None:  # the augmentation strengths change what is trained on ([augment])
         key["augment"] = augment
+    if init:  # a warm start from other weights is another run, and so are other starting weights
+        key["init_sha256"] = init["sha256"]
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -223,6 +226,48 @@ def _stale_reason(made: dict[str, Any], fp: str, inputs: dict[str, str]) -> str 
     if changed:
         return f"from other stage-03/04 tables ({changed[0]} changed since)"
     return None
+
+
+def init_source(weights_dir: str | Path, plane: str) -> dict[str, Any] | None:
+    """Where a warm start of ``plane`` comes from (``[train] init_weights``), without loading Keras.
+
+    ``None`` for ``""`` (random initialisation); else the plane's model file in the weight set, its SHA-256
+    and the seed(s) that weight set was trained on (``training_data``), so that an evaluation of the
+    fine-tuned models can refuse those seeds too. ConfigError for a folder that is not a weight set or lacks
+    the plane.
+    """
+    if not str(weights_dir):
+        return None
+    from raxnet.record import sha256_file
+    from raxnet.weights import read_manifest
+
+    try:
+        manifest = read_manifest(weights_dir)
+    except InputError as exc:
+        raise ConfigError(f"[train].init_weights: {exc}") from None
+    entry = manifest["planes"].get(plane)
+    if entry is None:
+        raise ConfigError(f"[train].init_weights: {Path(weights_dir) / 'weights.json'} has no {plane} model")
+    path = Path(weights_dir) / entry["file"]
+    seed = manifest.get("training_data", {}).get("seed")
+    return {"weights": str(weights_dir), "file": str(path), "sha256": sha256_file(path),
+            "training_data": {"seed": seed} if seed is not None else {}}
+
+
+def initialise_from(model: Any, init: Mapping[str, Any]) -> None:
+    """Copy the weights of ``init['file']`` (a plane model of a weight set) into ``model``, layer for layer.
+
+    ConfigError naming the file when its architecture differs ([model] width/depth/options, or the grid).
+    """
+    from raxnet.inference import load_model
+
+    src = load_model(init["file"]).get_weights()
+    dst = model.get_weights()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
+        shapes = next(((a.shape, b.shape) for a, b in zip(src, dst) if a.shape != b.shape), (len(src), len(dst)))
+        raise ConfigError(f"{init['file']}: [train].init_weights model does not match the [model] being trained "
+                          f"(first difference: {shapes[0]} vs {shapes[1]}; same name, width, depth, options and grid?)")
+    model.set_weights(src)
 
 
 # ------------------------------------------------------------------------------------ keras bits
@@ -618,7 +663,8 @@ def train_one(
     from raxnet.augment import DEFAULTS as AUGMENT_DEFAULTS
 
     augment = section(cfg, "augment", AUGMENT_DEFAULTS) if arrays.get("augment") else None
-    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment)
+    init = init_source(train["init_weights"], plane)
+    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment, init)
     inputs = input_digests(run["work_dir"], plane)
     epochs = int(train["epochs"])
     tag = f"{run_name(model_name, loss_name)}/{plane}/fold_{fold}"
@@ -693,6 +739,9 @@ def train_one(
                 residual=bool(model_cfg["residual"]), separable=bool(model_cfg["separable"]),
                 dropout=float(model_cfg["dropout"]),
             )
+            if init:
+                initialise_from(model, init)
+                log.info("%s: initialised from %s (fine-tuning)", tag, init["file"])
             model.compile(
                 optimizer=_optimizer(train, epochs * len(train_ds)),
                 loss=losses.get_loss(loss_name),
@@ -749,7 +798,7 @@ def train_one(
         "train_time_s": float(state["train_time_s"]), "time_to_best_s": float(state["time_to_best_s"]),
         "params": int(infer.count_params()), "flops_per_slice": flops,
         "input_shape": list(input_shape), "slice_shape": [int(s) for s in sets.slice_shape],
-        "seed": seed, "fingerprint": fp, "inputs": inputs,
+        "seed": seed, "fingerprint": fp, "inputs": inputs, "init_weights": init,
         "subjects": {r: int((roles["role"] == r).sum()) for r in ("train", "inner_val", "val")},
         "metrics": metrics, "errors": len(errors),
         "keras_version": keras.__version__, "backend": keras.backend.backend(), "versions": record.versions(),
@@ -921,10 +970,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain runs that are already finished")
     parser.add_argument("--mixed-precision", action="store_true", default=None, help="mixed_float16 (GPU)")
     parser.add_argument("--xla", action="store_true", default=None, help="XLA jit_compile (GPU)")
+    parser.add_argument("--init-weights", metavar="DIR",
+                        help="start every plane from this weight set's model (fine-tuning, e.g. weights/demo); "
+                             "the [model] must match it")
     args = parser.parse_args(argv)
     cfg, run_ = resolve(args)
     cfg = with_flags(cfg, "train", planes=args.plane, folds=args.fold, model=args.model, loss=args.loss,
-                     epochs=args.epochs, resume=args.resume, mixed_precision=args.mixed_precision, xla=args.xla)
+                     epochs=args.epochs, resume=args.resume, mixed_precision=args.mixed_precision, xla=args.xla,
+                     init_weights=args.init_weights)
     cfg = with_flags(cfg, "arrays", steps_per_epoch=args.steps_per_epoch)
     summary = run(cfg, run_, force=args.force)
     for name, planes in summary["results"].items():

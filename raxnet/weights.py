@@ -145,6 +145,9 @@ def training_data(work_dir: Path, planes: dict[str, Any], chosen: dict[str, list
     """
     seeds = {chosen[p][0].run_info().get("seed") for p in planes}
     record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
+    inits = [chosen[p][0].run_info().get("init_weights") for p in planes]
+    if any(inits):  # fine-tuned: the starting weights' training data counts as seen too
+        record["init_weights"] = {p: i for p, i in zip(planes, inits) if i}
     try:
         folds = read_subject_folds(work_dir)
     except StageInputError:

@@ -416,3 +416,56 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr() -> None:
     assert values[4] == pytest.approx(1e-5, rel=1e-4)
     with pytest.raises(ConfigError, match="warmup_fraction"):
         training.settings({"train": {"warmup_fraction": 1.0}})
+
+
+def _weight_set(folder: Path, model_file: Path, seed: int = 99) -> Path:
+    """A one-plane weight set as raxnet export-weights lays it out (manifest + <plane>.keras)."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    shutil.copyfile(model_file, folder / "axial.keras")
+    manifest = {"format": 2, "grid_shape": [16, 16, 12], "affine": np.eye(4).tolist(),
+                "planes": {"axial": {"file": "axial.keras"}}, "training_data": {"seed": seed}}
+    (folder / "weights.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_init_weights_starts_from_the_weight_set_and_records_it(trained: dict, tmp_path: Path) -> None:
+    import keras
+
+    source = _weight_set(tmp_path / "ws", trained["out"] / "model.keras", seed=99)
+    assert training.init_source("", PLANE) is None
+    init = training.init_source(source, PLANE)
+    assert init["file"] == str(source / "axial.keras") and init["training_data"] == {"seed": 99}
+    with pytest.raises(ConfigError, match="has no coronal model"):
+        training.init_source(source, "coronal")
+    with pytest.raises(ConfigError, match="init_weights.*weight manifest not found"):
+        training.init_source(tmp_path, PLANE)
+
+    work = make_work_dir(tmp_path / "w")
+    run = {"work_dir": str(work), "seed": 7, "jobs": 1}
+    # a learning rate of ~0: after one epoch the kernels are still the source model's
+    info = training.train_one(_cfg(1, init_weights=str(source), learning_rate=1e-12, bn_recalibration_batches=0),
+                              run, PLANE, 1, MODEL, "tversky_focal")
+    assert info["init_weights"]["sha256"] == init["sha256"]
+    assert info["fingerprint"] != trained["run1"]["fingerprint"]
+    src = keras.saving.load_model(str(source / "axial.keras"), compile=False)
+    tuned = keras.saving.load_model(str(runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1) / "model.keras"),
+                                    compile=False)
+    kernels = [(a.path, b) for a, b in zip(src.trainable_weights, tuned.trainable_weights) if "kernel" in a.path]
+    assert len(kernels) > 4
+    for (name, b), a in zip(kernels, [w for w in src.trainable_weights if "kernel" in w.path]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, err_msg=name)
+    # the same run without init_weights starts elsewhere
+    fresh = training.train_one(_cfg(1, learning_rate=1e-12, bn_recalibration_batches=0),
+                               {**run, "work_dir": str(make_work_dir(tmp_path / "f"))}, PLANE, 1, MODEL,
+                               "tversky_focal")
+    assert fresh["init_weights"] is None
+    scratch = keras.saving.load_model(str(tmp_path / "f" / "07_train" / MODEL / PLANE / "fold_1" / "model.keras"),
+                                      compile=False)
+    assert not np.allclose(np.asarray(scratch.trainable_weights[0]), np.asarray(src.trainable_weights[0]), atol=1e-3)
+
+    wider = {**_cfg(1, init_weights=str(source)), "model": {"width": 8, "depth": 2}}
+    with pytest.raises(ConfigError, match=r"axial\.keras: \[train\]\.init_weights model does not match"):
+        training.train_one(wider, {**run, "work_dir": str(make_work_dir(tmp_path / "x"))}, PLANE, 1, MODEL,
+                           "tversky_focal")
