@@ -181,3 +181,33 @@ def test_tversky_alpha_weights_false_positives_beta_false_negatives():
     assert get_loss("focal").get_config()["alpha"] == 0.8 and get_loss("focal").get_config()["gamma"] == 2.0
     assert float(losses.binary_focal(tf.constant(T_FP), tf.constant(P_FP))) == pytest.approx(FOCAL_FP, abs=1e-6)
     assert float(losses.dice_index(tf.constant(T_FP), tf.constant(P_FP))) == pytest.approx(1 - DICE_FP, abs=1e-6)
+
+
+# Every parameter reaches the value (T_FP / P_FP: TP 0.5, FP 1.0, FN 0.5, sum t 1, sum p 1.5).
+_FOCAL_A5_G1 = (0.5 * 0.5 * LN2 + 2 * 0.5 * 0.5 * LN2) / 4  # alpha 0.5, gamma 1
+PARAM_CASES = [
+    ("dice", {"smooth": 0.5}, 1 - (1.0 + 0.5) / (1 + 1.5 + 0.5)),
+    ("tversky", {"alpha": 0.5, "beta": 0.2, "smooth": 0.5}, 1 - 1.0 / (0.5 + 0.5 + 0.1 + 0.5)),
+    ("focal", {"alpha": 0.5, "gamma": 1.0}, _FOCAL_A5_G1),
+    ("tversky_focal", {"alpha": 0.5, "beta": 0.2, "smooth": 0.5, "focal_alpha": 0.5, "focal_gamma": 1.0},
+     1 - 1.0 / 1.6 + _FOCAL_A5_G1),
+    ("focal_tversky", {"alpha": 0.5, "beta": 0.2, "smooth": 0.5, "gamma": 1.0}, 1 - 1.0 / 1.6),
+    ("bce_dice", {"smooth": 0.5}, 3 * LN2 / 4 + 1 - 1.5 / 3.0),
+]
+
+
+@pytest.mark.parametrize("name,params,expected", PARAM_CASES, ids=[c[0] for c in PARAM_CASES])
+def test_every_parameter_reaches_the_value(name, params, expected):
+    loss = get_loss(name, **params)
+    assert _value(loss, T_FP, P_FP) == pytest.approx(expected, abs=1e-6)
+    assert {k: loss.get_config()[k] for k in params} == params
+    assert loss.name == name
+
+
+def test_dice_metric_state_names_and_dtype():
+    metric = losses.DiceMetric(name="val_dice", threshold=0.3, dtype="float64")
+    assert [v.path.split("/")[-1] for v in metric.variables] == ["tp", "fp", "fn"]
+    assert metric.dtype == "float64" and metric.name == "val_dice"
+    metric.update_state(T_FP, P_FP)  # threshold 0.3: TP 1, FP 2
+    assert float(metric.result()) == pytest.approx(2 / (2 + 2))
+    assert metric.get_config() == {"name": "val_dice", "threshold": 0.3, "dtype": "float64"}
