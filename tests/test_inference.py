@@ -188,6 +188,7 @@ def test_slice_size_check_per_axis_and_model_names(tmp_path):
 def test_brain_mask_step_is_applied_before_prediction():
     """With brain_mask_mm and an affine, the volume goes through raxnet.brainmask.prepare (as stage 03 did)."""
     from raxnet.brainmask import prepare
+    from raxnet.errors import InputError
     from raxnet.inference import predict_probabilities
     from raxnet.templates import grid
 
@@ -203,6 +204,21 @@ def test_brain_mask_step_is_applied_before_prediction():
     assert np.abs(plain["sagittal"] - got["sagittal"]).max() > 0.01
     with pytest.raises(ValueError, match="^the brain-mask step needs the volume's affine$"):
         predict_probabilities(volume, {"sagittal": [model]}, brain_mask_mm=0.0)
+    # a scan with no signal inside the brain mask is refused, naming the source
+    outside = np.zeros(shape, np.float32)
+    outside[:3] = 50.0
+    with pytest.raises(InputError, match="^scan.nii: no signal inside the MNI152 brain mask"):
+        predict_probabilities(outside, {"sagittal": [model]}, affine=affine, brain_mask_mm=0.0, source="scan.nii")
+
+
+def test_tta_is_off_by_default():
+    from raxnet.inference import predict_probabilities
+
+    volume = np.random.default_rng(7).uniform(0.5, 2.0, VOLUME_SHAPE).astype(np.float32)
+    model = shift_model(padded_shape(slice_shape(VOLUME_SHAPE, "axial"), 2))
+    got = predict_probabilities(volume, {"axial": [model]}, normalised=True)["axial"]
+    np.testing.assert_allclose(got, predict_plane(model, volume, "axial"), atol=1e-6)
+    assert np.abs(got - predict_plane(model, volume, "axial", flip_tta=True)).max() > 0.01
 
 
 def test_model_cache_loads_once_without_compiling_and_forgets(tmp_path):
