@@ -192,6 +192,11 @@ def test_fov_coverage_hand_computed():
     big = np.diag([1.0, 1.0, 1.0, 1.0])
     big[:3, 3] = -50
     assert _fov_coverage(big, (100, 100, 100), GRID_AFFINE, GRID_SHAPE) == pytest.approx(1.0)
+    zshift = GRID_AFFINE.copy()
+    zshift[2, 3] += 7.0  # half of the 14 mm along z
+    assert _fov_coverage(zshift, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == pytest.approx(0.5)
+    zshift[2, 3] -= 14.0
+    assert _fov_coverage(zshift, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == pytest.approx(0.5)
     far = GRID_AFFINE.copy()
     far[2, 3] += 100
     assert _fov_coverage(far, GRID_SHAPE, GRID_AFFINE, GRID_SHAPE) == 0.0
@@ -212,6 +217,77 @@ def test_is_oblique():
         rot = np.eye(4)
         rot[1:3, 1:3] = [[c, -s], [s, c]]
         assert _is_oblique(rot @ np.diag([1.0, 1.0, 2.0, 1.0]))
+    # a small tilt (0.02 rad) of a grid with 5 mm slices: each voxel axis is judged on its own direction,
+    # whatever the spacings (columns normalised, not rows)
+    c, s = np.cos(0.02), np.sin(0.02)
+    tilt = np.eye(4)
+    tilt[1:3, 1:3] = [[c, -s], [s, c]]
+    assert not _is_oblique(tilt @ np.diag([1.0, 1.0, 5.0, 1.0]))
+    assert not _is_oblique(tilt @ np.diag([1.0, 3.0, 1.0, 1.0]))
+    # exactly at the limit (cosine 0.999) is still aligned
+    edge = np.eye(4)
+    edge[:3, 0] = [0.999, np.sqrt(1 - 0.999**2), 0.0]
+    assert np.abs(edge[:3, 0] / np.linalg.norm(edge[:3, 0])).max() == 0.999
+    assert not _is_oblique(edge)
     tiny = np.eye(4)
     tiny[1:3, 1:3] = [[np.cos(0.01), -np.sin(0.01)], [np.sin(0.01), np.cos(0.01)]]
     assert not _is_oblique(tiny)  # cos(0.01) = 0.99995 > 0.999: within rounding of an aligned grid
+
+
+def test_predict_file_register_path_wiring(tmp_path, monkeypatch):
+    """``register``: predict_file hands the scan, the weights' grid and a segmenting callback to
+    raxnet.registration (stood in for here: an identity "registration" that records its calls), maps every
+    volume back through the registration's to_native (nearest for the mask, linear for probabilities), and takes
+    the lesion table and extra summary columns from raxnet.registration."""
+    from raxnet import registration
+
+    calls: dict[str, list] = {"to_native": []}
+
+    class FakeReg:
+        def to_native(self, volume, affine, interpolation):
+            np.testing.assert_allclose(affine, GRID_AFFINE)
+            calls["to_native"].append((interpolation, np.asarray(volume).dtype))
+            return np.asarray(volume, np.float32) * (0.9 if interpolation == "nearest" else 1.0)
+
+    def check_registrable(data, img, path):
+        calls["check"] = (data.shape, img.shape, path)
+
+    def register_and_segment(data, img, path, shape, affine, segment, settings):
+        calls["register"] = (data.shape, path, shape, settings.transform)
+        np.testing.assert_allclose(affine, GRID_AFFINE)
+        probs, mask = segment(data)
+        return FakeReg(), probs, mask
+
+    def lesion_table(mask, reg, connectivity):
+        calls["lesion_table"] = (int(mask.sum()), connectivity)
+        return pd.DataFrame({"label": [1], "voxels": [int(mask.sum())], "volume_mm3": [1.0]})
+
+    def write_outputs(reg, data, lesions, out_dir, stem, qc):
+        calls["write_outputs"] = (stem, qc, len(lesions))
+        return {"native_note": "ok"}
+
+    for name, fn in [("check_registrable", check_registrable), ("register_and_segment", register_and_segment),
+                     ("lesion_table", lesion_table), ("write_outputs", write_outputs)]:
+        monkeypatch.setattr(registration, name, fn)
+    path = tmp_path / "native_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    predictor = StandInPredictor()
+    predictor.settings["connectivity"] = 6
+    opts = {"register": True, "registration": "syn", "save_probabilities": True, "save_uncertainty": True,
+            "qc": False}
+    row = predict_file(predictor, path, tmp_path / "out", opts)
+    assert calls["check"] == (GRID_SHAPE, GRID_SHAPE, path)
+    assert calls["register"] == (GRID_SHAPE, path, GRID_SHAPE, "syn")
+    assert predictor.seen[0].shape == GRID_SHAPE
+    # the mask back by nearest (then > 0.5: the stand-in's 0.9 keeps it), the rest linearly
+    interps = [i for i, _ in calls["to_native"]]
+    assert interps[0] == "nearest" and interps.count("nearest") == 1 and interps.count("linear") == 1 + 1 + 3
+    assert calls["lesion_table"] == (27, 6) and calls["write_outputs"] == ("native", False, 1)
+    assert row["resampled"] is True and row["native_note"] == "ok" and row["lesion_voxels"] == 27
+    assert row["lesion_volume_mm3"] == pytest.approx(27 * 8.0)
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "native_desc-lesion_mask.nii.gz")).dataobj)
+    expected = np.zeros(GRID_SHAPE, np.uint8)
+    expected[BLOCK] = 1
+    np.testing.assert_array_equal(mask, expected)
+    lesions = pd.read_csv(tmp_path / "out" / "native_lesions.csv")
+    assert lesions["voxels"].tolist() == [27] and lesions.loc[0, "planes_detecting"] == 3
