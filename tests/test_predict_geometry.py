@@ -291,3 +291,58 @@ def test_predict_file_register_path_wiring(tmp_path, monkeypatch):
     np.testing.assert_array_equal(mask, expected)
     lesions = pd.read_csv(tmp_path / "out" / "native_lesions.csv")
     assert lesions["voxels"].tolist() == [27] and lesions.loc[0, "planes_detecting"] == 3
+
+
+def test_predict_file_qc_overlays_summary_fields_and_log(tmp_path, monkeypatch):
+    """What predict_file passes to the QC overlays (stood in: recorded), the summary's input / seconds fields
+    and its one log line."""
+    import logging
+    import time
+
+    from raxnet import qc
+    from raxnet.predict import MAX_SPREAD
+
+    overlays = []
+    monkeypatch.setattr(qc, "qc_overlay", lambda t1, mask, path, **kw: overlays.append((t1, mask, path, kw)))
+    path = tmp_path / "grid_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("raxnet.predict")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    try:
+        row = predict_file(StandInPredictor(), path, tmp_path / "out",
+                           {"save_probabilities": False, "save_uncertainty": True, "qc": True})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    wall = time.perf_counter() - t0
+    assert row["input"] == str(path)
+    assert 0 <= row["seconds"] <= wall + 0.01 and row["seconds"] == round(row["seconds"], 2)
+    assert row["lowest_plane_agreement"] == 1.0
+    data = np.asarray(nib.load(str(path)).dataobj)
+    (t1, mask, qc_path, kw), (t1u, masku, unc_path, kwu) = overlays
+    np.testing.assert_array_equal(t1, data)
+    np.testing.assert_array_equal(t1u, data)
+    assert int(mask.sum()) == 27 and int(masku.sum()) == 27
+    assert qc_path == tmp_path / "out" / "grid_qc.png" and unc_path == tmp_path / "out" / "grid_uncertainty.png"
+    assert kw["title"] == "grid: 27 lesion voxels"
+    np.testing.assert_allclose(kw["affine"], GRID_AFFINE)
+    np.testing.assert_allclose(kwu["affine"], GRID_AFFINE)
+    assert kwu["heat_max"] == MAX_SPREAD and kwu["heat"].shape == GRID_SHAPE
+    assert kwu["heat_label"] == "plane disagreement (SD of the 3 plane probabilities)"
+    assert kwu["title"] == "grid: where the three plane models disagree"
+    assert [r.getMessage() for r in records] == [
+        f"grid_T1w.nii.gz: 27 lesion voxels in 1 components, {row['seconds']:.1f} s"]
+    # no lesion at all: the lesion table keeps its confidence columns, the agreement is undefined
+    empty = StandInPredictor()
+    empty.settings["threshold"] = 0.95
+    empty.mask = lambda probs: np.zeros(GRID_SHAPE, np.uint8)
+    row = predict_file(empty, path, tmp_path / "none", {"save_probabilities": False, "qc": False})
+    assert row["lesion_voxels"] == 0 and np.isnan(row["lowest_plane_agreement"]) and row["n_lesions"] == 0
+    lesions = pd.read_csv(tmp_path / "none" / "grid_lesions.csv")
+    assert lesions.empty and {"mean_probability", "plane_agreement", "planes_detecting"} <= set(lesions.columns)
