@@ -70,6 +70,13 @@ MUTANT_FILTER: dict[str, list[str]] = {
 #: main process after TensorFlow has run (stats collection) leaves its thread pools dead in the child, so
 #: the tests hang and every mutant would "time out".
 FORKSERVER = {"planes", "inference", "losses"}
+#: functions left out of the mutation (figure styling and the argparse front end: text a user reads, not
+#: numbers the pipeline computes; main() only parses flags into the configuration and calls run()).
+SKIP_FUNCTIONS: dict[str, list[str]] = {
+    "splitting": ["main", "plot_split"],
+    "folds": ["main", "plot_balance", "plot_volume_balance", "_bars"],
+    "batches": ["main"],
+}
 SUPPORT = ["conftest.py", "html_checks.py"]
 COPY_DIRS = ["raxnet", "weights", "configs"]
 COPY_FILES = ["pyproject.toml"]
@@ -145,8 +152,7 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         write_config(sandbox, module, tests)
         start = time.monotonic()
         with open(sandbox.parent / f"log_{module}.txt", "w") as log:
-            proc = mutmut(sandbox, "run", "--max-children", str(args.max_children), *MUTANT_FILTER.get(module, []),
-                          log=log)
+            proc = mutmut(sandbox, "run", "--max-children", str(args.max_children), *mutant_patterns(module), log=log)
         (sandbox / "run.json").write_text(json.dumps({"seconds": time.monotonic() - start, "rc": proc.returncode,
                                                       "tests": tests}))
     info = json.loads((sandbox / "run.json").read_text())
@@ -186,8 +192,28 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
     }
 
 
+def mutant_patterns(module: str) -> list[str]:
+    """Glob patterns of the mutants to run: MUTANT_FILTER, or every function but SKIP_FUNCTIONS (none: all)."""
+    if module in MUTANT_FILTER:
+        return MUTANT_FILTER[module]
+    skip = SKIP_FUNCTIONS.get(module)
+    if not skip:
+        return []
+    import ast
+
+    tree = ast.parse((ROOT / "raxnet" / f"{module}.py").read_text())
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in skip:
+            names.append(f"raxnet.{module}.x_{node.name}__mutmut_*")
+        elif isinstance(node, ast.ClassDef):
+            names += [f"raxnet.{module}.x\u01c1{node.name}\u01c1{f.name}__mutmut_*" for f in node.body
+                      if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return names
+
+
 def _selected(module: str, name: str) -> bool:
-    patterns = MUTANT_FILTER.get(module)
+    patterns = mutant_patterns(module)
     return not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
