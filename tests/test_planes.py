@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from raxnet.planes import (
+    check_plane,
     crop_slices,
     from_slices,
     pad_slices,
@@ -52,3 +53,20 @@ def test_parse_planes():
     assert parse_planes("coronal, axial") == ["coronal", "axial"]
     with pytest.raises(ValueError, match="unknown plane"):
         parse_planes("oblique")
+
+
+def test_pad_to_the_same_shape_and_pad_value():
+    from raxnet.planes import crop_slices, pad_slices
+
+    stack = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6) + 1
+    np.testing.assert_array_equal(pad_slices(stack, (5, 6)), stack)  # nothing to pad is not an error
+    np.testing.assert_array_equal(crop_slices(stack, (5, 6)), stack)
+    padded = pad_slices(stack, (7, 9), value=-1.0)  # 1 + 1 rows, 1 + 2 columns
+    assert padded.shape == (2, 7, 9)
+    assert (padded[:, 0] == -1).all() and (padded[:, -1] == -1).all() and (padded[:, :, 0] == -1).all()
+    assert (padded[:, :, -2:] == -1).all()
+    np.testing.assert_array_equal(padded[:, 1:6, 1:7], stack)
+    with pytest.raises(ValueError, match=r"^target shape \(4, 6\) smaller than slice shape \(5, 6\)$"):
+        pad_slices(stack, (4, 6))
+    with pytest.raises(ValueError, match=r"^unknown plane 'oblique'; expected one of axial, sagittal, coronal$"):
+        check_plane("oblique")
