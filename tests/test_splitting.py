@@ -241,3 +241,40 @@ def test_split_figure_shows_volumes_in_mm3(tmp_path, monkeypatch):
     shown = np.concatenate([c.get_offsets()[:, 1] for c in ax_volume.collections if hasattr(c, "get_offsets")
                             and len(c.get_offsets()) == len(split[split["set"] == "train"])])
     assert np.isclose(shown.max(), np.log10(split.loc[split["set"] == "train", "lesion_volume_mm3"].max()))
+
+
+def test_split_stats_hand_computed_fractions_and_tests():
+    """Three train subjects (100, 10 000, 40 000 voxels) and one hold-out (200): per-bin counts, fractions of
+    each set, hold-out shares (NaN for an empty bin), and the two tests on the volumes."""
+    from scipy import stats
+
+    labels = bin_labels([0, 5000, 30000, 60000])
+    df = pd.DataFrame({"subject": ["a", "b", "c", "d"], "site": "R", "lesion_voxels": [100, 10000, 40000, 200],
+                       "volume_bin": [labels[0], labels[1], labels[2], labels[0]],
+                       "set": ["train", "train", "train", "holdout"]})
+    st = splitting.split_stats(df, labels)
+    bins = st[st["row"] == "bin"].set_index("name")
+    assert bins.loc[labels[0], ["train_count", "holdout_count"]].tolist() == [1, 1]
+    assert bins.loc[labels[0], ["train_fraction", "holdout_fraction", "holdout_share"]].tolist() == pytest.approx(
+        [1 / 3, 1.0, 0.5])
+    assert bins.loc[labels[1], ["train_fraction", "holdout_fraction", "holdout_share"]].tolist() == pytest.approx(
+        [1 / 3, 0.0, 0.0])
+    assert np.isnan(bins.loc[labels[3], "holdout_share"]) and bins.loc[labels[3], "train_count"] == 0
+    assert bins.loc["all", ["train_fraction", "holdout_fraction", "holdout_share"]].tolist() == pytest.approx(
+        [1.0, 1.0, 0.25])
+    assert "stratum" not in set(st["row"])
+    tests = st[st["row"] == "test"].set_index("name")
+    ks = stats.ks_2samp([100, 10000, 40000], [200])
+    mw = stats.mannwhitneyu([100, 10000, 40000], [200], alternative="two-sided")
+    assert tests.loc["kolmogorov_smirnov", ["statistic", "p_value"]].tolist() == pytest.approx([ks.statistic, ks.pvalue])
+    assert tests.loc["mann_whitney_u", ["statistic", "p_value"]].tolist() == pytest.approx([mw.statistic, mw.pvalue])
+    # with lesion_volume_mm3 the tests use it (here it moves the hold-out subject to the top)
+    df["lesion_volume_mm3"] = [800.0, 80000.0, 320000.0, 999999.0]
+    tests = splitting.split_stats(df, labels).set_index("name")
+    mw = stats.mannwhitneyu([800.0, 80000.0, 320000.0], [999999.0], alternative="two-sided")
+    assert tests.loc["mann_whitney_u", ["statistic", "p_value"]].tolist() == pytest.approx([mw.statistic, mw.pvalue])
+    # one train subject, two hold-out ones: fractions of 1 and 2
+    one = df.drop(columns="lesion_volume_mm3").assign(set=["train", "holdout", "holdout", "excluded"])
+    bins = splitting.split_stats(one, labels).set_index("name")
+    assert bins.loc[labels[0], ["train_fraction", "holdout_fraction"]].tolist() == pytest.approx([1.0, 0.0])
+    assert bins.loc[labels[1], ["train_fraction", "holdout_fraction"]].tolist() == pytest.approx([0.0, 0.5])
