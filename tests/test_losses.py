@@ -211,3 +211,19 @@ def test_dice_metric_state_names_and_dtype():
     metric.update_state(T_FP, P_FP)  # threshold 0.3: TP 1, FP 2
     assert float(metric.result()) == pytest.approx(2 / (2 + 2))
     assert metric.get_config() == {"name": "val_dice", "threshold": 0.3, "dtype": "float64"}
+
+
+def test_dice_metric_hand_counts_and_messages():
+    metric = losses.DiceMetric()
+    one_fp = np.zeros((1, 2, 2, 1), np.float32)
+    metric.update_state(np.zeros_like(one_fp), one_fp + np.array([0.9, 0, 0, 0], np.float32).reshape(1, 2, 2, 1))
+    assert float(metric.result()) == 0.0  # one false positive, nothing true: Dice 0, not the empty-case 1
+    metric.reset_state()
+    t = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
+    metric.update_state(t, np.array([0.9, 0.8, 0.7, 0], np.float32).reshape(1, 2, 2, 1))  # TP 2, FP 1
+    assert float(metric.result()) == pytest.approx(4 / 5)
+    with pytest.raises(ValueError, match=r"^unknown loss 'nope'; expected one of dice, tversky, focal, "
+                                         r"tversky_focal, focal_tversky, bce_dice$"):
+        get_loss("nope")
+    with pytest.raises(TypeError, match=r"^DiceLoss: unexpected arguments \['alpha'\]$"):
+        get_loss("dice", alpha=0.5)
