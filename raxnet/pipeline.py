@@ -90,7 +90,9 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)
         update_report(work, "predict")  # the run report links the prediction's own report
-    summary = {"timings": timings, "work_dir": str(work), "predicted": predicted, "weights": str(weights_dir)}
+    init = section(cfg, "train", importlib.import_module("raxnet.training").DEFAULTS)["init_weights"]
+    summary = {"timings": timings, "work_dir": str(work), "predicted": predicted, "weights": str(weights_dir),
+               "init_weights": str(init)}
     print_summary(work, summary)
     return summary
 
@@ -104,6 +106,9 @@ def print_summary(work: Path, summary: dict[str, Any]) -> None:
         if path.exists():
             print(f"  {folder:<22} {path}/")
     print(f"  {'weight set':<22} {summary['weights']}/")
+    if summary.get("init_weights"):
+        print(f"\nThe plane networks were fine-tuned from {summary['init_weights']} ([train] init_weights; "
+              "configs/demo_scratch.toml trains from scratch).")
     fusion_summary = stage_dir(work, "fusion") / "summary.csv"
     if fusion_summary.is_file():
         table = pd.read_csv(fusion_summary)
