@@ -10,7 +10,8 @@ from raxnet import splitting
 from raxnet.cli_common import run_cli
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.splitting import (
-    assign_bins, bin_labels, lesion_volume_mm3, make_strata, merge_sparse_bins, parse_spacing, split_subjects,
+    assign_bins, bin_labels, check_edges, lesion_volume_mm3, make_strata, merge_sparse_bins, parse_spacing,
+    split_subjects,
 )
 
 EDGES = [0, 5000, 30000, 60000, 100000, 200000]
@@ -274,15 +275,62 @@ def test_split_stats_hand_computed_fractions_and_tests():
     mw = stats.mannwhitneyu([800.0, 80000.0, 320000.0], [999999.0], alternative="two-sided")
     assert tests.loc["mann_whitney_u", ["statistic", "p_value"]].tolist() == pytest.approx([mw.statistic, mw.pvalue])
     # the strata actually used, sorted by name, with their counts and shares
-    strat = df.assign(stratum=["z", "m", "z", "m"])
+    strat = df.assign(stratum=["z", "m", "z", "z"], set=["train", "train", "holdout", "holdout"])
     rows = splitting.split_stats(strat, labels)
     rows = rows[rows["row"] == "stratum"]
     assert rows["name"].tolist() == ["m", "z"]
-    assert rows[["train_count", "holdout_count"]].to_numpy().tolist() == [[1, 1], [2, 0]]
+    assert rows[["train_count", "holdout_count"]].to_numpy().tolist() == [[1, 0], [1, 2]]
     np.testing.assert_allclose(rows[["train_fraction", "holdout_fraction", "holdout_share"]].to_numpy(float),
-                               [[1 / 3, 1.0, 0.5], [2 / 3, 0.0, 0.0]])
+                               [[0.5, 0.0, 0.0], [0.5, 1.0, 2 / 3]])
     # one train subject, two hold-out ones: fractions of 1 and 2
     one = df.drop(columns="lesion_volume_mm3").assign(set=["train", "holdout", "holdout", "excluded"])
     bins = splitting.split_stats(one, labels).set_index("name")
     assert bins.loc[labels[0], ["train_fraction", "holdout_fraction"]].tolist() == pytest.approx([1.0, 0.0])
     assert bins.loc[labels[1], ["train_fraction", "holdout_fraction"]].tolist() == pytest.approx([0.0, 0.5])
+
+
+def test_split_subjects_defaults_and_input_cleaning():
+    """Defaults: 20 % hold-out, seed 42, strata of >= 5; ids become strings, a missing site is 'unknown', lesion
+    voxels become integers and 0 is a valid lesion size."""
+    df = _subjects((50, 30, 20))
+    out = split_subjects(df)
+    assert (out["set"] == "holdout").sum() == 20
+    pd.testing.assert_frame_equal(out, split_subjects(df, 0.2, seed=42))
+    assert not out.equals(split_subjects(df, 0.2, seed=43))
+    # a bin of exactly 5 subjects is a stratum of its own (>= min_stratum_size 5), one of 4 is merged
+    five = split_subjects(_subjects((40, 5, 5)))
+    assert five["stratum"].nunique() == 3
+    four = split_subjects(_subjects((42, 4, 4)))
+    assert four["stratum"].nunique() == 2
+    raw = pd.DataFrame({"subject": [3, 1, 2, 4], "site": ["A", None, "A", "B"], "lesion_voxels": [0, 10.0, "20", 30]})
+    out = split_subjects(raw, 0.5, seed=0)
+    assert out["subject"].tolist() == ["1", "2", "3", "4"]
+    assert out["site"].tolist() == ["unknown", "A", "A", "B"]
+    assert out["lesion_voxels"].dtype == np.int64 and out["lesion_voxels"].tolist() == [10, 20, 0, 30]
+
+
+def test_split_subjects_refusals_name_the_file_and_subjects():
+    base = pd.DataFrame({"subject": [f"s{i}" for i in range(8)], "site": "A", "lesion_voxels": range(8)})
+    with pytest.raises(StageInputError, match=r"^subjects.csv: missing column\(s\) site, lesion_voxels$"):
+        split_subjects(base[["subject"]])
+    dup = pd.concat([base, base.iloc[:6]])
+    with pytest.raises(StageInputError, match=r"^subjects.csv: duplicate subject\(s\) s0, s1, s2, s3, s4$"):
+        split_subjects(dup)
+    with pytest.raises(StageInputError, match=r"^x.csv: need at least 2 subjects to split, got 1$"):
+        split_subjects(base.iloc[:1], source="x.csv")
+    assert len(split_subjects(base.iloc[:2], 0.5)) == 2  # two are enough
+    bad = base.assign(lesion_voxels=["a", -1, "b", -2, "c", -3, 7, 8])
+    with pytest.raises(StageInputError, match=r"^subjects.csv: invalid lesion_voxels for subject\(s\) "
+                                              r"s0, s1, s2, s3, s4$"):
+        split_subjects(bad)
+
+
+def test_assign_bins_and_edges_messages():
+    with pytest.raises(ValueError, match=r"^values outside \[0.0, inf\): \[-1. nan -2. -3. -4.\]$"):
+        assign_bins([5, -1, np.nan, -2, -3, -4, -5, 7], [0, 10])
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        check_edges([0, 10, 5])
+    st = splitting.split_stats(split_subjects(_subjects((10, 10)), 0.2, EDGES, seed=1), bin_labels(EDGES))
+    assert list(st.columns) == ["row", "name", "statistic", "p_value", "train_count", "holdout_count",
+                                "train_fraction", "holdout_fraction", "holdout_share"]
+    assert str(st["train_count"].dtype) == "Int64" and str(st["holdout_count"].dtype) == "Int64"
