@@ -328,6 +328,8 @@ def test_split_subjects_refusals_name_the_file_and_subjects():
 def test_assign_bins_and_edges_messages():
     with pytest.raises(ValueError, match=r"^values outside \[0.0, inf\): \[-1. nan -2. -3. -4.\]$"):
         assign_bins([5, -1, np.nan, -2, -3, -4, -5, 7], [0, 10])
+    with pytest.raises(ValueError, match=r"^values outside \[0.0, inf\): \[-1.\]$"):  # integers read as floats
+        assign_bins(np.array([5, -1]), [0, 10])
     with pytest.raises(ConfigError, match="strictly increasing"):
         check_edges([0, 10, 5])
     st = splitting.split_stats(split_subjects(_subjects((10, 10)), 0.2, EDGES, seed=1), bin_labels(EDGES))
