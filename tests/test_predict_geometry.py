@@ -7,6 +7,8 @@ mask on the input grid and every volume can be computed by hand.
 
 from __future__ import annotations
 
+import re
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -38,13 +40,18 @@ class StandInPredictor:
         self.settings = {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "connectivity": 26,
                          "tta": False, "brain_mask_mm": None, "weights": None}
         self.seen: list[np.ndarray] = []
+        self.sources: list[str] = []
 
     @property
     def models(self) -> dict:
+        import time
+
+        time.sleep(0.3)  # "loading": predict_file must leave it out of the per-scan seconds
         return {}
 
     def probabilities(self, volume: np.ndarray, source: str = "volume") -> dict[str, np.ndarray]:
         self.seen.append(volume)
+        self.sources.append(source)
         p = np.full(GRID_SHAPE, 0.1, np.float32)
         p[BLOCK] = 0.9
         return {"axial": p, "sagittal": p.copy(), "coronal": p.copy()}
@@ -92,6 +99,7 @@ def test_predict_file_mask_back_by_nearest_and_volume_in_input_mm3(tmp_path):
     row = predict_file(predictor, path, tmp_path / "out", opts)
     # the network input was the scan resampled (linearly) onto the 2 mm grid
     assert predictor.seen[0].shape == GRID_SHAPE and row["resampled"] is True
+    assert predictor.sources == [str(path)]  # errors in the brain-mask step name the scan
     expected = nearest_block_on_input()
     mask_img = nib.load(str(tmp_path / "out" / "scan_desc-lesion_mask.nii.gz"))
     np.testing.assert_allclose(mask_img.affine, INPUT_AFFINE)
@@ -116,6 +124,7 @@ def test_predict_file_mask_back_by_nearest_and_volume_in_input_mm3(tmp_path):
     # the three planes agree everywhere: the uncertainty map is zero, on the input grid
     unc = nib.load(str(tmp_path / "out" / "scan_desc-uncertainty.nii.gz"))
     assert unc.shape == INPUT_SHAPE and np.abs(np.asarray(unc.dataobj)).max() < 1e-6
+    assert unc.get_data_dtype() == np.float32
     assert not (tmp_path / "out" / "scan_qc.png").exists()
 
 
@@ -171,7 +180,8 @@ def test_to_model_grid_same_grid_resampled_or_refused(tmp_path):
     assert to_model_grid(data, nib.Nifti1Image(data, close), manifest(), tmp_path / "c")[1] is False
     far = GRID_AFFINE.copy()
     far[:3, 3] += 100.0
-    with pytest.raises(InputError, match="c.nii: not in MNI152NLin2009aSym space .* covers 0% "):
+    with pytest.raises(InputError, match=r"^c.nii: not in MNI152NLin2009aSym space \(its field of view covers 0% of "
+                                         r"the template's\); register the scan to MNI152NLin2009aSym first$"):
         to_model_grid(data, nib.Nifti1Image(data, far), manifest(), "c.nii")
     tilted = GRID_AFFINE.copy()
     c, s = np.cos(0.2), np.sin(0.2)
@@ -254,16 +264,19 @@ def test_predict_file_register_path_wiring(tmp_path, monkeypatch):
 
     def register_and_segment(data, img, path, shape, affine, segment, settings):
         calls["register"] = (data.shape, path, shape, settings.transform)
+        np.testing.assert_allclose(img.affine, GRID_AFFINE)
         np.testing.assert_allclose(affine, GRID_AFFINE)
         probs, mask = segment(data)
         return FakeReg(), probs, mask
 
     def lesion_table(mask, reg, connectivity):
         calls["lesion_table"] = (int(mask.sum()), connectivity)
+        assert isinstance(reg, FakeReg)
         return pd.DataFrame({"label": [1], "voxels": [int(mask.sum())], "volume_mm3": [1.0]})
 
     def write_outputs(reg, data, lesions, out_dir, stem, qc):
         calls["write_outputs"] = (stem, qc, len(lesions))
+        assert isinstance(reg, FakeReg) and data.shape == GRID_SHAPE and out_dir == tmp_path / "out"
         return {"native_note": "ok"}
 
     for name, fn in [("check_registrable", check_registrable), ("register_and_segment", register_and_segment),
@@ -278,7 +291,7 @@ def test_predict_file_register_path_wiring(tmp_path, monkeypatch):
     row = predict_file(predictor, path, tmp_path / "out", opts)
     assert calls["check"] == (GRID_SHAPE, GRID_SHAPE, path)
     assert calls["register"] == (GRID_SHAPE, path, GRID_SHAPE, "syn")
-    assert predictor.seen[0].shape == GRID_SHAPE
+    assert predictor.seen[0].shape == GRID_SHAPE and predictor.sources == [str(path)]
     # the mask back by nearest (then > 0.5: the stand-in's 0.9 keeps it), the rest linearly
     interps = [i for i, _ in calls["to_native"]]
     assert interps[0] == "nearest" and interps.count("nearest") == 1 and interps.count("linear") == 1 + 1 + 3
@@ -322,7 +335,8 @@ def test_predict_file_qc_overlays_summary_fields_and_log(tmp_path, monkeypatch):
         logger.setLevel(level)
     wall = time.perf_counter() - t0
     assert row["input"] == str(path)
-    assert 0 <= row["seconds"] <= wall + 0.01 and row["seconds"] == round(row["seconds"], 2)
+    # the 0.3 s of model loading is not counted
+    assert 0 <= row["seconds"] <= wall - 0.25 and row["seconds"] == round(row["seconds"], 2)
     assert row["lowest_plane_agreement"] == 1.0
     data = np.asarray(nib.load(str(path)).dataobj)
     (t1, mask, qc_path, kw), (t1u, masku, unc_path, kwu) = overlays
@@ -346,3 +360,39 @@ def test_predict_file_qc_overlays_summary_fields_and_log(tmp_path, monkeypatch):
     assert row["lesion_voxels"] == 0 and np.isnan(row["lowest_plane_agreement"]) and row["n_lesions"] == 0
     lesions = pd.read_csv(tmp_path / "none" / "grid_lesions.csv")
     assert lesions.empty and {"mean_probability", "plane_agreement", "planes_detecting"} <= set(lesions.columns)
+
+
+def test_predict_file_lesions_with_the_weight_sets_connectivity(tmp_path):
+    """Two lesion voxels touching at a corner: two lesions under connectivity 6, each with its own confidence."""
+    path = tmp_path / "grid_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    predictor = StandInPredictor()
+    predictor.settings["connectivity"] = 6
+    pair = np.zeros(GRID_SHAPE, np.uint8)
+    pair[2, 2, 2] = pair[3, 3, 3] = 1
+    predictor.mask = lambda probs: pair
+    row = predict_file(predictor, path, tmp_path / "out", {"save_probabilities": False, "qc": False})
+    assert row["n_lesions"] == 2 and row["connectivity"] == 6
+    lesions = pd.read_csv(tmp_path / "out" / "grid_lesions.csv")
+    assert lesions["voxels"].tolist() == [1, 1]
+    assert lesions["mean_probability"].notna().all() and lesions["planes_detecting"].tolist() == [0, 0]
+
+
+def test_to_model_grid_interpolates_linearly_and_names_the_file(tmp_path):
+    """1 mm voxels half way between the 2 mm centres: a quadratic profile x² comes out as the mean of the two
+    neighbours, x² + 0.25 (linear interpolation; a spline would give x² exactly)."""
+    fine_affine = np.array([[1.0, 0, 0, -10.5], [0, 1.0, 0, -12.0], [0, 0, 1.0, -8.0], [0, 0, 0, 1]])
+    fine_shape = (20, 23, 15)
+    x_mm = np.arange(fine_shape[0]) - 10.5
+    fine = np.broadcast_to((x_mm**2)[:, None, None], fine_shape).astype(np.float32).copy()
+    out, resampled = to_model_grid(fine, nib.Nifti1Image(fine, fine_affine), manifest(), tmp_path / "q.nii.gz")
+    grid_x = np.arange(GRID_SHAPE[0]) * 2.0 - 10.0
+    np.testing.assert_allclose(out[:, 5, 3], grid_x**2 + 0.25, atol=1e-3)
+    from raxnet.predict import predict_file as pf
+
+    far = GRID_AFFINE.copy()
+    far[:3, 3] += 100.0
+    scan = tmp_path / "far_T1w.nii.gz"
+    write_scan(scan, GRID_SHAPE, far)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(scan))}: not in MNI152NLin2009aSym space"):
+        pf(StandInPredictor(), scan, tmp_path / "o", {"save_probabilities": False, "qc": False})
