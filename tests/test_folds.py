@@ -341,3 +341,58 @@ def test_make_folds_uses_the_volume_bins_it_is_given():
         merged = sf.merge(split, on="subject")
         table = pd.crosstab(merged["volume_bin"], merged["fold"])
         assert (table.to_numpy() == 2).all(), (seed, table)
+
+
+def test_fold_stats_every_row_recomputed(data, result):
+    """Every row of the balance table recomputed with pandas/scipy: per plane (and subject volume), fold and
+    bin the count, fraction, whole fraction and deviation; per fold the totals, shares and the two tests."""
+    _, _, split = data
+    sf, pf, st = result
+    train = split[split["set"] == "train"]
+    fold_of = sf.set_index("subject")["fold"]
+    tables = {"volume": pd.DataFrame({"fold": train["subject"].map(fold_of), "bin": train["volume_bin"].astype(str),
+                                      "value": train["lesion_voxels"].astype(float)})}
+    for plane in PLANES:
+        les = pf[plane][pf[plane]["kind"] == "lesion"]
+        tables[plane] = pd.DataFrame({"fold": les["fold"], "bin": les["area_bin"], "value": les["lesion_pixels"]})
+    for plane, t in tables.items():
+        rows = st[st["plane"] == plane]
+        whole = t["bin"].value_counts(normalize=True)
+        total = rows[(rows["fold"] == "all") & (rows["bin"] == "all")].iloc[0]
+        assert total["count"] == len(t)
+        for f in range(1, 6):
+            inside, others = t[t["fold"] == f], t[t["fold"] != f]
+            frac = inside["bin"].value_counts(normalize=True)
+            labels = rows.loc[(rows["fold"] == str(f)) & (rows["bin"] != "all"), "bin"]
+            for lab in labels:
+                r = rows[(rows["fold"] == str(f)) & (rows["bin"] == lab)].iloc[0]
+                a = rows[(rows["fold"] == "all") & (rows["bin"] == lab)].iloc[0]
+                assert r["count"] == (inside["bin"] == lab).sum() and a["count"] == (t["bin"] == lab).sum()
+                assert r["fraction"] == pytest.approx(frac.get(lab, 0.0))
+                assert r["whole_fraction"] == pytest.approx(whole.get(lab, 0.0)) == a["fraction"]
+                assert r["deviation"] == pytest.approx(abs(frac.get(lab, 0.0) - whole.get(lab, 0.0)))
+                assert a["deviation"] == 0.0
+            r = rows[(rows["fold"] == str(f)) & (rows["bin"] == "all")].iloc[0]
+            assert r["count"] == len(inside) and r["subjects"] == (fold_of == f).sum()
+            assert r["max_bin_deviation"] == pytest.approx(
+                rows[(rows["fold"] == str(f)) & (rows["bin"] != "all")]["deviation"].max())
+            ks = stats.ks_2samp(inside["value"], others["value"])
+            mw = stats.mannwhitneyu(inside["value"], others["value"], alternative="two-sided")
+            assert (r["ks_stat"], r["ks_p"], r["mwu_stat"], r["mwu_p"]) == pytest.approx(
+                (ks.statistic, ks.pvalue, mw.statistic, mw.pvalue))
+            if plane != "volume":
+                normal = pf[plane][(pf[plane]["kind"] == "normal") & (pf[plane]["fold"] == f)]
+                assert r["lesion_slices"] == len(inside) and r["normal_slices"] == len(normal)
+                assert r["lesion_slice_share"] == pytest.approx(len(inside) / len(t))
+        if plane != "volume":
+            assert total["subjects"] == pf[plane]["subject"].nunique() and total["lesion_slice_share"] == 1.0
+        else:
+            assert total["subjects"] == len(train)
+    summary = folds.balance_summary(st).set_index("plane")
+    for plane in tables:
+        per_fold = st[(st["plane"] == plane) & (st["bin"] == "all") & (st["fold"] != "all")]
+        assert summary.loc[plane, "max_bin_deviation"] == per_fold["max_bin_deviation"].max()
+        assert summary.loc[plane, "min_ks_p"] == per_fold["ks_p"].min()
+        assert summary.loc[plane, "min_mwu_p"] == per_fold["mwu_p"].min()
+    for c in ("count", "subjects", "lesion_slices", "normal_slices"):
+        assert str(st[c].dtype) == "Int64"
