@@ -397,3 +397,45 @@ def test_lesion_fraction_sets_the_lesion_share_of_every_batch(work, folds):
         kinds = [kind[pr] for pr in _decode(x)]
         assert kinds.count("lesion") == 2 and kinds.count("normal") == 6, j
         assert int((y.reshape(8, -1).max(axis=1) > 0).sum()) == 2
+
+
+def test_composition_matches_the_served_batches(work, folds):
+    """composition() of an epoch = the batches the dataset serves in that epoch, decoded; bins in volume order."""
+    sets = build_training_sets(_cfg(), _run_cfg(work), "axial", fold=2, depth=2)
+    ds = sets.train
+    abin = folds.set_index(["subject", "slice"])["area_bin"]
+    kind = folds.set_index(["subject", "slice"])["kind"]
+    for epoch in (0, 1):
+        comp = composition(ds, epoch)
+        assert list(comp.columns) == ["epoch", "batch", "n_lesion", "n_normal"] + [f"bin_{b}" for b in BINS]
+        assert comp["epoch"].tolist() == [epoch] * len(ds) and comp["batch"].tolist() == list(range(len(ds)))
+        ds.set_epoch(epoch)
+        for j in range(len(ds)):
+            pairs = _decode(ds[j][0])
+            lesion = [abin[p] for p in pairs if kind[p] == "lesion"]
+            row = comp.iloc[j]
+            assert (row["n_lesion"], row["n_normal"]) == (len(lesion), len(pairs) - len(lesion))
+            assert [row[f"bin_{b}"] for b in BINS] == [lesion.count(b) for b in BINS], (epoch, j)
+
+
+def test_batch_quotas_refusals_and_inner_val_pick():
+    from raxnet.batches import _pick_inner_val
+
+    with pytest.raises(ValueError, match=r"^bin counts must be non-negative with a positive sum, got \[0, 0\]$"):
+        batch_quotas([0, 0], 4, 2)
+    with pytest.raises(ValueError, match=r"^bin counts must be non-negative with a positive sum, got \[3, -1\]$"):
+        batch_quotas([3, -1], 4, 2)
+    with pytest.raises(ValueError, match="^n_lesion must be >= 0 and steps >= 1$"):
+        batch_quotas([3, 1], -1, 2)
+    with pytest.raises(ValueError, match="^n_lesion must be >= 0 and steps >= 1$"):
+        batch_quotas([3, 1], 4, 0)
+    assert batch_quotas([3, 1], 0, 2).tolist() == [[0, 0], [0, 0]]
+    # 8 subjects, 25 %: 2 inner-validation subjects, one from each half of the volume order
+    subjects = pd.DataFrame({"subject": [f"s{i}" for i in range(8)], "lesion_voxels": [80, 10, 70, 20, 60, 30, 50, 40]})
+    for seed in range(5):
+        picked = _pick_inner_val(subjects, 0.25, seed, fold=1)
+        assert len(picked) == 2
+        assert len(picked & {"s1", "s3", "s5", "s7"}) == 1 and len(picked & {"s0", "s2", "s4", "s6"}) == 1
+    assert _pick_inner_val(subjects, 0.25, 3, 1) == _pick_inner_val(subjects, 0.25, 3, 1)
+    assert len({frozenset(_pick_inner_val(subjects, 0.5, s, 2)) for s in range(6)}) > 1  # seed matters
+    assert len(_pick_inner_val(subjects, 0.99, 0, 1)) == 7 and len(_pick_inner_val(subjects, 0.01, 0, 1)) == 1
