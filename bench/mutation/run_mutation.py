@@ -155,11 +155,14 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         sandbox.mkdir(parents=True)
         tests = populate(sandbox, module, args.rev)
         write_config(sandbox, module, tests)
+        head = subprocess.run(["git", "rev-parse", "--short", args.rev or "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+        started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         start = time.monotonic()
         with open(sandbox.parent / f"log_{module}.txt", "w") as log:
             proc = mutmut(sandbox, "run", "--max-children", str(args.max_children), *mutant_patterns(module), log=log)
         (sandbox / "run.json").write_text(json.dumps({"seconds": time.monotonic() - start, "rc": proc.returncode,
-                                                      "tests": tests}))
+                                                      "tests": tests, "commit": head, "started": started}))
     info = json.loads((sandbox / "run.json").read_text())
     seconds, tests = info["seconds"], info["tests"]
     status: dict[str, str] = {}
@@ -193,7 +196,8 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         "survived": counts["survived"], "no_tests": counts["no tests"], "other": counts["other"],
         "equivalent": n_equiv, "raw_score": round(killed / len(status), 4) if status else float("nan"),
         "score": round(score, 4), "seconds": round(seconds), "mutmut_rc": info["rc"],
-        "tests": " ".join(tests), "_survivors": [(n, status[n], diffs[n], equivalent.get(n)) for n in survivors],
+        "tests": " ".join(tests), "commit": info.get("commit", ""), "started": info.get("started", ""),
+        "_survivors": [(n, status[n], diffs[n], equivalent.get(n)) for n in survivors],
     }
 
 
@@ -229,7 +233,7 @@ def _natural(name: str):
 
 def write_report(rows: list[dict], out: Path, args, total_seconds: float) -> None:
     cols = ["module", "mutants", "killed", "timeout", "survived", "no_tests", "other", "equivalent",
-            "raw_score", "score", "seconds", "mutmut_rc", "tests"]
+            "raw_score", "score", "seconds", "mutmut_rc", "tests", "commit", "started"]
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
