@@ -439,3 +439,46 @@ def test_batch_quotas_refusals_and_inner_val_pick():
     assert _pick_inner_val(subjects, 0.25, 3, 1) == _pick_inner_val(subjects, 0.25, 3, 1)
     assert len({frozenset(_pick_inner_val(subjects, 0.5, s, 2)) for s in range(6)}) > 1  # seed matters
     assert len(_pick_inner_val(subjects, 0.99, 0, 1)) == 7 and len(_pick_inner_val(subjects, 0.01, 0, 1)) == 1
+
+
+def test_run_one_materialises_epoch_0_and_reports_it(work, tmp_path):
+    """materialise=True writes epoch 0's batches (float32 (steps*B, H, W, 1)) exactly as the dataset serves
+    them, listed in summary.json; off by default. batches.csv = composition of epoch 0 (2 lesion + 6 normal)."""
+    import shutil
+
+    from raxnet.batches import run_one
+
+    w = tmp_path / "w"
+    shutil.copytree(work, w)
+    cfg = _cfg(lesion_fraction=0.25)
+    res = run_one(cfg, _run_cfg(w), "axial", 2, depth=2, materialise=True)
+    out = Path(res["dir"])
+    sets = build_training_sets(cfg, _run_cfg(w), "axial", fold=2, depth=2)
+    ds = sets.train
+    ds.set_epoch(0)
+    xs, ys = np.load(out / "x_epoch0.npy"), np.load(out / "y_epoch0.npy")
+    assert xs.dtype == ys.dtype == np.float32 and xs.shape == (ds.steps * 8, *sets.input_shape)
+    for j in range(ds.steps):
+        x, y = ds[j]
+        np.testing.assert_array_equal(xs[j * 8 : (j + 1) * 8], x)
+        np.testing.assert_array_equal(ys[j * 8 : (j + 1) * 8], y)
+    summary = json.loads((out / "summary.json").read_text())
+    for name, arr in (("x_epoch0.npy", xs), ("y_epoch0.npy", ys)):
+        entry = summary["materialised"][name]
+        assert entry == {"shape": list(arr.shape), "dtype": "float32", "bytes": (out / name).stat().st_size}
+    assert summary["lesion_per_batch"] == 2 and summary["normal_per_batch"] == 6
+    comp = pd.read_csv(out / "batches.csv")
+    assert (comp["n_lesion"] == 2).all() and (comp["n_normal"] == 6).all() and (comp["epoch"] == 0).all()
+    pd.testing.assert_frame_equal(comp, composition(ds, 0), check_dtype=False)
+    res = run_one(_cfg(), _run_cfg(w), "axial", 1, depth=2)
+    assert not (Path(res["dir"]) / "x_epoch0.npy").exists()
+    assert "materialised" not in json.loads((Path(res["dir"]) / "summary.json").read_text())
+
+
+def test_dataset_classes_are_loaded_on_first_use():
+    import raxnet.batches as B
+    import raxnet.datasets as D
+
+    assert B.BalancedSliceDataset is D.BalancedSliceDataset
+    with pytest.raises(AttributeError, match=r"^module 'raxnet.batches' has no attribute 'nope'$"):
+        B.nope  # noqa: B018
