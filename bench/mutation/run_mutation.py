@@ -171,6 +171,9 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         if m and _selected(module, m.group(1)):
             status[m.group(1)] = m.group(2).strip()
     counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0}
+    # A run stopped early leaves mutants "not checked": they are reported (not_run) and left out of the score.
+    not_run = sum(1 for st in status.values() if st == "not checked")
+    status = {k: v for k, v in status.items() if v != "not checked"}
     survivors = []
     for name, st in sorted(status.items(), key=lambda kv: _natural(kv[0])):
         if st in ("killed", "caught by type check"):
@@ -194,7 +197,7 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
     return {
         "module": module, "mutants": len(status), "killed": counts["killed"], "timeout": counts["timeout"],
         "survived": counts["survived"], "no_tests": counts["no tests"], "other": counts["other"],
-        "equivalent": n_equiv, "raw_score": round(killed / len(status), 4) if status else float("nan"),
+        "not_run": not_run, "equivalent": n_equiv, "raw_score": round(killed / len(status), 4) if status else float("nan"),
         "score": round(score, 4), "seconds": round(seconds), "mutmut_rc": info["rc"],
         "tests": " ".join(tests), "commit": info.get("commit", ""), "started": info.get("started", ""),
         "_survivors": [(n, status[n], diffs[n], equivalent.get(n)) for n in survivors],
@@ -232,7 +235,7 @@ def _natural(name: str):
 
 
 def write_report(rows: list[dict], out: Path, args, total_seconds: float) -> None:
-    cols = ["module", "mutants", "killed", "timeout", "survived", "no_tests", "other", "equivalent",
+    cols = ["module", "mutants", "killed", "timeout", "survived", "no_tests", "other", "not_run", "equivalent",
             "raw_score", "score", "seconds", "mutmut_rc", "tests", "commit", "started"]
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -244,11 +247,13 @@ def write_report(rows: list[dict], out: Path, args, total_seconds: float) -> Non
           f"mutmut run time summed over the modules {sum(r['seconds'] for r in rows) / 60:.1f} min "
           f"(s = wall-clock seconds of each module's `mutmut run`, 2-core machine shared with other work).", "",
           "score = (killed + timeout) / (mutants - survivors judged equivalent); raw = (killed + timeout) / mutants.",
-          "", "| module | mutants | killed | timeout | survived | no tests | equivalent | raw | score | s |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "mutants = mutants run; not run = mutants of a run stopped early (partial result, left out).",
+          "", "| module | mutants | killed | timeout | survived | no tests | not run | equivalent | raw | score | s |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['module']} | {r['mutants']} | {r['killed']} | {r['timeout']} | {r['survived']} | "
-                  f"{r['no_tests']} | {r['equivalent']} | {r['raw_score']:.1%} | {r['score']:.1%} | {r['seconds']} |")
+                  f"{r['no_tests']} | {r.get('not_run', 0)} | {r['equivalent']} | {r['raw_score']:.1%} | "
+                  f"{r['score']:.1%} | {r['seconds']} |")
     (out / "summary.md").write_text("\n".join(md) + "\n")
     sv = [f"# Surviving mutants ({args.label})", ""]
     for r in rows:
