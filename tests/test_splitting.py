@@ -336,3 +336,42 @@ def test_assign_bins_and_edges_messages():
     assert list(st.columns) == ["row", "name", "statistic", "p_value", "train_count", "holdout_count",
                                 "train_fraction", "holdout_fraction", "holdout_share"]
     assert str(st["train_count"].dtype) == "Int64" and str(st["holdout_count"].dtype) == "Int64"
+
+
+def test_lesion_volume_and_spacing_parsing_by_hand():
+    assert parse_spacing("1e0x2E0x3") == (1.0, 2.0, 3.0) and parse_spacing("(0.5, 1, 2)") == (0.5, 1.0, 2.0)
+    for bad in ("0x1x1", "1x2", "abc"):
+        with pytest.raises(ValueError, match=rf"^cannot parse voxel spacing '{bad}'$"):
+            parse_spacing(bad)
+    df = pd.DataFrame({"subject": ["a", "b", "c"], "lesion_voxels": [10, 0, 3], "spacing_mm": ["1x1x2", "2", "1"]})
+    vol = lesion_volume_mm3(df)
+    assert vol.dtype == np.float64 and vol.tolist() == [20.0, 0.0, 3.0]
+    with pytest.raises(StageInputError, match=r"^s.csv: cannot parse voxel spacing 'x'$"):
+        lesion_volume_mm3(df.assign(spacing_mm=["1", "x", "1"]), "s.csv")
+    many = pd.DataFrame({"subject": [f"s{i}" for i in range(7)], "lesion_voxels": [1, -1, 2, -3, -4, -5, -6],
+                         "lesion_volume_mm3": [1.0, -1.0, "n/a", -3.0, -4.0, -5.0, -6.0]})
+    with pytest.raises(StageInputError, match=r"^subjects.csv: missing or negative lesion volume for 6 subject\(s\): "
+                                              r"s1, s2, s3, s4, s5$"):
+        lesion_volume_mm3(many)
+    with pytest.raises(StageInputError, match=r"for 1 subject\(s\): b$"):
+        lesion_volume_mm3(pd.DataFrame({"subject": ["a", "b"], "lesion_voxels": [1, "?"]}))
+
+
+def test_split_subjects_edge_refusals_and_tiny_fallback():
+    df = _subjects((10, 10))
+    with pytest.raises(ConfigError, match=r"^volume_bin_edges start at 100.0 but some lesion volumes are smaller$"):
+        split_subjects(df.assign(lesion_voxels=50), 0.2, [100, 5000])
+    with pytest.raises(ConfigError, match=r"^volume_bin_edges must be finite and strictly increasing"):
+        split_subjects(df, 0.2, [0, 10, 5])
+    # 6 subjects in 3 bins of 2 with site stratification: too many strata for 2 hold-out subjects, so the split
+    # falls back to merged volume bins, then to one stratum: still 2 hold-out subjects, seeded
+    tiny = _subjects((2, 2, 2), sites=["A", "B"])
+    out = split_subjects(tiny, 0.3, EDGES, seed=1, stratify_site=True, min_stratum_size=2)
+    assert (out["set"] == "holdout").sum() == 2
+    assert set(out["stratum"]) == {"(0, 5000]+(5000, 30000]+(30000, 60000]"}  # strata of >= ceil(1 / 0.3) = 4
+    # 12 subjects: 6 bin x site strata are too many for 4 hold-out subjects; the 3 volume bins (4 each) are not
+    out = split_subjects(_subjects((4, 4, 4), sites=["A", "B"]), 0.3, EDGES, seed=1, stratify_site=True,
+                         min_stratum_size=2)
+    assert set(out["stratum"]) == {"(0, 5000]", "(5000, 30000]", "(30000, 60000]"}
+    assert (out["set"] == "holdout").sum() == 4
+    assert (out[out["set"] == "holdout"].groupby("stratum").size() >= 1).sum() == 3
