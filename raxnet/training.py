@@ -95,7 +95,7 @@ _OPTIMIZERS = ("adam", "adamw")
 _FINGERPRINT_KEYS = (
     "validation_steps", "optimizer", "learning_rate", "weight_decay", "clipnorm",
     "schedule", "lr_factor", "lr_patience", "min_lr", "mixed_precision", "warmup_fraction",
-    "bn_recalibration_batches", "init_weights",
+    "bn_recalibration_batches",
 )
 #: [arrays] keys that only change how batches are served, not which: free to change on resume.
 _ARRAYS_RUNTIME_KEYS = ("workers", "use_multiprocessing", "max_queue_size", "max_open_stacks")
@@ -199,7 +199,7 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
     }
     if augment is not None:  # the augmentation strengths change what is trained on ([augment])
         key["augment"] = augment
-    if init:  # a warm start from other weights is another run, and so are other starting weights
+    if init:  # a warm start is another run, and so are other starting weights (by content: the folder may move)
         key["init_sha256"] = init["sha256"]
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
