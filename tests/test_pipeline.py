@@ -27,7 +27,24 @@ def test_every_stage_wrote_its_folder(demo):
     assert (data / "Training").is_dir()
     for folder in STAGE_DIRS.values():
         assert (work / folder).is_dir(), folder
-    assert (work / "weights" / "weights.json").is_file()
+    # contents, not just files: 8 subjects, 2 (25 %) held out; 3 folds over the 6 train subjects
+    subjects = pd.read_csv(work / "01_dataset" / "subjects.csv")
+    split = pd.read_csv(work / "02_data_splitting" / "split.csv")
+    assert len(subjects) == 8 and sorted(split["subject"]) == sorted(subjects["subject"])
+    assert (split["set"] == "holdout").sum() == 2
+    folds = pd.read_csv(work / "04_cross_validation" / "subject_folds.csv")
+    assert set(folds["subject"]) == set(split.loc[split["set"] == "train", "subject"])
+    assert sorted(folds["fold"].value_counts().tolist()) == [2, 2, 2]
+    # the weight set: three plane models that exist, on the scans' grid (2 mm)
+    import json
+
+    manifest = json.loads((work / "weights" / "weights.json").read_text())
+    assert set(manifest["planes"]) == {"axial", "sagittal", "coronal"}
+    for plane, entry in manifest["planes"].items():
+        assert (work / "weights" / entry["file"]).stat().st_size > 1000, plane
+    scan = nib.load(data / subjects["t1_path"].iloc[0])
+    assert tuple(manifest["grid_shape"]) == scan.shape and np.allclose(manifest["affine"], scan.affine)
+    assert manifest["spacing_mm"] == [2.0, 2.0, 2.0]
 
 
 def test_weight_set_carries_the_postprocessing_chosen_out_of_fold(demo):
@@ -52,6 +69,11 @@ def test_holdout_table_has_planes_and_fusions(demo, capsys):
     assert (holdout["n"] == 2).all()  # every hold-out subject scored
     metrics = pd.read_csv(work / "08_fusion" / "subject_metrics.csv")
     assert metrics["dice"].between(0, 1).all()
+    # the summary is the mean of the subjects' rows, per method
+    scored = metrics[(metrics["set"] == "holdout") & metrics["error"].isna()]
+    for _, row in holdout.iterrows():
+        dice = scored.loc[scored["method"] == row["method"], "dice"]
+        assert len(dice) == 2 and row["dice_mean"] == pytest.approx(dice.mean(), rel=1e-4, abs=1e-6), row["method"]  # CSVs: 6 digits
 
 
 def test_prediction_matches_input_grid(demo):
@@ -64,6 +86,11 @@ def test_prediction_matches_input_grid(demo):
     mask = nib.load(str(mask_path))
     assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine)
     assert mask.get_data_dtype() == np.uint8
+    # the batch summary describes this mask: voxels, and mm³ with the scan's voxel volume (2 mm: 8 mm³)
+    row = pd.read_csv(work / "09_predict" / "summary.csv").iloc[0]
+    voxels = int(np.asarray(mask.dataobj).sum())
+    assert row["lesion_voxels"] == voxels
+    assert row["lesion_volume_mm3"] == pytest.approx(voxels * abs(np.linalg.det(scan.affine[:3, :3])))
 
 
 def test_rerun_skips_generation_and_finished_training(demo, capsys):
