@@ -189,7 +189,10 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         else:
             counts["other"] += 1
             survivors.append(name)
-    diffs = {n: mutmut(sandbox, "show", n).stdout for n in survivors}
+    cached = {}
+    if args.report_only and (out / f"{module}.json").exists():  # diffs of the earlier report, same sandbox
+        cached = {n: d for n, _, d, _ in json.loads((out / f"{module}.json").read_text())["_survivors"]}
+    diffs = {n: cached[n] if n in cached else mutmut(sandbox, "show", n).stdout for n in survivors}
     n_equiv = sum(1 for n in survivors if n in equivalent and status[n] == "survived")
     denominator = len(status) - n_equiv
     killed = counts["killed"] + counts["timeout"]
