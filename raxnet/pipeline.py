@@ -69,7 +69,8 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         results[title] = _timed(title, lambda m=module: m.run(cfg, run), timings)
 
     weights_dir = work / "weights"
-    train_model = section(cfg, "train", importlib.import_module("raxnet.training").DEFAULTS)["model"]
+    train_cfg = section(cfg, "train", importlib.import_module("raxnet.training").DEFAULTS)
+    train_model = train_cfg["model"]
     model_name = train_model.split(",")[0] if isinstance(train_model, str) else train_model[0]
     _timed("export weights", lambda: export_weights(work, weights_dir, model=model_name,
                                                     note="demo run on the synthetic ATLAS"), timings)
@@ -90,9 +91,8 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)
         update_report(work, "predict")  # the run report links the prediction's own report
-    init = section(cfg, "train", importlib.import_module("raxnet.training").DEFAULTS)["init_weights"]
     summary = {"timings": timings, "work_dir": str(work), "predicted": predicted, "weights": str(weights_dir),
-               "init_weights": str(init)}
+               "init_weights": str(train_cfg["init_weights"])}
     print_summary(work, summary)
     return summary
 
