@@ -149,7 +149,7 @@ def load_equivalent() -> dict[str, str]:
 
 def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict:
     sandbox = Path(args.work) / args.label / module
-    if not args.report_only:
+    if not args.report_only and not args.rerun_survivors:
         if sandbox.exists():
             shutil.rmtree(sandbox)
         sandbox.mkdir(parents=True)
@@ -160,15 +160,18 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         start = time.monotonic()
         with open(sandbox.parent / f"log_{module}.txt", "w") as log:
-            proc = mutmut(sandbox, "run", "--max-children", str(args.max_children), *mutant_patterns(module), log=log)
+            proc = mutmut(sandbox, "run", "--max-children", str(args.max_children), *mutant_patterns(module, args.mutants),
+                          log=log)
         (sandbox / "run.json").write_text(json.dumps({"seconds": time.monotonic() - start, "rc": proc.returncode,
                                                       "tests": tests, "commit": head, "started": started}))
+    elif args.rerun_survivors:
+        rerun_survivors(sandbox, module, args)
     info = json.loads((sandbox / "run.json").read_text())
-    seconds, tests = info["seconds"], info["tests"]
+    seconds, tests = info["seconds"] + info.get("rerun_seconds", 0.0), info["tests"]
     status: dict[str, str] = {}
     for line in mutmut(sandbox, "results", "--all", "true").stdout.splitlines():
         m = re.match(r"\s+(\S+__mutmut_\d+): (.+)$", line)
-        if m and _selected(module, m.group(1)):
+        if m and _selected(module, m.group(1), args.mutants):
             status[m.group(1)] = m.group(2).strip()
     counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0}
     # A run stopped early leaves mutants "not checked": they are reported (not_run) and left out of the score.
@@ -203,12 +206,41 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
         "not_run": not_run, "equivalent": n_equiv, "raw_score": round(killed / len(status), 4) if status else float("nan"),
         "score": round(score, 4), "seconds": round(seconds), "mutmut_rc": info["rc"],
         "tests": " ".join(tests), "commit": info.get("commit", ""), "started": info.get("started", ""),
+        "rerun_mutants": info.get("rerun_mutants", ""), "rerun_commit": info.get("rerun_commit", ""),
         "_survivors": [(n, status[n], diffs[n], equivalent.get(n)) for n in survivors],
     }
 
 
-def mutant_patterns(module: str) -> list[str]:
-    """Glob patterns of the mutants to run: MUTANT_FILTER, or every function but SKIP_FUNCTIONS (none: all)."""
+def rerun_survivors(sandbox: Path, module: str, args) -> None:
+    """Copy the module's test files from the working tree into an earlier run's sandbox and run only its
+    surviving mutants again (mutmut re-copies ``tests/`` into ``mutants/`` and re-collects its test statistics).
+
+    For tests that were only added to since that run: a mutant killed then is killed by the larger set too.
+    """
+    if not (sandbox / "run.json").exists():
+        raise SystemExit(f"{sandbox}: no earlier run to re-run the survivors of")
+    tests = json.loads((sandbox / "run.json").read_text())["tests"]
+    for t in SUPPORT + [Path(t).name for t in tests]:
+        shutil.copy2(ROOT / "tests" / t, sandbox / "tests" / t)
+    names = [m.group(1) for line in mutmut(sandbox, "results", "--all", "true").stdout.splitlines()
+             if (m := re.match(r"\s+(\S+__mutmut_\d+): survived$", line)) and _selected(module, m.group(1), args.mutants)]
+    start = time.monotonic()
+    if names:
+        with open(sandbox.parent / f"log_{module}_rerun.txt", "w") as log:
+            mutmut(sandbox, "run", "--max-children", str(args.max_children), *names, log=log)
+    info = json.loads((sandbox / "run.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    info.update(rerun_seconds=info.get("rerun_seconds", 0.0) + time.monotonic() - start, rerun_mutants=len(names),
+                rerun_commit=head.strip(),
+                rerun_started=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    (sandbox / "run.json").write_text(json.dumps(info))
+
+
+def mutant_patterns(module: str, only: list[str] | None = None) -> list[str]:
+    """Glob patterns of the mutants to run: ``only`` (``--mutants``, for timing a sample), else MUTANT_FILTER,
+    else every function but SKIP_FUNCTIONS (none: all)."""
+    if only:
+        return [p if p.startswith("raxnet.") else f"raxnet.{module}.{p}" for p in only]
     if module in MUTANT_FILTER:
         return MUTANT_FILTER[module]
     skip = SKIP_FUNCTIONS.get(module)
@@ -227,8 +259,8 @@ def mutant_patterns(module: str) -> list[str]:
     return names
 
 
-def _selected(module: str, name: str) -> bool:
-    patterns = mutant_patterns(module)
+def _selected(module: str, name: str, only: list[str] | None = None) -> bool:
+    patterns = mutant_patterns(module, only)
     return not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
@@ -239,7 +271,8 @@ def _natural(name: str):
 
 def write_report(rows: list[dict], out: Path, args, total_seconds: float) -> None:
     cols = ["module", "mutants", "killed", "timeout", "survived", "no_tests", "other", "not_run", "equivalent",
-            "raw_score", "score", "seconds", "mutmut_rc", "tests", "commit", "started"]
+            "raw_score", "score", "seconds", "mutmut_rc", "tests", "commit", "started", "rerun_mutants",
+            "rerun_commit"]
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -286,10 +319,19 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(ROOT / "work" / "mutation"))
     p.add_argument("--out", default=None)
     p.add_argument("--max-children", type=int, default=1)
+    p.add_argument("--mutants", default=None,
+                   help="comma-separated glob patterns of mutant names (e.g. 'x_run__mutmut_1?'): run and report only "
+                        "these, to time a sample (one module)")
+    p.add_argument("--rerun-survivors", action="store_true",
+                   help="re-run only the survivors of an earlier run of the same --label against the current test "
+                        "files (tests only added to since), then report the whole module")
     p.add_argument("--report-only", action="store_true",
                    help="re-read the results of an earlier run in the work dir (e.g. after editing equivalent.toml)")
     args = p.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    args.mutants = [m.strip() for m in args.mutants.split(",") if m.strip()] if args.mutants else None
+    if args.mutants and len(modules) != 1:
+        p.error("--mutants needs exactly one module")
     unknown = sorted(set(modules) - set(MODULES))
     if unknown:
         p.error(f"unknown modules: {', '.join(unknown)}")
