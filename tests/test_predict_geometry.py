@@ -396,3 +396,58 @@ def test_to_model_grid_interpolates_linearly_and_names_the_file(tmp_path):
     write_scan(scan, GRID_SHAPE, far)
     with pytest.raises(InputError, match=rf"^{re.escape(str(scan))}: not in MNI152NLin2009aSym space"):
         pf(StandInPredictor(), scan, tmp_path / "o", {"save_probabilities": False, "qc": False})
+
+
+def test_predict_file_volume_and_seconds_keep_their_decimals(tmp_path, monkeypatch):
+    """On a 1.25 mm grid a voxel is 1.953125 mm³: the 27-voxel block is 52.734375 mm³, reported to 3 decimals
+    (52.734). The per-scan seconds come from predict's clock (stood in: 10.0 start, 10.5 / 12.0 around the model
+    loading, 13.4567 at the end): 13.4567 - 10.0 - 1.5 = 1.9567 s, reported to 2 decimals (1.96)."""
+    from types import SimpleNamespace
+
+    from raxnet import predict as predict_module
+
+    affine = GRID_AFFINE.copy()
+    affine[:3, :3] = np.diag([1.25, 1.25, 1.25])
+    predictor = StandInPredictor()
+    predictor.manifest = {"grid_shape": list(GRID_SHAPE), "affine": affine.tolist(), "spacing_mm": [1.25] * 3}
+    path = tmp_path / "fine_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, affine)
+    ticks = [10.0, 10.5, 12.0, 13.4567]
+    monkeypatch.setattr(predict_module, "time", SimpleNamespace(perf_counter=lambda: ticks.pop(0)))
+    row = predict_file(predictor, path, tmp_path / "out", {"save_probabilities": False, "qc": False})
+    assert ticks == [] and row["resampled"] is False and row["lesion_voxels"] == 27
+    assert row["lesion_volume_mm3"] == 52.734 and isinstance(row["lesion_volume_mm3"], float)
+    assert row["seconds"] == 1.96
+    summary = pd.read_csv(tmp_path / "out" / "fine_summary.csv")
+    assert summary.loc[0, "lesion_volume_mm3"] == 52.734 and summary.loc[0, "seconds"] == 1.96
+
+
+def test_predict_file_register_path_confidence_uses_the_weight_sets_connectivity(tmp_path, monkeypatch):
+    """--register: two lesion voxels touching at a corner are two lesions under connectivity 6; the confidence
+    of each (read on the scan's grid) joins its row of the lesion table (stood-in registration: identity)."""
+    from raxnet import registration
+
+    class FakeReg:
+        def to_native(self, volume, affine, interpolation):
+            return np.asarray(volume, np.float32)
+
+    pair = np.zeros(GRID_SHAPE, np.uint8)
+    pair[2, 2, 2] = pair[3, 3, 3] = 1
+    monkeypatch.setattr(registration, "check_registrable", lambda data, img, path: None)
+    monkeypatch.setattr(registration, "register_and_segment",
+                        lambda data, img, path, shape, affine, segment, settings: (FakeReg(), *segment(data)))
+    monkeypatch.setattr(registration, "lesion_table", lambda mask, reg, connectivity: pd.DataFrame(
+        {"label": [1, 2], "voxels": [1, 1], "volume_mm3": [8.0, 8.0]}))
+    monkeypatch.setattr(registration, "write_outputs", lambda *a: {})
+    path = tmp_path / "native_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    predictor = StandInPredictor()
+    predictor.settings["connectivity"] = 6
+    predictor.mask = lambda probs: pair
+    row = predict_file(predictor, path, tmp_path / "out", {"register": True, "registration": "syn",
+                                                             "save_probabilities": False, "qc": False})
+    lesions = pd.read_csv(tmp_path / "out" / "native_lesions.csv")
+    assert lesions["label"].tolist() == [1, 2]
+    # the stand-in's probability is 0.1 at both voxels (outside its block): each lesion's own mean
+    assert lesions["mean_probability"].tolist() == pytest.approx([0.1, 0.1])
+    assert lesions["planes_detecting"].tolist() == [0, 0] and row["n_lesions"] == 2
