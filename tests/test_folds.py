@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,7 +53,10 @@ def data():
     return _dataset()
 
 
-@pytest.fixture(scope="module")
+# Function scope on purpose: mutmut (bench/mutation) runs against a mutant only the tests that called the
+# mutated function while its statistics were collected, and a module-scoped result would count only for the
+# first test that used it.
+@pytest.fixture
 def result(data):
     _, slices, split = data
     return make_folds(split, slices, 5, seed=0, **FAST)
@@ -269,10 +277,12 @@ def _write(work, data):
     split.to_csv(work / "02_data_splitting" / "split.csv", index=False)
 
 
-def test_run_and_cli_are_byte_identical_for_a_seed(tmp_path, data, capsys):
+@pytest.mark.slow  # renders the two figures twice; run()'s tables are checked without figures below
+def test_run_and_cli_are_byte_identical_for_a_seed(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    _write(a, data)
-    _write(b, data)
+    small = _dataset(16)
+    _write(a, small)
+    _write(b, small)
     s = folds.run({"folds": dict(FAST)}, {"work_dir": str(a), "seed": 3})
     names = ["subject_folds.csv", "fold_stats.csv"] + [f"{p}_folds.csv" for p in PLANES]
     first = {n: (a / "04_cross_validation" / n).read_bytes() for n in names}
@@ -396,3 +406,281 @@ def test_fold_stats_every_row_recomputed(data, result):
         assert summary.loc[plane, "min_mwu_p"] == per_fold["mwu_p"].min()
     for c in ("count", "subjects", "lesion_slices", "normal_slices"):
         assert str(st[c].dtype) == "Int64"
+
+
+
+# ------------------------------------------------------------------ hand-made tables, known answers
+@contextmanager
+def _records(name: str = "raxnet.folds"):
+    """Log records of ``name`` (the raxnet logger does not propagate to pytest's caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_largest_remainder_small_totals_and_integer_result():
+    assert _largest_remainder(np.array([3, 1]), 1).tolist() == [1, 0]  # 0.75, 0.25: one to the larger
+    assert _largest_remainder(np.array([1, 0]), 2).tolist() == [2, 0]  # weights summing to 1 still count
+    assert _largest_remainder(np.array([2, 2]), 0).tolist() == [0, 0]
+    for w, t in (([3, 1], 1), ([2, 2], 0), ([5, 0], 5), ([1, 1, 1], 2)):
+        assert _largest_remainder(np.array(w), t).dtype.kind == "i", (w, t)  # "integers proportional to ..."
+
+
+#: One subject's slices for the normal-slice rule: (lesion pixels, brain pixels) of slices 0..7; its largest
+#: brain area is 100, so min_brain_fraction 0.25 asks for >= 25 brain pixels.
+_SLICES_A = [(0, 0), (0, 1), (0, 25), (0, 24), (1, 100), (0, 100), (5, 80), (0, 50)]
+
+
+def _normal_table(folds_of: dict[str, int]) -> pd.DataFrame:
+    """Subject "a" (the slices above) and, if given a fold, lesion-free subject "b" (4 slices of 60 brain pixels)."""
+    rows = [{"subject": "a", "slice": s, "lesion_pixels": les, "brain_pixels": br, "fold": folds_of["a"]}
+            for s, (les, br) in enumerate(_SLICES_A)]
+    if "b" in folds_of:
+        rows += [{"subject": "b", "slice": s, "lesion_pixels": 0, "brain_pixels": 60, "fold": folds_of["b"]}
+                 for s in range(4)]
+    return pd.DataFrame(rows)
+
+
+def _normals(df, ratio, fraction=0.25, source="brain", margin=10, k=2, seed=0):
+    out = folds._sample_normal(df, ratio, fraction, source, margin, np.random.SeedSequence(seed), k, "axial")
+    assert (out["kind"] == "normal").all() and (out["area_bin"] == "normal").all()
+    return sorted(zip(out["subject"], out["slice"]))
+
+
+def test_normal_slice_rule_by_hand():
+    """Candidates: lesion-free, brain > 0 and brain >= fraction x the subject's largest slice brain area.
+    A ratio of 10 asks for more than there are, so every candidate is taken (and a warning says so)."""
+    df = _normal_table({"a": 1})
+    assert _normals(df, 10.0, 0.25, k=1) == [("a", 2), ("a", 5), ("a", 7)]  # 25 >= 0.25 x 100 is enough
+    assert _normals(df, 10.0, 0.0, k=1) == [("a", 1), ("a", 2), ("a", 3), ("a", 5), ("a", 7)]  # brain 0 never
+    assert _normals(df, 10.0, 0.5, k=1) == [("a", 5), ("a", 7)]
+
+
+def test_normal_slice_quota_counts_one_pixel_lesions_and_skips_lesion_free_folds():
+    """Fold 1 holds only lesion-free subject b: no lesion slices, so no normal slices from it. Fold 2 holds a,
+    whose lesion slices are 4 (1 pixel) and 6: ratio 1 -> 2 of its 3 candidates, ratio 0.5 -> exactly 1."""
+    df = _normal_table({"a": 2, "b": 1})
+    two = _normals(df, 1.0)
+    assert len(two) == 2 and set(two) <= {("a", 2), ("a", 5), ("a", 7)}
+    one = _normals(df, 0.5)
+    assert len(one) == 1 and set(one) <= {("a", 2), ("a", 5), ("a", 7)}
+    assert _normals(df, 0.0) == []
+    # which candidate is drawn is random (seeded): over ten seeds more than one of the three comes up
+    assert len({tuple(_normals(df, 0.5, seed=seed)) for seed in range(10)}) > 1
+
+
+def test_normal_slice_shortage_warns_with_the_numbers():
+    df = _normal_table({"a": 2, "b": 1})
+    with _records() as recs:
+        assert _normals(df, 10.0) == [("a", 2), ("a", 5), ("a", 7)]  # 20 wanted, 3 there: all 3, nothing of b
+    assert [r.getMessage() for r in recs] == ["axial fold 2: only 3 normal slices available for 20 wanted"]
+    with _records() as recs:
+        assert _normals(df, 1.5) == [("a", 2), ("a", 5), ("a", 7)]  # round(1.5 x 2) = 3 = exactly what there is
+    assert recs == []
+
+
+def test_near_lesion_normals_by_hand():
+    """Lesion slab of a = slices 4 (1 pixel) .. 6; margin 1 allows slices 3..7 (both ends included), and the
+    usual rule still applies inside it. b has no lesion: no near-lesion slices at all."""
+    df = _normal_table({"a": 1, "b": 1})
+    assert _normals(df, 10.0, 0.0, "near_lesion", margin=1, k=1) == [("a", 3), ("a", 5), ("a", 7)]
+    assert _normals(df, 10.0, 0.25, "near_lesion", margin=1, k=1) == [("a", 5), ("a", 7)]
+    assert _normals(df, 10.0, 0.0, "near_lesion", margin=0, k=1) == [("a", 5)]
+
+
+def test_balance_summary_by_hand():
+    """Two planes, two folds; the 'all' rows (fold all, or bin rows) never count."""
+    rows = []
+    for plane, shares, devs, ps in (("volume", (0.5, 0.5), (0.1, 0.3), (0.2, 0.9)),
+                                    ("axial", (0.4, 0.6), (0.05, 0.02), (0.7, 0.3))):
+        rows.append({"plane": plane, "fold": "all", "bin": "all", "lesion_slice_share": 1.0})
+        rows.append({"plane": plane, "fold": "all", "bin": "(0, 5]", "deviation": 0.0})
+        for f in (1, 2):
+            rows.append({"plane": plane, "fold": str(f), "bin": "(0, 5]", "deviation": 0.9})
+            rows.append({"plane": plane, "fold": str(f), "bin": "all", "lesion_slice_share": shares[f - 1],
+                         "max_bin_deviation": devs[f - 1], "ks_p": ps[f - 1], "mwu_p": ps[f - 1] / 2})
+    st = pd.DataFrame(rows).reindex(columns=folds.STATS_COLUMNS)
+    got = folds.balance_summary(st)
+    want = pd.DataFrame({"plane": ["volume", "axial"], "max_bin_deviation": [0.3, 0.05], "min_ks_p": [0.2, 0.3],
+                         "min_mwu_p": [0.1, 0.15], "lesion_slice_share_min": [0.5, 0.4],
+                         "lesion_slice_share_max": [0.5, 0.6]})
+    pd.testing.assert_frame_equal(got, want)
+
+
+def _stage_inputs(work, *, subjects=True, spacing="2.0x2.0x2.0", drop_slice=None, extra_subject=False):
+    """Stage 01/02 tables by hand, with only the columns stage 04 needs (split.csv without ``site``,
+    slices without ``n_lesions``): train a..f, hold-out h; 4 slices per plane; one lesion slice per subject."""
+    ds, sp = work / "01_dataset", work / "02_data_splitting"
+    ds.mkdir(parents=True)
+    sp.mkdir(parents=True)
+    names = list("abcdef") + ["h"]
+    pd.DataFrame({"subject": names, "set": ["train"] * 6 + ["holdout"], "volume_bin": "(0, 5000]",
+                  "lesion_voxels": [30, 40, 50, 60, 70, 80, 90]}).to_csv(sp / "split.csv", index=False)
+    if subjects:
+        sub = pd.DataFrame({"subject": names + (["x"] if extra_subject else [])})
+        if spacing is not None:
+            sub["spacing_mm"] = spacing
+        sub.to_csv(ds / "subjects.csv", index=False)
+    for plane in PLANES:
+        rows = [{"subject": n, "slice": s, "lesion_pixels": 60 if s == 1 else 0, "brain_pixels": 100}
+                for n in names for s in range(4) if (n, s, plane) != drop_slice]
+        pd.DataFrame(rows).to_csv(ds / f"slices_{plane}.csv", index=False)
+    return sp / "split.csv", ds / "subjects.csv", {p: ds / f"slices_{p}.csv" for p in PLANES}
+
+
+def test_read_inputs_by_hand(tmp_path):
+    split_csv, subjects_csv, slice_csvs = _stage_inputs(tmp_path)
+    split, slices, spacing, sources = folds.read_inputs(tmp_path)
+    assert split["subject"].tolist() == list("abcdef") + ["h"] and split["lesion_voxels"].tolist()[0] == 30
+    assert spacing == {n: "2.0x2.0x2.0" for n in list("abcdef") + ["h"]}
+    assert sources == {"split": str(split_csv), **{p: str(slice_csvs[p]) for p in PLANES}}
+    for plane in PLANES:
+        assert len(slices[plane]) == 28 and slices[plane]["lesion_pixels"].sum() == 7 * 60
+    # no subjects.csv, or one without spacing: no spacing (1 mm), and nothing to check the tables against
+    (tmp_path / "01_dataset" / "subjects.csv").unlink()
+    assert folds.read_inputs(tmp_path)[2] is None
+    pd.DataFrame({"subject": list("abcdef") + ["h"]}).to_csv(subjects_csv, index=False)
+    assert folds.read_inputs(tmp_path)[2] is None
+
+
+def test_read_inputs_refusals_name_both_files(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    split_csv, subjects_csv, _ = _stage_inputs(a, extra_subject=True)
+    with pytest.raises(StageInputError) as e:
+        folds.read_inputs(a)
+    assert str(e.value).startswith(f"{split_csv}: 1 subjects of {subjects_csv} missing: x; re-run stage 02")
+    _, subjects_csv, slice_csvs = _stage_inputs(b, drop_slice=("c", 2, "sagittal"))
+    with pytest.raises(StageInputError) as e:
+        folds.read_inputs(b)
+    assert str(e.value).startswith(f"{slice_csvs['sagittal']}: subject c has 3 of its 4 sagittal slices")
+    _, subjects_csv, slice_csvs = _stage_inputs(c)
+    table = pd.read_csv(slice_csvs["axial"])
+    table[table["subject"] != "d"].to_csv(slice_csvs["axial"], index=False)
+    with pytest.raises(StageInputError) as e:
+        folds.read_inputs(c)
+    assert str(e.value).startswith(f"{slice_csvs['axial']}: 1 subjects of {subjects_csv} missing: d; re-run stage 01")
+
+
+#: non-default settings of every [folds] key, so a setting that run() does not pass on changes the tables
+_RUN_OPTS = {"n_folds": 3, "normal_ratio": 0.5, "normal_min_brain_fraction": 0.6, "normal_source": "near_lesion",
+             "near_lesion_margin": 1, "search_restarts": 1, "search_swaps": 7,
+             "area_bin_edges": {"axial": [0, 150, 400], "sagittal": [0, 300], "coronal": [0, 100, 250, 1000]}}
+
+
+def test_run_writes_what_make_folds_computes_with_the_stage_settings(tmp_path, monkeypatch):
+    """run() on a 2 mm dataset (its subjects.csv): the tables equal make_folds' with the [folds] settings and
+    that spacing, the figures get the train subjects, and record.json lists the six tables' SHA-256."""
+    subjects, slices, split = _dataset(16, seed=2)
+    subjects["spacing_mm"] = "2.0x2.0x2.0"
+    _write(tmp_path, (subjects, slices, split))
+    calls = {}
+    monkeypatch.setattr(folds, "plot_balance", lambda st, k, path: calls.setdefault("balance", (st, k, path)) and path)
+    monkeypatch.setattr(folds, "plot_volume_balance",
+                        lambda st, sf, train, k, path, spacing=None: calls.setdefault(
+                            "volume", (st, sf, train, k, path, spacing)) and path)
+    s = folds.run({"folds": dict(_RUN_OPTS)}, {"work_dir": str(tmp_path), "seed": 3})
+    out = tmp_path / "04_cross_validation"
+    spacing = {n: "2.0x2.0x2.0" for n in subjects["subject"]}
+    opts = {k: v for k, v in _RUN_OPTS.items() if k != "n_folds"}
+    opts = {("search_" + k[7:] if k.startswith("search_") else k): v for k, v in opts.items()}
+    sf, pf, st = make_folds(split, slices, 3, 3, spacing=spacing, **opts)
+    # the settings matter here: with the defaults the tables differ
+    sf_default, pf_default, _ = make_folds(split, slices, 3, 3, spacing=spacing)
+    assert not sf["fold"].equals(sf_default["fold"]) and len(pf["axial"]) != len(pf_default["axial"])
+    pd.testing.assert_frame_equal(pd.read_csv(out / "subject_folds.csv"), sf, check_dtype=False)
+    for plane in PLANES:
+        got = pd.read_csv(out / f"{plane}_folds.csv", keep_default_na=False)
+        pd.testing.assert_frame_equal(got, pf[plane], check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fold_stats.csv", dtype={"fold": str}), st, check_dtype=False)
+    train = split[split["set"] == "train"]
+    assert s["n_subjects"] == len(train) and s["k"] == 3 and sorted(sf["fold"].unique()) == [1, 2, 3]
+    for plane in PLANES:
+        src = slices[plane]
+        n_les = int(((src["lesion_pixels"] > 0) & src["subject"].isin(train["subject"])).sum())
+        assert s["n_slices"][plane] == {"lesion": n_les, "normal": int((pf[plane]["kind"] == "normal").sum())}
+        assert s[f"{plane}_folds_csv"] == str(out / f"{plane}_folds.csv")
+    assert s["subject_folds_csv"] == str(out / "subject_folds.csv") and s["stats_csv"] == str(out / "fold_stats.csv")
+    pd.testing.assert_frame_equal(pd.DataFrame(s["balance"]), folds.balance_summary(st))  # (NaN != NaN in dicts)
+    assert s["figures"] == [str(out / "fold_balance.png"), str(out / "fold_volume_balance.png")]
+    st_b, k_b, path_b = calls["balance"]
+    assert k_b == 3 and path_b == out / "fold_balance.png"
+    pd.testing.assert_frame_equal(st_b, st, check_dtype=False)
+    _, sf_v, train_v, k_v, path_v, spacing_v = calls["volume"]
+    assert sorted(train_v["subject"]) == sorted(train["subject"]) and k_v == 3
+    assert path_v == out / "fold_volume_balance.png" and spacing_v == spacing
+    record = json.loads((out / "record.json").read_text())
+    names = ["subject_folds.csv", "fold_stats.csv"] + [f"{p}_folds.csv" for p in PLANES]
+    assert record["outputs"] == {f"04_cross_validation/{n}": hashlib.sha256((out / n).read_bytes()).hexdigest()
+                                 for n in names}
+
+
+def test_run_names_the_slice_table_of_a_missing_subject(tmp_path, monkeypatch):
+    """Without subjects.csv nothing cross-checks the slice tables first: make_folds names the file."""
+    subjects, slices, split = _dataset(12, seed=4)
+    _write(tmp_path, (subjects, slices, split))
+    (tmp_path / "01_dataset" / "subjects.csv").unlink()
+    gone = split.loc[split["set"] == "train", "subject"].iloc[0]
+    path = tmp_path / "01_dataset" / "slices_coronal.csv"
+    slices["coronal"][slices["coronal"]["subject"] != gone].to_csv(path, index=False)
+    with pytest.raises(StageInputError, match=f"^{path}: no slices for 1 train subject"):
+        folds.run({"folds": dict(FAST)}, {"work_dir": str(tmp_path), "seed": 3})
+
+
+def test_fold_tests_by_hand():
+    """KS and Mann-Whitney U of {1, 2} vs {3, 4}: complete separation, D = 1 and U = 0; exact two-sided p =
+    2 / C(4, 2) = 1/3 for both. An empty side has no test: all four are NaN."""
+    got = folds._tests(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
+    assert got == pytest.approx({"ks_stat": 1.0, "ks_p": 1 / 3, "mwu_stat": 0.0, "mwu_p": 1 / 3})
+    # one value on a side is enough for a test: {1} vs {2, 3}: p = 2 / C(3, 1) = 2/3; U = 0 (or 2 the other way)
+    assert folds._tests(np.array([1.0]), np.array([2.0, 3.0])) == pytest.approx(
+        {"ks_stat": 1.0, "ks_p": 2 / 3, "mwu_stat": 0.0, "mwu_p": 2 / 3})
+    assert folds._tests(np.array([2.0, 3.0]), np.array([1.0])) == pytest.approx(
+        {"ks_stat": 1.0, "ks_p": 2 / 3, "mwu_stat": 2.0, "mwu_p": 2 / 3})
+    for a, b in ((np.array([]), np.array([1.0])), (np.array([1.0]), np.array([]))):
+        got = folds._tests(a, b)
+        assert sorted(got) == ["ks_p", "ks_stat", "mwu_p", "mwu_stat"] and all(np.isnan(v) for v in got.values())
+
+
+def test_fold_stats_of_a_single_lesion_slice_by_hand():
+    """Four train subjects in two folds; only subject a has a lesion slice (60 px: the first bin) in each plane,
+    normal_ratio 2. Per plane: the whole has 1 lesion slice; a's fold holds it (fraction 1, deviation 0, share
+    1, 2 normal slices), the other fold none (fraction 0, deviation 1, share 0, no test: NaN); every other bin is
+    empty everywhere (count, fractions and deviation 0)."""
+    names = list("abcd")
+    split = pd.DataFrame({"subject": names, "set": "train", "volume_bin": "(0, 5000]", "lesion_voxels": [60, 0, 0, 0]})
+    slices = {p: pd.DataFrame({"subject": np.repeat(names, 3), "slice": np.tile([0, 1, 2], 4),
+                               "lesion_pixels": [0, 60, 0] + [0] * 9, "brain_pixels": 100}) for p in PLANES}
+    sf, pf, st = make_folds(split, slices, 2, seed=0, normal_ratio=2.0, **FAST)
+    fa = int(sf.set_index("subject").loc["a", "fold"])
+    fb = 3 - fa
+    assert sorted(sf["fold"]) == [1, 1, 2, 2]
+    for plane in PLANES:
+        rows = st[st["plane"] == plane].set_index(["fold", "bin"])
+        labels = [b for f, b in rows.index if f == "all" and b != "all"]
+        first = "(0, 500]" if plane == "sagittal" else "(0, 200]"  # the bin of 60 mm^2
+        assert labels[0] == first and len(labels) == len(folds.DEFAULTS["area_bin_edges"][plane])
+        total = rows.loc[("all", "all")]
+        assert (total["count"], total["subjects"], total["lesion_slices"], total["normal_slices"],
+                total["lesion_slice_share"]) == (1, 2, 1, 2, 1.0)
+        for f, frac, dev, share, n_les, n_nrm in ((str(fa), 1.0, 0.0, 1.0, 1, 2), (str(fb), 0.0, 1.0, 0.0, 0, 0)):
+            r = rows.loc[(f, "all")]
+            assert (r["count"], r["subjects"], r["lesion_slices"], r["normal_slices"]) == (n_les, 2, n_les, n_nrm)
+            assert r["lesion_slice_share"] == share and r["max_bin_deviation"] == dev
+            assert np.isnan([r["ks_stat"], r["ks_p"], r["mwu_stat"], r["mwu_p"]]).all()  # one side is empty
+            b = rows.loc[(f, first)]
+            assert (b["count"], b["fraction"], b["whole_fraction"], b["deviation"]) == (n_les, frac, 1.0, dev)
+        a = rows.loc[("all", first)]
+        assert (a["count"], a["fraction"], a["whole_fraction"], a["deviation"]) == (1, 1.0, 1.0, 0.0)
+        for lab in labels[1:]:
+            for f in ("all", "1", "2"):
+                r = rows.loc[(f, lab)]
+                assert (r["count"], r["fraction"], r["whole_fraction"], r["deviation"]) == (0, 0.0, 0.0, 0.0), (f, lab)
+    vol = st[st["plane"] == "volume"].set_index(["fold", "bin"])
+    assert vol.loc[("all", "all"), "count"] == 4 and vol.loc[("all", "(0, 5000]"), "whole_fraction"] == 1.0
+    assert vol.loc[(str(fa), "all"), "subjects"] == vol.loc[(str(fb), "all"), "subjects"] == 2
