@@ -483,3 +483,204 @@ def test_dataset_classes_are_loaded_on_first_use():
     assert B.BalancedSliceDataset is D.BalancedSliceDataset
     with pytest.raises(AttributeError, match=r"^module 'raxnet.batches' has no attribute 'nope'$"):
         B.nope  # noqa: B018
+
+
+# ------------------------------------------------------------------ hand-made inputs, known answers
+def _records(name: str = "raxnet.batches", level: int = 20):
+    """Collect the log records of ``name`` (the raxnet logger does not propagate to pytest's caplog)."""
+    import logging
+    from contextlib import contextmanager
+
+    @contextmanager
+    def cm():
+        records: list = []
+        handler = logging.Handler(level)
+        handler.emit = records.append
+        logger = logging.getLogger(name)
+        old = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(min(level, old or level))
+        try:
+            yield records
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(old)
+
+    return cm()
+
+
+def test_bin_sort_key_reads_the_lower_edge_in_any_notation():
+    from raxnet.batches import _bin_sort_key
+
+    assert _bin_sort_key("(1E3, inf)") == (1000.0, "(1E3, inf)")
+    assert _bin_sort_key("(2e2, 1E3]") == (200.0, "(2e2, 1E3]")
+    assert _bin_sort_key(" [0, 5]") == (0.0, " [0, 5]")
+    assert _bin_sort_key("unbinned") == (np.inf, "unbinned")  # labels without an edge go last
+    labels = ["(1.5e+06, inf)", "unbinned", "(500, 2000]", "(2000, 1.5e+06]", "(0, 500]"]
+    assert sorted(labels, key=_bin_sort_key) == ["(0, 500]", "(500, 2000]", "(2000, 1.5e+06]", "(1.5e+06, inf)",
+                                                 "unbinned"]
+
+
+def test_cycle_empty_draws_are_integer_indices():
+    from raxnet.batches import _cycle
+
+    rng = np.random.default_rng(0)
+    for n_items, length in ((5, 0), (0, 3), (0, 0), (4, -1)):
+        got = _cycle(rng, n_items, length)
+        assert got.shape == (0,) and got.dtype == np.int64, (n_items, length)  # used as an index array
+    got = _cycle(rng, 3, 7)  # 3 fresh permutations, cut to 7
+    assert sorted(got[:3]) == sorted(got[3:6]) == [0, 1, 2] and len(got) == 7
+
+
+def test_dataset_settings_reach_both_datasets(work):
+    from raxnet.batches import _dataset_kwargs
+
+    assert _dataset_kwargs({"max_open_stacks": "3", "workers": "2", "use_multiprocessing": 1, "max_queue_size": 5.0}) \
+        == {"max_open": 3, "workers": 2, "use_multiprocessing": True, "max_queue_size": 5}
+    sets = build_training_sets(_cfg(max_open_stacks=3, workers=2, max_queue_size=4), _run_cfg(work), "axial", 1, 2)
+    for ds in (sets.train, sets.inner_val):
+        assert (ds.max_open, ds.workers, ds.max_queue_size, ds.use_multiprocessing) == (3, 2, 4, False)
+
+
+def test_batch_quotas_edge_counts_by_hand():
+    assert batch_quotas([1], 3, 2).tolist() == [[3], [3]]  # one slice in all: 3 draws of it per batch
+    assert batch_quotas([3, 0], 2, 2).tolist() == [[2, 0], [2, 0]]  # an empty bin is allowed, gets nothing
+    assert batch_quotas([3, 0], 2, 2).dtype.kind == "i" and batch_quotas([10, 3, 1, 7], 8, 3).dtype.kind == "i"
+    with pytest.raises(ValueError, match=r"^bin counts must be non-negative with a positive sum, got \[\[3, 1\]\]$"):
+        batch_quotas([[3, 1]], 4, 2)
+
+
+def test_epoch_plan_with_an_empty_last_bin():
+    """n_bins = 3 but no item in bin 2: it gets no draws; the 3 lesion items of bins 0/1 fill 2 x 2 slots."""
+    plan = epoch_plan(np.array([0, 0, 1]), 3, n_normal_items=2, batch_size=4, n_lesion=2, steps=2, seed=0, epoch=0)
+    assert plan.shape == (2, 4) and ((plan < 3).sum(axis=1) == 2).all()
+    assert set(plan[plan < 3].tolist()) == {0, 1, 2} and sorted(plan[plan >= 3].tolist()) == [3, 3, 4, 4]
+
+
+def test_lesion_per_batch_limits_by_hand():
+    from raxnet.batches import lesion_per_batch
+
+    assert lesion_per_batch(2, 0.5) == 1 and lesion_per_batch(3, 0.5) == 2  # round(1.5) = 2, leaves 1 normal
+    with pytest.raises(ConfigError, match=r"^arrays.lesion_fraction must be in \(0, 1\)$"):
+        lesion_per_batch(8, 0.0)
+    with pytest.raises(ConfigError, match=r"^arrays.batch_size must be >= 2 \(a batch holds lesion and normal slices\)$"):
+        lesion_per_batch(1, 0.5)
+
+
+def test_one_step_when_a_batch_holds_every_lesion_slice(work, folds):
+    """14 training lesion slices of fold 2 and 15 lesion slots per batch: one step per epoch."""
+    sets = build_training_sets(_cfg(batch_size=16, lesion_fraction=0.9375), _run_cfg(work), "axial", 2, 2)
+    roles = sets.subjects.set_index("subject")["role"]
+    assert ((folds.subject.map(roles) == "train") & (folds.kind == "lesion")).sum() == 14
+    assert sets.train.n_lesion == 15 and len(sets.train) == 1
+
+
+def test_composition_by_hand():
+    """Three lesion items (bins a, a, b) and two normal items (3, 4); batches [2, 3], [0, 4], [1, 2]."""
+    from types import SimpleNamespace
+
+    plan = np.array([[2, 3], [0, 4], [1, 2]])
+    ds = SimpleNamespace(plan=lambda epoch=None: plan if epoch == 0 else plan[::-1], n_lesion_items=3,
+                         lesion_bins=np.array([0, 0, 1]), bin_labels=["a", "b"])
+    want = pd.DataFrame({"epoch": [0, 0, 0], "batch": [0, 1, 2], "n_lesion": [1, 1, 2], "n_normal": [1, 1, 0],
+                         "bin_a": [0, 1, 1], "bin_b": [1, 0, 1]})
+    pd.testing.assert_frame_equal(composition(ds), want, check_dtype=False)  # default: epoch 0
+    assert composition(ds, 1)["bin_b"].tolist() == [1, 0, 1][::-1] and (composition(ds, 1)["epoch"] == 1).all()
+
+
+def test_outer_validation_uses_the_arrays_batch_size(work, folds):
+    outer = outer_validation_slices(_cfg(batch_size=5), _run_cfg(work), "axial", fold=3, depth=2)
+    n = (folds.fold == 3).sum()
+    assert len(outer) == -(-n // 5) and outer[0][0].shape[0] == 5 and outer[len(outer) - 1][0].shape[0] == n - 5 * (len(outer) - 1)
+
+
+def test_run_one_default_depth_is_4(work, tmp_path):
+    from raxnet.batches import run_one
+
+    w = _copy_work(work, tmp_path)
+    res = run_one(_cfg(), _run_cfg(w), "axial", 1)
+    assert res["input_shape"] == [16, 16, 1]  # 13 x 11 padded to multiples of 2**4
+
+
+def test_summary_json_by_hand(work, folds, tmp_path):
+    """Fold 2 with 3 steps of 4 lesion + 4 normal slices (fewer than the 14 training lesion slices need):
+    every figure of summary.json recomputed from the fold table and the decoded epoch-0 batches."""
+    from raxnet.batches import run_one
+
+    w = _copy_work(work, tmp_path)
+    cfg = _cfg(steps_per_epoch=3)
+    with _records() as recs:
+        res = run_one(cfg, _run_cfg(w), "axial", 2, depth=2)
+    out = Path(res["dir"])
+    summary = json.loads((out / "summary.json").read_text())
+    sets = build_training_sets(cfg, _run_cfg(w), "axial", 2, 2)
+    roles = sets.subjects.set_index("subject")["role"]
+    rows = folds[folds.subject.map(roles) == "train"]
+    les, nor = rows[rows.kind == "lesion"], rows[rows.kind == "normal"]
+    assert (len(les), len(nor)) == (14, 18)
+    abin = folds.set_index(["subject", "slice"])["area_bin"]
+    kind = folds.set_index(["subject", "slice"])["kind"]
+    sets.train.set_epoch(0)
+    batches = [_decode(sets.train[j][0]) for j in range(3)]
+    les_draws = [[abin[p] for p in b if kind[p] == "lesion"] for b in batches]
+    all_les = [p for b in batches for p in b if kind[p] == "lesion"]
+    all_nor = [p for b in batches for p in b if kind[p] == "normal"]
+    bins = {}
+    for b in BINS:
+        n_b = int((les.area_bin == b).sum())
+        drawn = sum(d.count(b) for d in les_draws)
+        bins[b] = {"train_slices": n_b, "train_fraction": round(n_b / 14, 6), "drawn": drawn,
+                   "drawn_fraction": round(drawn / 12, 6), "expected_per_batch": round(4 * n_b / 14, 4),
+                   "min_per_batch": min(d.count(b) for d in les_draws),
+                   "max_per_batch": max(d.count(b) for d in les_draws)}
+    never = 14 - len(set(all_les))
+    assert never == 2  # 12 draws, each lesion slice at most once (one permutation per bin)
+    want = {
+        "plane": "axial", "fold": 2, "depth": 2, "seed": 7, "input_shape": [16, 12, 1], "slice_shape": [13, 11],
+        "batch_size": 8, "lesion_per_batch": 4, "normal_per_batch": 4, "steps_per_epoch": 3,
+        "subjects": {"train": int((roles == "train").sum()), "inner_val": 2, "val": 4},
+        "train_lesion_slices": 14, "train_normal_slices": 18,
+        "inner_val_slices": int((folds.subject.map(roles) == "inner_val").sum()),
+        "lesion_slices_never_drawn": never, "normal_slices_drawn_fraction": round(len(set(all_nor)) / 18, 6),
+        "bins": bins, "augment": None, "subjects_without_stacks": [],
+    }
+    assert summary == want
+    assert [r.getMessage() for r in recs] == [
+        "steps_per_epoch=3 < 4: not every lesion slice is drawn each epoch",
+        "2 lesion slice(s) not drawn in epoch 0 (steps_per_epoch too small)",
+        f"axial fold 2: 3 steps x 8 (4 lesion + 4 normal), input (16, 12, 1) -> {out}"]
+    with _records(level=30) as recs:
+        run_one(_cfg(steps_per_epoch=4), _run_cfg(w), "axial", 2, depth=2)  # exactly enough: no warning
+    assert recs == []
+    aug = run_one({**_cfg(augment=True), "augment": {"rotate_deg": 7.5}}, _run_cfg(w), "axial", 2, depth=2)
+    assert json.loads((Path(aug["dir"]) / "summary.json").read_text())["augment"]["rotate_deg"] == 7.5
+
+
+def _with_split(work: Path, tmp_path: Path, voxels: dict | None = None, extra: str | None = None) -> tuple[Path, Path]:
+    """A copy of the work folder plus a split.csv with only subject, set, lesion_voxels (all 12 in train)."""
+    w = _copy_work(work, tmp_path)
+    (w / "02_data_splitting").mkdir()
+    names = [_subject_name(i) for i in range(N_SUBJECTS)] + ([extra] if extra else [])
+    vox = [sum(_lesion_slices(i).values()) for i in range(N_SUBJECTS)] + ([5] if extra else [])
+    table = pd.DataFrame({"subject": names, "set": "train", "lesion_voxels": vox})
+    for s, v in (voxels or {}).items():
+        table.loc[table.subject == s, "lesion_voxels"] = v
+    table = pd.concat([table, pd.DataFrame({"subject": ["sub-h"], "set": ["holdout"], "lesion_voxels": [9]})])
+    table.to_csv(w / "02_data_splitting" / "split.csv", index=False)
+    return w, w / "02_data_splitting" / "split.csv"
+
+
+def test_split_csv_is_checked_when_present(work, tmp_path):
+    w, _ = _with_split(work, tmp_path / "ok")
+    assert len(build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2).subjects) == N_SUBJECTS
+    w, split = _with_split(work, tmp_path / "vox", voxels={"sub-03": 99})
+    held = sum(_lesion_slices(3).values())
+    with pytest.raises(StageInputError) as e:
+        build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert str(e.value).startswith(f"{w / '04_cross_validation' / 'axial_folds.csv'}: the lesion slices of sub-03 "
+                                   f"hold {held} lesion pixels, {split} says lesion_voxels = 99")
+    w, split = _with_split(work, tmp_path / "extra", extra="sub-99")
+    with pytest.raises(StageInputError) as e:
+        build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert str(e.value).startswith(f"{w / '04_cross_validation' / 'subject_folds.csv'}: 1 train subjects of {split} "
+                                   "missing: sub-99; re-run stage 04")
