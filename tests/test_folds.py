@@ -684,3 +684,77 @@ def test_fold_stats_of_a_single_lesion_slice_by_hand():
     vol = st[st["plane"] == "volume"].set_index(["fold", "bin"])
     assert vol.loc[("all", "all"), "count"] == 4 and vol.loc[("all", "(0, 5000]"), "whole_fraction"] == 1.0
     assert vol.loc[(str(fa), "all"), "subjects"] == vol.loc[(str(fb), "all"), "subjects"] == 2
+
+
+def test_pixel_area_per_plane_by_hand():
+    # 1 x 2 x 3 mm voxels: sagittal slices (axis 0) are 2 x 3, coronal (axis 1) 1 x 3, axial (axis 2) 1 x 2
+    assert [folds.pixel_area_mm2("1.0x2.0x3.0", p) for p in ("sagittal", "coronal", "axial")] == [6.0, 3.0, 2.0]
+    assert folds.pixel_area_mm2(None, "axial") == 1.0 and folds.pixel_area_mm2(2.0, "coronal") == 4.0
+
+
+def test_make_folds_defaults_are_the_stage_defaults():
+    import inspect
+
+    from raxnet.config import RUN_DEFAULTS
+
+    params = inspect.signature(make_folds).parameters
+    assert params["k"].default == folds.DEFAULTS["n_folds"] == 5 and params["seed"].default == RUN_DEFAULTS["seed"]
+    for key in ("normal_ratio", "normal_min_brain_fraction", "normal_source", "near_lesion_margin", "search_restarts",
+                "search_swaps"):
+        assert params[key].default == folds.DEFAULTS[key], key
+
+
+def _tiny(names=("101", "102", "103", "104")):
+    """Four train subjects, 3 slices per plane, one 60 px lesion slice each (slice 1)."""
+    split = pd.DataFrame({"subject": list(names), "set": "train", "volume_bin": "(0, 5000]", "lesion_voxels": 60})
+    slices = {p: pd.DataFrame({"subject": np.repeat(list(names), 3), "slice": np.tile([0, 1, 2], len(names)),
+                               "lesion_pixels": np.tile([0, 60, 0], len(names)), "brain_pixels": 100}) for p in PLANES}
+    return split, slices
+
+
+def test_make_folds_refusals_by_hand():
+    split, slices = _tiny()
+    with pytest.raises(ConfigError, match=r"^normal_ratio must be >= 0, got -1$"):
+        make_folds(split, slices, 2, normal_ratio=-1, **FAST)
+    with pytest.raises(ConfigError, match=r"^normal_min_brain_fraction must be in \[0, 1\], got 1.5$"):
+        make_folds(split, slices, 2, normal_min_brain_fraction=1.5, **FAST)
+    for fraction in (0.0, 1.0):  # both ends allowed
+        make_folds(split, slices, 2, normal_min_brain_fraction=fraction, **FAST)
+    with pytest.raises(StageInputError, match=r"^slice tables missing for plane\(s\) sagittal, coronal$"):
+        make_folds(split, {"axial": slices["axial"]}, 2, **FAST)
+    with pytest.raises(StageInputError, match=r"^split.csv: missing column\(s\) volume_bin, lesion_voxels$"):
+        make_folds(split.drop(columns=["volume_bin", "lesion_voxels"]), slices, 2, **FAST)
+    with pytest.raises(StageInputError, match=r"^s.csv: duplicate subject 102$"):
+        make_folds(pd.concat([split, split.iloc[[1]]]), slices, 2, sources={"split": "s.csv"}, **FAST)
+    bad = dict(slices)
+    bad["axial"] = slices["axial"].drop(columns="brain_pixels")
+    with pytest.raises(StageInputError, match=r"^slices_axial.csv: missing column\(s\) brain_pixels$"):
+        make_folds(split, bad, 2, **FAST)
+    for value in ("12px", -1):
+        bad["axial"] = slices["axial"].astype({"lesion_pixels": object})
+        bad["axial"].loc[4, "lesion_pixels"] = value
+        with pytest.raises(StageInputError, match=r"^slices_axial.csv: missing or negative values in column lesion_pixels$"):
+            make_folds(split, bad, 2, **FAST)
+    dup = slices["axial"].iloc[[3]].assign(brain_pixels=99)  # same subject and slice, other values
+    bad["axial"] = pd.concat([slices["axial"], dup])
+    with pytest.raises(StageInputError, match=r"^slices_axial.csv: duplicate row for subject 102 slice 0$"):
+        make_folds(split, bad, 2, **FAST)
+    split8, slices8 = _tiny([f"s{i}" for i in range(8)])
+    bad = dict(slices8)
+    bad["coronal"] = slices8["coronal"][slices8["coronal"]["subject"].isin(["s6", "s7"])]
+    with pytest.raises(StageInputError, match=r"^slices_coronal.csv: no slices for 6 train subject\(s\): s0, s1, s2, s3, s4$"):
+        make_folds(split8, bad, 2, **FAST)
+
+
+def test_make_folds_numeric_subject_ids_and_integer_tables():
+    """Subject ids read as numbers in one table and as text in the other still match (all compared as text);
+    the slice tables keep integer pixel counts."""
+    split, slices = _tiny()
+    numeric = {p: df.assign(subject=df["subject"].astype(int)) for p, df in slices.items()}
+    for s_split, s_slices in ((split.assign(subject=split["subject"].astype(int)), slices), (split, numeric)):
+        sf, pf, _ = make_folds(s_split, s_slices, 2, **FAST)
+        assert sf["subject"].tolist() == ["101", "102", "103", "104"] and sorted(sf["fold"]) == [1, 1, 2, 2]
+        for plane in PLANES:
+            les = pf[plane][pf[plane]["kind"] == "lesion"]
+            assert sorted(les["subject"]) == ["101", "102", "103", "104"] and (les["slice"] == 1).all()
+            assert pf[plane]["lesion_pixels"].dtype.kind == "i" and pf[plane]["slice"].dtype.kind == "i"
