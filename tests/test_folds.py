@@ -758,3 +758,96 @@ def test_make_folds_numeric_subject_ids_and_integer_tables():
             les = pf[plane][pf[plane]["kind"] == "lesion"]
             assert sorted(les["subject"]) == ["101", "102", "103", "104"] and (les["slice"] == 1).all()
             assert pf[plane]["lesion_pixels"].dtype.kind == "i" and pf[plane]["slice"].dtype.kind == "i"
+
+
+def test_assign_folds_limits_and_defaults():
+    import inspect
+
+    f = np.ones((3, 1, 1))
+    with pytest.raises(ConfigError, match=r"^need 2 <= n_folds <= number of train subjects \(3\), got n_folds=1$"):
+        assign_folds(np.zeros(3, int), f, 1, seed=0)
+    with pytest.raises(ConfigError, match=r"^need 2 <= n_folds <= number of train subjects \(3\), got n_folds=4$"):
+        assign_folds(np.zeros(3, int), f, 4, seed=0)
+    folds3, _ = assign_folds(np.zeros(3, int), f, 3, seed=0, swaps=10)  # as many folds as subjects: one each
+    assert sorted(folds3) == [0, 1, 2]
+    params = inspect.signature(assign_folds).parameters
+    assert params["restarts"].default == folds.DEFAULTS["search_restarts"]
+    assert params["swaps"].default == folds.DEFAULTS["search_swaps"]
+
+
+def test_make_folds_k_limits_and_edge_names():
+    split, slices = _tiny()
+    with pytest.raises(ConfigError, match=r"^need 2 <= n_folds <= number of train subjects \(4\) in s.csv, got 1$"):
+        make_folds(split, slices, 1, sources={"split": "s.csv"}, **FAST)
+    with pytest.raises(ConfigError, match=r"^need 2 <= n_folds <= number of train subjects \(4\) in split.csv, got 5$"):
+        make_folds(split, slices, 5, **FAST)
+    sf, _, _ = make_folds(split, slices, 4, **FAST)  # k = n: one subject per fold
+    assert sorted(sf["fold"]) == [1, 2, 3, 4]
+    with pytest.raises(ConfigError, match=r"^folds.area_bin_edges.coronal must be finite and strictly increasing"):
+        make_folds(split, slices, 2, area_bin_edges={"coronal": [0, 300, 200]}, **FAST)
+
+
+def test_make_folds_hands_the_search_the_documented_features(monkeypatch):
+    """Three subjects; per plane a: slice 1 60 px; b: slice 1 300 px; c: slice 0 1 px and slice 1 60 px. The
+    search (stood in: records its arguments, returns a fixed assignment) gets per subject and plane the lesion
+    slices per area bin (axial/coronal bins (0, 200], (200, 500], ...; sagittal (0, 500], ...), the fine
+    quantile bins (each lesion slice once, ordered by area), the volume bins in volume order, k, seed and the
+    search settings; its score is logged; normal_ratio 10 asks for more normal slices than there are."""
+    names = ["a", "b", "c"]
+    split = pd.DataFrame({"subject": names, "set": "train", "volume_bin": ["(100, 1000]", "(100, 1000]", "(20, 100]"],
+                          "lesion_voxels": [180, 900, 61 * 3]})
+    table = pd.DataFrame({"subject": np.repeat(names, 3), "slice": np.tile([0, 1, 2], 3),
+                          "lesion_pixels": [0, 60, 0, 0, 300, 0, 1, 60, 0], "brain_pixels": 100})
+    seen = {}
+
+    def search(groups, features, k, seed, restarts, swaps, fine):
+        seen.update(groups=groups, features=features, k=k, seed=seed, restarts=restarts, swaps=swaps, fine=fine)
+        return np.array([0, 1, 0]), 0.1234
+
+    monkeypatch.setattr(folds, "assign_folds", search)
+    with _records("raxnet.folds") as warnings:
+        sf, pf, _ = make_folds(split, {p: table for p in PLANES}, 2, seed=9, normal_ratio=10.0, search_restarts=3,
+                               search_swaps=17)
+    assert (seen["k"], seen["seed"], seen["restarts"], seen["swaps"]) == (2, 9, 3, 17)
+    assert seen["groups"].tolist() == [1, 1, 0]  # (20, 100] holds the smaller volumes: group 0
+    feats = seen["features"]
+    assert feats.shape == (3, 3, 6)
+    for p, plane in enumerate(PLANES):
+        want = [[1, 0], [0, 1], [2, 0]] if plane != "sagittal" else [[1, 0], [1, 0], [2, 0]]
+        assert feats[:, p, :2].tolist() == want and (feats[:, p, 2:] == 0).all(), plane
+    fine = seen["fine"]
+    assert fine.shape == (3, 3, folds.FINE_BINS) and fine.sum(axis=2).tolist() == [[1, 1, 1], [1, 1, 1], [2, 2, 2]]
+    for p in range(3):
+        i60 = int(np.flatnonzero(fine[0, p])[0])
+        i300 = int(np.flatnonzero(fine[1, p])[0])
+        i1, i60c = np.flatnonzero(fine[2, p]).tolist()
+        assert i1 < i60 == i60c < i300
+    assert sf["fold"].tolist() == [1, 2, 1]
+    for plane in PLANES:
+        les = pf[plane][pf[plane]["kind"] == "lesion"]
+        assert list(zip(les["subject"], les["slice"])) == [("a", 1), ("c", 0), ("c", 1), ("b", 1)]  # 1 px counts
+        assert pf[plane]["fold"].dtype.kind == "i"
+    assert [r.getMessage() for r in warnings] == [
+        f"{plane} fold {f}: only {have} normal slices available for {want} wanted"
+        for plane in PLANES for f, have, want in ((1, 3, 30), (2, 2, 10))]
+
+
+def test_make_folds_logs_the_search_score(monkeypatch):
+    import logging
+
+    monkeypatch.setattr(folds, "assign_folds", lambda *a: (np.array([0, 1, 0, 1]), 0.1234))
+    split, slices = _tiny()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("raxnet.folds")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        make_folds(split, slices, 2, **FAST)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [r.getMessage() for r in records if r.levelno == logging.INFO] == [
+        "fold search: imbalance score 0.1234 (4 subjects, k=2)"]
