@@ -94,6 +94,8 @@ def test_swap_search_finds_the_perfect_assignment():
     found, s1 = assign_folds(groups, f, 2, seed=4, restarts=1, swaps=300)
     assert s1 == 0.0 and s1 <= s0
     assert np.bincount(found).tolist() == [6, 6]  # swaps keep fold sizes
+    bal = _Balance(f, np.zeros((12, 1, 0)), 2)
+    assert bal.score(bal.counts(found)) == 0.0 and bal.score(bal.counts(dealt)) == pytest.approx(s0)  # true scores
 
 
 def test_search_improves_on_the_volume_deal(data):
@@ -851,3 +853,19 @@ def test_make_folds_logs_the_search_score(monkeypatch):
         logger.setLevel(level)
     assert [r.getMessage() for r in records if r.levelno == logging.INFO] == [
         "fold search: imbalance score 0.1234 (4 subjects, k=2)"]
+
+
+def test_balance_score_with_quantile_bins_by_hand():
+    """One plane, one area bin, two quantile bins; two folds of one subject each (n_terms = 2 x (3 + 1) = 8).
+    A = 2 slices in quantile bin 0, B = 2 in bin 1: whole CDF (0.5, 1); fold A's CDF (1, 1), B's (0, 1): each
+    fold deviates 0.5 once -> 0.5 + 0.1 sqrt(2 x 0.25 / 8) = 0.525.
+    One lesion slice in all (A: 1 in bin 0, B: none): A deviates 0 and its share 0.5; B has hist 1, CDF 1, 1,
+    share 0.5 -> 1 + 0.1 sqrt((0.25 + 3 + 0.25) / 8)."""
+    bal = _Balance(np.array([[[2.0]], [[2.0]]]), np.array([[[2.0, 0.0]], [[0.0, 2.0]]]), 2)
+    assert bal.score(bal.counts(np.array([0, 1]))) == pytest.approx(0.525)
+    one = _Balance(np.array([[[1.0]], [[0.0]]]), np.array([[[1.0, 0.0]], [[0.0, 0.0]]]), 2)
+    assert one.score(one.counts(np.array([0, 1]))) == pytest.approx(1 + 0.1 * np.sqrt(3.5 / 8))
+    # the search returns the score of what it returns; without quantile bins n_terms = 2 x (2 + 1) = 6
+    f = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
+    found, score = assign_folds(np.zeros(2, int), f, 2, seed=0, restarts=1, swaps=0)
+    assert sorted(found) == [0, 1] and score == pytest.approx(0.5 + 0.1 * np.sqrt(1 / 6))
