@@ -10,8 +10,9 @@ refuses a seed recorded in either manifest):
     contrast, gamma, noise, bias and resolution all outside the training ranges (out of domain).
 
 Each scan goes through the ``raxnet predict`` library path (:class:`raxnet.predict.Predictor`:
-``to_model_grid`` -> brain-mask step + normalisation -> plane models -> :func:`raxnet.postprocess.postprocess`
-with the weight set's decisions -> ``back_to_input_grid``) and is scored on its own grid with
+``to_model_grid`` -> brain-mask step + normalisation -> plane models -> probabilities back onto the scan's
+grid (``Predictor.on_scan_grid``) -> :func:`raxnet.postprocess.postprocess` with the weight set's
+decisions) and is scored on its own grid with
 :func:`raxnet.metrics.evaluate`: each plane alone (the weight set's threshold and clean-up) and the fused
 mask. Printed and written under ``--out`` (default ``work/bench/quality/``):
 
@@ -43,8 +44,7 @@ from raxnet.components import label
 from raxnet.evaluation import format_table, summarise
 from raxnet.metrics import evaluate
 from raxnet.planes import PLANES
-from raxnet.postprocess import postprocess
-from raxnet.predict import Predictor, back_to_input_grid, to_model_grid
+from raxnet.predict import Predictor, to_model_grid
 
 N_SITES = 40  # only names the subjects; 40 sites leave room for thousands of them
 VOLUME_BINS_ML = ((0.0, 1.0, "<1 mL"), (1.0, 10.0, "1-10 mL"), (10.0, np.inf, ">10 mL"))
@@ -94,16 +94,11 @@ def predict_masks(predictor: Predictor, t1: np.ndarray, affine: np.ndarray, name
     img = nib.Nifti1Image(t1, affine)
     on_grid, resampled = to_model_grid(t1, img, predictor.manifest, Path(name))
     probs = predictor.probabilities(on_grid, source=name)
-    s = predictor.settings
-    masks = {}
-    for method in (*PLANES, FUSED):
-        mask = postprocess(probs, fusion=s["fusion"] if method == FUSED else method, threshold=float(s["threshold"]),
-                           min_lesion_mm3=float(s["min_lesion_mm3"]), spacing=predictor.manifest["spacing_mm"],
-                           connectivity=int(s["connectivity"]), weights=s["weights"] or None)
-        if resampled:
-            mask = (back_to_input_grid(mask, predictor.manifest, img, "nearest") > 0.5).astype(np.uint8)
-        masks[method] = mask
-    return masks
+    spacing = None
+    if resampled:  # probabilities back to the scan's grid, thresholded there (Predictor.on_scan_grid)
+        probs, spacing = predictor.on_scan_grid(probs, img)
+    return {method: predictor.mask(probs, spacing=spacing, fusion=None if method == FUSED else method)
+            for method in (*PLANES, FUSED)}
 
 
 def lesion_rows(pred: np.ndarray, truth: np.ndarray, voxel_ml: float, connectivity: int) -> list[dict[str, Any]]:

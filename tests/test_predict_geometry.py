@@ -1,5 +1,6 @@
 """raxnet.predict's geometry on tiny synthetic grids, without networks: the field-of-view and oblique checks,
-resampling to the weights' grid and back (nearest for the mask), and the lesion volume in the input's mm³.
+resampling to the weights' grid and back (the probabilities linearly, thresholded on the scan's grid), and the
+lesion volume in the input's mm³.
 
 ``predict_file`` runs with a stand-in predictor whose probabilities are a known block on a 2 mm grid, so the
 mask on the input grid and every volume can be computed by hand.
@@ -15,14 +16,14 @@ import pandas as pd
 import pytest
 
 from raxnet.errors import InputError
-from raxnet.predict import _fov_coverage, _is_oblique, back_to_input_grid, predict_file, to_model_grid
+from raxnet.predict import Predictor, _fov_coverage, _is_oblique, back_to_input_grid, predict_file, to_model_grid
 
 GRID_SHAPE = (10, 12, 8)
 GRID_AFFINE = np.array([[2.0, 0, 0, -10.0], [0, 2.0, 0, -12.0], [0, 0, 2.0, -8.0], [0, 0, 0, 1]])
 #: The 2 mm voxels of the block the stand-in predictor calls lesion (probability 0.9, elsewhere 0.1).
 BLOCK = (slice(3, 6), slice(4, 7), slice(2, 5))
 #: The input scan: 1 x 1 x 1.5 mm voxels over the same field of view, offset so that no input voxel centre
-#: lies half way between two grid voxel centres (nearest neighbour has no ties): index on the 2 mm grid =
+#: lies half way between two grid voxel centres (no ties at the threshold): index on the 2 mm grid =
 #: 0.15 + k / 2 (axes 0, 1), 0.15 + 0.75 k (axis 2).
 INPUT_SHAPE = (19, 23, 10)
 INPUT_AFFINE = np.array([[1.0, 0, 0, -9.7], [0, 1.0, 0, -11.7], [0, 0, 1.5, -7.7], [0, 0, 0, 1]])
@@ -41,6 +42,7 @@ class StandInPredictor:
                          "tta": False, "brain_mask_mm": None, "weights": None}
         self.seen: list[np.ndarray] = []
         self.sources: list[str] = []
+        self.spacings: list = []
 
     @property
     def models(self) -> dict:
@@ -56,8 +58,30 @@ class StandInPredictor:
         p[BLOCK] = 0.9
         return {"axial": p, "sagittal": p.copy(), "coronal": p.copy()}
 
-    def mask(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+    on_scan_grid = Predictor.on_scan_grid  # the real resampling back (uses only .manifest)
+
+    def mask(self, probs: dict[str, np.ndarray], spacing=None, fusion=None) -> np.ndarray:
+        self.spacings.append(spacing)
         return (np.mean([probs[k] for k in probs], axis=0) >= 0.5).astype(np.uint8)
+
+
+def block_weight_on_input() -> np.ndarray:
+    """The block's indicator interpolated (trilinearly) at each input voxel, by hand: the indicator is a
+    product over the axes, so its trilinear interpolation is the product of 1D linear ones, each
+    ``clip(1 - distance to the block's voxel range, 0, 1)`` in 2 mm grid units."""
+    ijk = np.indices(INPUT_SHAPE).reshape(3, -1).T
+    mm = ijk * np.diag(INPUT_AFFINE)[:3] + INPUT_AFFINE[:3, 3]
+    g = (mm - GRID_AFFINE[:3, 3]) / 2.0
+    w = np.ones(len(g))
+    for a, s in enumerate(BLOCK):
+        dist = np.maximum.reduce([s.start - g[:, a], np.zeros(len(g)), g[:, a] - (s.stop - 1)])
+        w *= np.clip(1.0 - dist, 0.0, 1.0)
+    return w.reshape(INPUT_SHAPE)
+
+
+def linear_block_on_input() -> np.ndarray:
+    """The mask predict must write: probability 0.1 + 0.8 x the interpolated block, >= 0.5."""
+    return (0.1 + 0.8 * block_weight_on_input() >= 0.5).astype(np.uint8)
 
 
 def nearest_block_on_input() -> np.ndarray:
@@ -86,12 +110,19 @@ def test_hand_nearest_block_is_what_the_test_expects():
     assert m.sum(axis=(0, 2)).astype(bool).sum() == 6
     assert m.sum(axis=(0, 1)).astype(bool).sum() == 4
     assert m.sum() == 6 * 6 * 4
+    # thresholding the interpolated probabilities keeps the same 6 x 6 x 4 box but not its corners: the edge
+    # voxels weigh 0.65 (grid index 2.65 on axis 0, 3.65 on axis 1), so voxel (5, 7, 4), on both edges and in
+    # the core along axis 2 (index 3.15), is 0.65² = 0.42 of the block: 0.1 + 0.8 x 0.42 = 0.44 < 0.5
+    lin = linear_block_on_input()
+    assert lin.sum() < m.sum() and not (lin & ~m.astype(bool)).any()
+    w = block_weight_on_input()
+    assert w[5, 7, 4] == pytest.approx(0.65 * 0.65) and lin[5, 7, 4] == 0 and m[5, 7, 4] == 1
 
 
-def test_predict_file_mask_back_by_nearest_and_volume_in_input_mm3(tmp_path):
-    """A 1 x 1 x 1.5 mm scan: predicted on the 2 mm grid, the mask comes back by nearest neighbour (144
-    voxels, exactly the hand-computed ones) and the lesion volume is 144 x 1.5 mm³ = 216 mm³ (the input's
-    voxel volume, not the 2 mm grid's 8 mm³)."""
+def test_predict_file_thresholds_probabilities_on_the_input_grid_and_volume_in_input_mm3(tmp_path):
+    """A 1 x 1 x 1.5 mm scan: predicted on the 2 mm grid, the probabilities come back linearly and are
+    thresholded there (the hand-computed mask, not the blockier nearest-neighbour one), cleaned with the scan's
+    spacing, and the lesion volume is counted in the input's voxels x 1.5 mm³ (not the 2 mm grid's 8 mm³)."""
     path = tmp_path / "scan_T1w.nii.gz"
     write_scan(path)
     predictor = StandInPredictor()
@@ -100,20 +131,25 @@ def test_predict_file_mask_back_by_nearest_and_volume_in_input_mm3(tmp_path):
     # the network input was the scan resampled (linearly) onto the 2 mm grid
     assert predictor.seen[0].shape == GRID_SHAPE and row["resampled"] is True
     assert predictor.sources == [str(path)]  # errors in the brain-mask step name the scan
-    expected = nearest_block_on_input()
+    assert predictor.spacings == [pytest.approx((1.0, 1.0, 1.5))]  # min lesion size in the scan's mm³
+    expected = linear_block_on_input()
+    n = int(expected.sum())
+    assert n < 144  # the nearest-neighbour box would be 6 x 6 x 4
     mask_img = nib.load(str(tmp_path / "out" / "scan_desc-lesion_mask.nii.gz"))
     np.testing.assert_allclose(mask_img.affine, INPUT_AFFINE)
     assert mask_img.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(mask_img.dataobj), expected)
-    assert row["lesion_voxels"] == 144 and row["lesion_volume_mm3"] == pytest.approx(216.0)
+    assert row["lesion_voxels"] == n and row["lesion_volume_mm3"] == pytest.approx(1.5 * n)
     assert row["n_lesions"] == 1 and row["mask"] == str(tmp_path / "out" / "scan_desc-lesion_mask.nii.gz")
     summary = pd.read_csv(tmp_path / "out" / "scan_summary.csv")
-    assert summary.loc[0, "lesion_volume_mm3"] == pytest.approx(216.0) and summary.loc[0, "lesion_voxels"] == 144
+    assert summary.loc[0, "lesion_volume_mm3"] == pytest.approx(1.5 * n) and summary.loc[0, "lesion_voxels"] == n
     assert summary.loc[0, "fusion"] == "mean" and summary.loc[0, "threshold"] == 0.5
     lesions = pd.read_csv(tmp_path / "out" / "scan_lesions.csv")
-    assert lesions["voxels"].tolist() == [144] and lesions["volume_mm3"].tolist() == pytest.approx([216.0])
-    # plane probabilities read (interpolated) on the 2 mm grid at the 1 mm voxels: 0.9 in the block's core,
-    # less at its edge; the three planes are identical, so they detect it together
+    assert lesions["voxels"].tolist() == [n] and lesions["volume_mm3"].tolist() == pytest.approx([1.5 * n])
+    # each lesion's mean probability: the interpolated map over its voxels, by hand
+    w = block_weight_on_input()
+    assert lesions.loc[0, "mean_probability"] == pytest.approx(float((0.1 + 0.8 * w)[expected > 0].mean()), abs=1e-4)
+    # between the threshold and the core's 0.9; the three planes are identical, so they detect it together
     assert 0.5 < lesions.loc[0, "mean_probability"] < 0.9 and lesions.loc[0, "planes_detecting"] == 3
     # probability map back on the input grid (linear): 0.9 deep inside the block, 0.1 far away, float32
     prob = nib.load(str(tmp_path / "out" / "scan_desc-lesion_probability.nii.gz"))
@@ -246,9 +282,10 @@ def test_is_oblique():
 
 def test_predict_file_register_path_wiring(tmp_path, monkeypatch):
     """``register``: predict_file hands the scan, the weights' grid and a segmenting callback to
-    raxnet.registration (stood in for here: an identity "registration" that records its calls), maps every
-    volume back through the registration's to_native (nearest for the mask, linear for probabilities), and takes
-    the lesion table and extra summary columns from raxnet.registration."""
+    raxnet.registration (stood in for here: an identity "registration" that records its calls), maps the three
+    plane probabilities back through the registration's to_native (linearly; the mask is made from them on the
+    scan's grid, and the probability and uncertainty maps from them too), and takes the lesion table and extra
+    summary columns from raxnet.registration."""
     from raxnet import registration
 
     calls: dict[str, list] = {"to_native": []}
@@ -292,9 +329,9 @@ def test_predict_file_register_path_wiring(tmp_path, monkeypatch):
     assert calls["check"] == (GRID_SHAPE, GRID_SHAPE, path)
     assert calls["register"] == (GRID_SHAPE, path, GRID_SHAPE, "syn")
     assert predictor.seen[0].shape == GRID_SHAPE and predictor.sources == [str(path)]
-    # the mask back by nearest (then > 0.5: the stand-in's 0.9 keeps it), the rest linearly
-    interps = [i for i, _ in calls["to_native"]]
-    assert interps[0] == "nearest" and interps.count("nearest") == 1 and interps.count("linear") == 1 + 1 + 3
+    # the three plane probabilities back linearly, once each; nothing else goes through the transform
+    assert [i for i, _ in calls["to_native"]] == ["linear"] * 3
+    assert predictor.spacings == [None, pytest.approx((2.0, 2.0, 2.0))]  # MNI grid (registration), then the scan's
     assert calls["lesion_table"] == (27, 6) and calls["write_outputs"] == ("native", False, 1)
     assert row["resampled"] is True and row["native_note"] == "ok" and row["lesion_voxels"] == 27
     assert row["lesion_volume_mm3"] == pytest.approx(27 * 8.0)
@@ -355,7 +392,7 @@ def test_predict_file_qc_overlays_summary_fields_and_log(tmp_path, monkeypatch):
     # no lesion at all: the lesion table keeps its confidence columns, the agreement is undefined
     empty = StandInPredictor()
     empty.settings["threshold"] = 0.95
-    empty.mask = lambda probs: np.zeros(GRID_SHAPE, np.uint8)
+    empty.mask = lambda probs, **kw: np.zeros(GRID_SHAPE, np.uint8)
     row = predict_file(empty, path, tmp_path / "none", {"save_probabilities": False, "qc": False})
     assert row["lesion_voxels"] == 0 and np.isnan(row["lowest_plane_agreement"]) and row["n_lesions"] == 0
     lesions = pd.read_csv(tmp_path / "none" / "grid_lesions.csv")
@@ -370,7 +407,7 @@ def test_predict_file_lesions_with_the_weight_sets_connectivity(tmp_path):
     predictor.settings["connectivity"] = 6
     pair = np.zeros(GRID_SHAPE, np.uint8)
     pair[2, 2, 2] = pair[3, 3, 3] = 1
-    predictor.mask = lambda probs: pair
+    predictor.mask = lambda probs, **kw: pair
     row = predict_file(predictor, path, tmp_path / "out", {"save_probabilities": False, "qc": False})
     assert row["n_lesions"] == 2 and row["connectivity"] == 6
     lesions = pd.read_csv(tmp_path / "out" / "grid_lesions.csv")
@@ -443,7 +480,7 @@ def test_predict_file_register_path_confidence_uses_the_weight_sets_connectivity
     write_scan(path, GRID_SHAPE, GRID_AFFINE)
     predictor = StandInPredictor()
     predictor.settings["connectivity"] = 6
-    predictor.mask = lambda probs: pair
+    predictor.mask = lambda probs, **kw: pair
     row = predict_file(predictor, path, tmp_path / "out", {"register": True, "registration": "syn",
                                                              "save_probabilities": False, "qc": False})
     lesions = pd.read_csv(tmp_path / "out" / "native_lesions.csv")
