@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     # Post-processing chosen on out-of-fold predictions of the train subjects, never on the hold-out
     # (raxnet.postprocess_selection); applied to the hold-out as method "selected" and exported to weights.json.
     "select": True,
-    "select_metric": "dice",  # dice | lesion_f1 (mean over the out-of-fold subjects)
+    "select_metric": "dice_lesion_f1",  # dice | lesion_f1 | dice_lesion_f1 (their mean; over the out-of-fold subjects)
     "select_methods": ["mean", "vote", "weighted"],  # fusion methods tried
     "select_thresholds": [0.3, 0.4, 0.5, 0.6, 0.7],  # lesion where probability >= threshold
     "select_min_lesion_mm3": [0, 20, 50, 100, 200, 500],  # smaller lesions removed (0 = keep all)

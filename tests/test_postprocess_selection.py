@@ -50,6 +50,9 @@ def test_picks_the_known_best_setting():
         assert (chosen["fusion"], chosen["threshold"], chosen["min_lesion_mm3"]) == ("vote", 0.4, 2.0)
         assert chosen["score"] == 1.0 and chosen["n_subjects"] == 2
     assert S.choose(cand.reset_index())["score_without_removal"] == pytest.approx(16 / 17)
+    # the combined metric: the mean of the two per subject, (16/17 + 2/3) / 2 for vote@0.4 with the speck
+    assert cand.loc[("vote", 0.4, 0.0), "dice_lesion_f1_mean"] == pytest.approx((16 / 17 + 2 / 3) / 2)
+    assert cand.loc[("vote", 0.4, 2.0), "dice_lesion_f1_mean"] == 1.0
 
 
 def test_lesion_removal_is_kept_only_if_it_helps():
@@ -82,6 +85,25 @@ def test_lesion_removal_needs_more_than_min_gain():
     assert chosen["min_lesion_mm3"] == 0.0 and chosen["score"] == pytest.approx(0.600) and chosen["min_gain"] == 0.005
     with pytest.raises(ConfigError, match="select_min_gain"):
         S.check_grid(["mean"], [0.5], [0], "dice", min_gain=-0.1)
+
+
+def test_removal_is_judged_over_the_whole_grid_and_on_the_combined_metric():
+    """Hand-made means shaped like the shipped weights' out-of-fold grid: without removal a lesion-counting
+    metric prefers the high threshold (fewer specks); with removal the low threshold wins on both counts."""
+    cand = pd.DataFrame({"method": ["mean"] * 4, "threshold": [0.4, 0.7, 0.4, 0.7],
+                         "min_lesion_mm3": [0.0, 0.0, 200.0, 200.0], "n_subjects": [72] * 4,
+                         "dice_mean": [0.420, 0.360, 0.419, 0.355], "lesion_f1_mean": [0.32, 0.40, 0.49, 0.43]})
+    cand["dice_lesion_f1_mean"] = (cand["dice_mean"] + cand["lesion_f1_mean"]) / 2  # 0.37, 0.38, 0.4545, 0.3925
+    pick = {m: S.choose(cand, metric=m, min_gain=0.005) for m in ("dice", "lesion_f1", "dice_lesion_f1")}
+    assert (pick["dice"]["threshold"], pick["dice"]["min_lesion_mm3"]) == (0.4, 0.0)  # removal costs 0.001 Dice
+    for m in ("lesion_f1", "dice_lesion_f1"):  # not 0.7 + removal (0.43 / 0.3925): removal at 0.4 beats both
+        assert (pick[m]["threshold"], pick[m]["min_lesion_mm3"]) == (0.4, 200.0)
+    assert pick["dice_lesion_f1"]["score"] == pytest.approx(0.4545)
+    assert pick["dice_lesion_f1"]["score_without_removal"] == pytest.approx(0.38)  # 0.7, no removal
+    assert pick["lesion_f1"]["score_without_removal"] == pytest.approx(0.40)
+    # a removal gain at or under min_gain is not enough, wherever in the grid it is
+    assert S.choose(cand, metric="dice_lesion_f1", min_gain=0.08)["min_lesion_mm3"] == 0.0
+    S.check_grid(["mean"], [0.5], [0], "dice_lesion_f1")
 
 
 def test_ties_go_to_the_listed_method_then_the_default_threshold():
