@@ -107,6 +107,8 @@ def test_search_improves_on_the_volume_deal(data):
     _, before = assign_folds(groups, feats, 5, seed=2, restarts=1, swaps=0)
     after_folds, after = assign_folds(groups, feats, 5, seed=2, restarts=1, swaps=1500)
     assert after < before
+    bal = _Balance(feats, np.zeros(feats.shape[:2] + (0,)), 5)
+    assert bal.score(bal.counts(after_folds)) == pytest.approx(after)  # the kept swaps' score is the true one
     # Same-bin swaps keep the volume stratification of the deal: per bin, fold counts differ by <= 1.
     for g in np.unique(groups):
         c = np.bincount(after_folds[groups == g], minlength=5)
@@ -869,3 +871,44 @@ def test_balance_score_with_quantile_bins_by_hand():
     f = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
     found, score = assign_folds(np.zeros(2, int), f, 2, seed=0, restarts=1, swaps=0)
     assert sorted(found) == [0, 1] and score == pytest.approx(0.5 + 0.1 * np.sqrt(1 / 6))
+
+
+def test_more_restarts_can_only_help():
+    """restarts = 1 is the first of the restarts of restarts = 2 (seeded children): never better, and over
+    ten seeds sometimes worse."""
+    rng = np.random.default_rng(1)
+    feats = rng.integers(0, 4, size=(10, 1, 3)).astype(float)
+    one = [assign_folds(np.zeros(10, int), feats, 2, seed=s, restarts=1, swaps=0)[1] for s in range(10)]
+    two = [assign_folds(np.zeros(10, int), feats, 2, seed=s, restarts=2, swaps=0)[1] for s in range(10)]
+    assert all(a >= b for a, b in zip(one, two)) and any(a > b for a, b in zip(one, two))
+
+
+def test_make_folds_default_k_seed_and_margin(data):
+    _, slices, split = data
+    sf, _, _ = make_folds(split, slices, **FAST)
+    assert sorted(sf["fold"].unique()) == [1, 2, 3, 4, 5]  # k = 5
+    sf42, _, _ = make_folds(split, slices, 5, 42, **FAST)
+    sf43, _, _ = make_folds(split, slices, 5, 43, **FAST)
+    assert sf["fold"].equals(sf42["fold"]) and not sf["fold"].equals(sf43["fold"])  # seed 42
+    # near_lesion: lesion at slice 1; slice 11 is 10 slices away (allowed by default), slice 12 is 11 away
+    names = ["a", "b"]
+    table = pd.DataFrame({"subject": np.repeat(names, 13), "slice": np.tile(np.arange(13), 2),
+                          "lesion_pixels": [0, 60] + [0] * 11 + [0, 60] + [0] * 11, "brain_pixels": 100})
+    split2 = pd.DataFrame({"subject": names, "set": "train", "volume_bin": "(0, 5000]", "lesion_voxels": 180})
+    _, pf, _ = make_folds(split2, {p: table for p in PLANES}, 2, normal_ratio=20.0, normal_source="near_lesion", **FAST)
+    normal = pf["axial"][pf["axial"]["kind"] == "normal"]
+    assert sorted(set(normal["slice"])) == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+def test_quantile_bins_one_per_area_when_20_areas(monkeypatch):
+    """20 lesion slices of 20 different areas (1..20 px) in a plane: the 19 quantile edges fall between
+    consecutive areas, so each of the 20 quantile bins holds exactly one slice."""
+    names = ["a", "b", "c", "d"]
+    table = pd.DataFrame({"subject": np.repeat(names, 6), "slice": np.tile(np.arange(6), 4),
+                          "lesion_pixels": np.concatenate([np.r_[np.arange(1, 6) + 5 * i, 0] for i in range(4)]),
+                          "brain_pixels": 100})
+    split = pd.DataFrame({"subject": names, "set": "train", "volume_bin": "(0, 5000]", "lesion_voxels": 1})
+    seen = {}
+    monkeypatch.setattr(folds, "assign_folds", lambda *a: (seen.setdefault("fine", a[6]), (np.array([0, 1, 0, 1]), 0.0))[1])
+    make_folds(split, {p: table for p in PLANES}, 2, **FAST)
+    assert (seen["fine"].sum(axis=0) == 1).all() and seen["fine"].shape == (4, 3, 20)
