@@ -684,3 +684,31 @@ def test_split_csv_is_checked_when_present(work, tmp_path):
         build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
     assert str(e.value).startswith(f"{w / '04_cross_validation' / 'subject_folds.csv'}: 1 train subjects of {split} "
                                    "missing: sub-99; re-run stage 04")
+
+
+def test_summary_of_a_fold_whose_subjects_have_no_stacks(work, tmp_path):
+    """Stage 03 lost every subject of fold 3 (sub-02, 05, 08, 11): run_one for fold 3 still reports, with no
+    validation subject and the four listed as without stacks."""
+    from raxnet.batches import run_one
+
+    w = _copy_work(work, tmp_path)
+    index = pd.read_csv(w / "03_moving_converting" / "index.csv")
+    lost = [_subject_name(i) for i in range(N_SUBJECTS) if 1 + i % N_FOLDS == 3]
+    index[~index.subject.isin(lost)].to_csv(w / "03_moving_converting" / "index.csv", index=False)
+    res = run_one(_cfg(), _run_cfg(w), "axial", 3, depth=2)
+    summary = json.loads((Path(res["dir"]) / "summary.json").read_text())
+    assert lost == ["sub-02", "sub-05", "sub-08", "sub-11"] and summary["subjects_without_stacks"] == lost
+    assert summary["subjects"] == {"train": 6, "inner_val": 2, "val": 0}
+
+
+def test_summary_with_a_bin_never_drawn(work, tmp_path):
+    """Fold 1's training lesion slices per bin: 4 / 7 / 4. One lesion slice per batch and one step: the single
+    draw goes to the bin with the largest remainder of 1 x (4, 7, 4) / 15, the middle one; the others get none."""
+    from raxnet.batches import run_one
+
+    w = _copy_work(work, tmp_path)
+    res = run_one(_cfg(lesion_fraction=0.125, steps_per_epoch=1), _run_cfg(w), "axial", 1, depth=2)
+    bins = json.loads((Path(res["dir"]) / "summary.json").read_text())["bins"]
+    assert [bins[b]["train_slices"] for b in BINS] == [4, 7, 4]
+    assert [(bins[b]["drawn"], bins[b]["drawn_fraction"]) for b in BINS] == [(0, 0.0), (1, 1.0), (0, 0.0)]
+    assert [(bins[b]["min_per_batch"], bins[b]["max_per_batch"]) for b in BINS] == [(0, 0), (1, 1), (0, 0)]
