@@ -712,3 +712,111 @@ def test_summary_with_a_bin_never_drawn(work, tmp_path):
     assert [bins[b]["train_slices"] for b in BINS] == [4, 7, 4]
     assert [(bins[b]["drawn"], bins[b]["drawn_fraction"]) for b in BINS] == [(0, 0.0), (1, 1.0), (0, 0.0)]
     assert [(bins[b]["min_per_batch"], bins[b]["max_per_batch"]) for b in BINS] == [(0, 0), (1, 1), (0, 0)]
+
+
+def _drop_stacks(work: Path, tmp_path: Path, lost: list[str], errors: list[str] | None) -> Path:
+    """A copy of the work folder whose index.csv lacks ``lost``; errors.csv lists ``errors`` (None: no file,
+    []: an empty file)."""
+    w = _copy_work(work, tmp_path)
+    index = pd.read_csv(w / "03_moving_converting" / "index.csv")
+    index[~index.subject.isin(lost)].to_csv(w / "03_moving_converting" / "index.csv", index=False)
+    if errors is not None:
+        path = w / "03_moving_converting" / "errors.csv"
+        path.write_text("" if not errors else pd.DataFrame({"subject": errors, "error": "x"}).to_csv(index=False))
+    return w
+
+
+def test_stage_03_errors_explain_missing_stacks(work, tmp_path):
+    """A subject without stacks is left out (with a warning) when stage 03's errors.csv lists it; when errors.csv
+    exists and does not list it (or is empty) the index is refused, naming the three files."""
+    w = _drop_stacks(work, tmp_path / "listed", ["sub-04"], ["sub-04"])
+    with _records(level=30) as recs:
+        sets = build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert "sub-04" not in set(sets.subjects.subject) and len(sets.subjects) == N_SUBJECTS - 1
+    assert [r.getMessage() for r in recs] == [
+        "1 subject(s) of subject_folds.csv have no axial stacks (stage 03 errors?), left out: sub-04"]
+    for name, errors in (("other", ["sub-07"]), ("empty", [])):
+        w = _drop_stacks(work, tmp_path / name, ["sub-04", "sub-09"], errors)
+        stage03, stage04 = w / "03_moving_converting", w / "04_cross_validation"
+        with pytest.raises(StageInputError) as e:
+            build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+        assert str(e.value) == (f"{stage03 / 'index.csv'}: no axial stacks for 2 subject(s) of {stage04 / 'subject_folds.csv'} "
+                                f"that {stage03 / 'errors.csv'} does not list: sub-04, sub-09; "
+                                "re-run stage 03 (03_moving_converting/convert_to_2d.py)")
+
+
+def test_many_subjects_without_stacks_warning_is_cut_at_ten(work, tmp_path):
+    lost = [_subject_name(i) for i in range(N_SUBJECTS) if i not in (0, 1)]  # 10 lost, fold 1 keeps sub-00
+    w = _drop_stacks(work, tmp_path, lost[:10], None)
+    with _records(level=30) as recs:
+        with pytest.raises(StageInputError, match=r"^fold 1: need >= 2 training subjects with stacks, have 1$"):
+            build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert [r.getMessage() for r in recs] == [
+        "10 subject(s) of subject_folds.csv have no axial stacks (stage 03 errors?), left out: " + ", ".join(lost[:10])]
+    w = _drop_stacks(work, tmp_path / "eleven", [_subject_name(i) for i in range(1, 12)], None)
+    with _records(level=30) as recs:
+        with pytest.raises(StageInputError, match=r"^fold 2: need >= 2 training subjects with stacks, have 1$"):
+            build_training_sets(_cfg(), _run_cfg(w), "axial", 2, 2)
+    assert recs[0].getMessage().endswith(", ".join(_subject_name(i) for i in range(1, 11)) + " ...")
+
+
+def test_plan_refusals_by_hand(work, tmp_path):
+    with pytest.raises(ConfigError, match=r"^fold 9 not in subject_folds.csv \(folds \[1, 2, 3\]\)$"):
+        build_training_sets(_cfg(), _run_cfg(work), "axial", 9, 2)
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ConfigError, match=r"^arrays.inner_val_fraction must be in \(0, 1\)$"):
+            build_training_sets(_cfg(inner_val_fraction=fraction), _run_cfg(work), "axial", 1, 2)
+    w = _copy_work(work, tmp_path / "shape")
+    index = pd.read_csv(w / "03_moving_converting" / "index.csv")
+    index.loc[index.subject == "sub-03", "height"] = 14
+    index.to_csv(w / "03_moving_converting" / "index.csv", index=False)
+    with pytest.raises(StageInputError, match=r"^axial stacks have different slice shapes: \[\[13, 11\], \[14, 11\]\]$"):
+        build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    w = _copy_work(work, tmp_path / "outside")
+    table = pd.read_csv(w / "04_cross_validation" / "axial_folds.csv", dtype={"area_bin": str})
+    table.loc[(table.subject == "sub-03") & (table.slice == 8), "slice"] = 10  # a normal slice past the 10
+    table.to_csv(w / "04_cross_validation" / "axial_folds.csv", index=False)
+    with pytest.raises(StageInputError, match=r"^axial_folds.csv: slice 10 of sub-03 outside its stack$"):
+        build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+
+
+def test_lesion_slices_without_area_bin_are_unbinned(work, folds, tmp_path):
+    """A lesion slice with an empty area_bin gets the bin 'unbinned', sorted after the numbered bins; normal
+    slices have no bin."""
+    w = _copy_work(work, tmp_path)
+    table = folds.copy()
+    row = table.index[(table.subject == "sub-00") & (table.kind == "lesion")][0]
+    table.loc[row, "area_bin"] = np.nan
+    table.to_csv(w / "04_cross_validation" / "axial_folds.csv", index=False)
+    sets = build_training_sets(_cfg(), _run_cfg(w), "axial", 2, 2)
+    assert sets.subjects.set_index("subject").loc["sub-00", "role"] == "train"
+    assert sets.train.bin_labels == BINS + ["unbinned"]
+    assert np.bincount(sets.train.lesion_bins).tolist()[-1] == 1
+
+
+def test_index_without_set_column_and_fold_mismatch_names_subject_folds(work, tmp_path):
+    w = _copy_work(work, tmp_path / "noset")
+    index = pd.read_csv(w / "03_moving_converting" / "index.csv")
+    index.drop(columns="set").to_csv(w / "03_moving_converting" / "index.csv", index=False)  # not needed here
+    assert len(build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2).subjects) == N_SUBJECTS
+    w = _copy_work(work, tmp_path / "moved")
+    path = w / "04_cross_validation" / "axial_folds.csv"
+    table = pd.read_csv(path, dtype={"area_bin": str})
+    table.loc[table.subject == "sub-00", "fold"] = 2  # sub-00 is in fold 1 in subject_folds.csv
+    table.to_csv(path, index=False)
+    with pytest.raises(StageInputError) as e:
+        build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert str(e.value).startswith(f"{path}: subject sub-00 is in fold 2 here but in fold 1 in "
+                                   f"{w / '04_cross_validation' / 'subject_folds.csv'}")
+
+
+def test_inner_val_one_per_volume_group(work):
+    """Fold 1 held out: 8 training subjects; inner_val_fraction 0.5 -> 4 groups of 2 in lesion-volume order
+    (volume = the sum of the subject's lesion pixels), one inner-validation subject drawn from each."""
+    vol = {_subject_name(i): sum(_lesion_slices(i).values()) for i in range(N_SUBJECTS)}
+    for seed in (7, 8, 9):
+        sets = build_training_sets(_cfg(inner_val_fraction=0.5), _run_cfg(work, seed), "axial", 1, 2)
+        sub = sets.subjects[sets.subjects.role != "val"]
+        ordered = sorted(sub.subject, key=lambda s: (vol[s], s))
+        inner = set(sub[sub.role == "inner_val"].subject)
+        assert [len(inner & set(ordered[g:g + 2])) for g in range(0, 8, 2)] == [1, 1, 1, 1], seed
