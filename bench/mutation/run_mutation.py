@@ -193,8 +193,10 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
             counts["other"] += 1
             survivors.append(name)
     cached = {}
-    if args.report_only and (out / f"{module}.json").exists():  # diffs of the earlier report, same sandbox
-        cached = {n: d for n, _, d, _ in json.loads((out / f"{module}.json").read_text())["_survivors"]}
+    if args.report_only or args.rerun_survivors:  # diffs of earlier reports of this sandbox (same mutant names)
+        for earlier in [out / f"{module}.json", *sorted(ROOT.glob(f"bench/results/mutation_*/{args.label}/{module}.json"))]:
+            if earlier.exists():
+                cached.update({n: d for n, _, d, _ in json.loads(earlier.read_text())["_survivors"]})
     diffs = {n: cached[n] if n in cached else mutmut(sandbox, "show", n).stdout for n in survivors}
     n_equiv = sum(1 for n in survivors if n in equivalent and status[n] == "survived")
     denominator = len(status) - n_equiv
