@@ -820,3 +820,17 @@ def test_inner_val_one_per_volume_group(work):
         ordered = sorted(sub.subject, key=lambda s: (vol[s], s))
         inner = set(sub[sub.role == "inner_val"].subject)
         assert [len(inner & set(ordered[g:g + 2])) for g in range(0, 8, 2)] == [1, 1, 1, 1], seed
+
+
+def test_two_training_subjects_are_enough_and_sets_csv_folds_are_integers(work, tmp_path):
+    """Only sub-00 (fold 1), sub-01 (fold 2) and sub-02 (fold 3) keep their stacks: fold 1 has two training
+    subjects, the minimum (one of them inner validation). sets.csv lists folds as integers."""
+    from raxnet.batches import run_one
+
+    w = _drop_stacks(work, tmp_path, [_subject_name(i) for i in range(3, N_SUBJECTS)], None)
+    sets = build_training_sets(_cfg(), _run_cfg(w), "axial", 1, 2)
+    assert sets.subjects.values.tolist() == [["sub-00", "val", 1], ["sub-01", sets.subjects.role[1], 2],
+                                             ["sub-02", sets.subjects.role[2], 3]]
+    assert sorted(sets.subjects.role[1:]) == ["inner_val", "train"]
+    res = run_one(_cfg(), _run_cfg(w), "axial", 1, depth=2)
+    assert (Path(res["dir"]) / "sets.csv").read_text().splitlines()[1] == "sub-00,val,1"
