@@ -215,7 +215,7 @@ def run_module(module: str, args, out: Path, equivalent: dict[str, str]) -> dict
 
 def rerun_survivors(sandbox: Path, module: str, args) -> None:
     """Copy the module's test files from the working tree into an earlier run's sandbox and run only its
-    surviving mutants again (mutmut re-copies ``tests/`` into ``mutants/`` and re-collects its test statistics).
+    surviving mutants not judged equivalent again (mutmut re-copies ``tests/`` into ``mutants/`` and re-collects its test statistics).
 
     For tests that were only added to since that run: a mutant killed then is killed by the larger set too.
     """
@@ -224,8 +224,10 @@ def rerun_survivors(sandbox: Path, module: str, args) -> None:
     tests = json.loads((sandbox / "run.json").read_text())["tests"]
     for t in SUPPORT + [Path(t).name for t in tests]:
         shutil.copy2(ROOT / "tests" / t, sandbox / "tests" / t)
+    equivalent = load_equivalent()  # judged equivalent: no test can kill them, not worth re-running
     names = [m.group(1) for line in mutmut(sandbox, "results", "--all", "true").stdout.splitlines()
-             if (m := re.match(r"\s+(\S+__mutmut_\d+): survived$", line)) and _selected(module, m.group(1), args.mutants)]
+             if (m := re.match(r"\s+(\S+__mutmut_\d+): survived$", line)) and _selected(module, m.group(1), args.mutants)
+             and m.group(1) not in equivalent]
     start = time.monotonic()
     if names:
         with open(sandbox.parent / f"log_{module}_rerun.txt", "w") as log:
