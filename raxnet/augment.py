@@ -13,12 +13,16 @@ geometry (image and mask together: linear interpolation for the image, nearest n
     optional smooth elastic displacement, sampled in one pass;
 intensity (foreground only: background 0 -- padding, outside the brain mask -- stays 0)
     :func:`blur` (Gaussian), :func:`lower_resolution` (down- and up-sampling along one axis: thick
-    slices), :func:`gamma`, :func:`gain_offset`, :func:`bias_field` (smooth multiplicative field),
+    slices), :func:`contrast_curve` (a random monotone intensity curve: tissue-specific contrast),
+    :func:`gamma`, :func:`gain_offset`, :func:`bias_field` (smooth multiplicative field),
     :func:`add_noise` (Gaussian), then the result is clipped to the normalised range [0, CLIP_MAX].
 
 The intensity part is domain randomisation in the spirit of SynthSeg: contrast, gamma, bias, noise and
 resolution vary far more than between real scanners, so the networks learn the lesion, not the
-scanner. Validation sets are never augmented.
+scanner. Gamma, gain and bias change every tissue alike; the contrast curve is what moves grey matter,
+white matter, CSF and lesion *relative to each other* (SynthSeg draws each label's intensity at random;
+here, with no labels at batch time, a piecewise-linear curve with random slopes per intensity band does
+it, keeping the T1 order CSF < GM < WM). Validation sets are never augmented.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "blur_px": 1.0,  # ... with SD drawn in [0.25, blur_px] pixels
     "lowres_prob": 0.2,  # probability of a resolution loss along one axis ...
     "lowres_factor": 2.5,  # ... by a factor drawn in [1.25, lowres_factor]
+    "curve_prob": 0.5,  # probability of a random tissue-contrast curve ...
+    "curve_sd": 0.6,  # ... whose per-band log-slopes have this SD (0.6: slopes ~0.55-1.8 within 1 SD)
     "gamma": 0.3,  # log(gamma) drawn in [-gamma, gamma]: gamma 0.74-1.35
     "intensity_scale": 0.1,  # gain a in [1 - s, 1 + s]
     "intensity_shift": 0.05,  # offset b in [-s, s]
@@ -54,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
 
 _ELASTIC_CTRL = 5
 _BIAS_CTRL = 4
+#: Knots of the contrast curve: bands of 0.25 normalised units (CSF ~0.3, GM ~0.65, WM ~0.85 fall in
+#: different bands), the curve pinned at 0 -> 0 and 1 -> 1 so the intensity scale stays put.
+CURVE_KNOTS = np.linspace(0.0, CLIP_MAX, 7)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ class AugmentParams:
     blur_px: float = DEFAULTS["blur_px"]
     lowres_prob: float = DEFAULTS["lowres_prob"]
     lowres_factor: float = DEFAULTS["lowres_factor"]
+    curve_prob: float = DEFAULTS["curve_prob"]
+    curve_sd: float = DEFAULTS["curve_sd"]
     gamma: float = DEFAULTS["gamma"]
     intensity_scale: float = DEFAULTS["intensity_scale"]
     intensity_shift: float = DEFAULTS["intensity_shift"]
@@ -99,6 +110,7 @@ class AugmentDraw:
     blur_px: float = 0.0
     lowres_factor: float = 1.0
     lowres_axis: int = 0
+    curve: tuple[float, ...] | None = None  # log-slopes of the contrast curve, one per band
     gamma: float = 1.0
     gain: float = 1.0
     offset: float = 0.0
@@ -120,7 +132,7 @@ def settings(cfg: Mapping[str, Any]) -> AugmentParams:
     for key, value in values.items():
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"[augment] {key} must be a number >= 0, got {value!r}")
-    for key in ("flip_prob", "elastic_prob", "blur_prob", "lowres_prob"):
+    for key in ("flip_prob", "elastic_prob", "blur_prob", "lowres_prob", "curve_prob"):
         if values[key] > 1:
             raise ConfigError(f"[augment] {key} is a probability, got {values[key]}")
     if values["lowres_factor"] and values["lowres_factor"] < 1.25:
@@ -159,6 +171,9 @@ def draw(rng: np.random.Generator, plane: str, p: AugmentParams) -> AugmentDraw:
     if p.noise > 0:
         values["noise_sd"] = float(u(0.0, p.noise))
         values["noise_seed"] = int(rng.integers(2**31))
+    # drawn last, so the other steps' draws are those of a run without the curve
+    if p.curve_sd > 0 and p.curve_prob > 0 and rng.random() < p.curve_prob:
+        values["curve"] = tuple(float(v) for v in rng.standard_normal(len(CURVE_KNOTS) - 1) * p.curve_sd)
     return AugmentDraw(**values)
 
 
@@ -232,6 +247,20 @@ def lower_resolution(image: np.ndarray, factor: float, axis: int) -> np.ndarray:
     return np.moveaxis(up, 0, axis).astype(np.float32)
 
 
+def curve_values(log_slopes: np.ndarray) -> np.ndarray:
+    """The contrast curve's values at :data:`CURVE_KNOTS`: slopes ``exp(log_slopes)`` per band, then
+    scaled so that the curve maps 0 to 0 and 1 to 1 (monotone increasing)."""
+    steps = np.exp(np.asarray(log_slopes, dtype=float)) * np.diff(CURVE_KNOTS)
+    y = np.concatenate([[0.0], np.cumsum(steps)])
+    return y / np.interp(1.0, CURVE_KNOTS, y)
+
+
+def contrast_curve(image: np.ndarray, log_slopes: np.ndarray) -> np.ndarray:
+    """Map intensities in [0, CLIP_MAX] through the piecewise-linear curve of :func:`curve_values`: a
+    tissue-specific contrast change, e.g. grey and white matter closer together."""
+    return np.interp(image, CURVE_KNOTS, curve_values(log_slopes)).astype(np.float32)
+
+
 def gamma(image: np.ndarray, g: float) -> np.ndarray:
     """``x ** g`` (non-negative intensities)."""
     return np.power(np.maximum(image, 0.0), g, dtype=np.float32)
@@ -273,6 +302,8 @@ def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tu
         out = blur(out, d.blur_px)
     if d.lowres_factor > 1.0:
         out = lower_resolution(out, d.lowres_factor, d.lowres_axis)
+    if d.curve is not None:
+        out = contrast_curve(out, np.asarray(d.curve))
     if d.gamma != 1.0:
         out = gamma(out, d.gamma)
     if d.gain != 1.0 or d.offset != 0.0:

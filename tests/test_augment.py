@@ -31,8 +31,12 @@ def test_draw_is_seeded_and_within_the_strengths() -> None:
     assert all(d.blur_px == 0 or 0.25 <= d.blur_px <= 1.0 for d in draws)
     assert all(d.lowres_factor == 1 or 1.25 <= d.lowres_factor <= 2.5 for d in draws)
     on = {"flip": lambda d: d.flip, "elastic": lambda d: d.elastic is not None,
-          "blur": lambda d: d.blur_px > 0, "lowres": lambda d: d.lowres_factor > 1}
-    for name, prob in (("flip", 0.5), ("elastic", 0.3), ("blur", 0.2), ("lowres", 0.2)):
+          "blur": lambda d: d.blur_px > 0, "lowres": lambda d: d.lowres_factor > 1,
+          "curve": lambda d: d.curve is not None}
+    assert all(len(d.curve) == len(A.CURVE_KNOTS) - 1 for d in draws if d.curve is not None)
+    slopes = np.concatenate([d.curve for d in draws if d.curve is not None])
+    assert float(slopes.std()) == pytest.approx(0.6, rel=0.1)  # curve_sd
+    for name, prob in (("flip", 0.5), ("elastic", 0.3), ("blur", 0.2), ("lowres", 0.2), ("curve", 0.5)):
         share = np.mean([on[name](d) for d in draws])
         assert abs(share - prob) < 0.07, (name, share)
     assert not any(A.draw(rng, "sagittal", p).flip for _ in range(50))  # no left-right axis in-plane
@@ -44,7 +48,7 @@ def test_settings_from_the_augment_section() -> None:
     assert A.settings({}) == A.AugmentParams()
     assert A.settings({"augment": {"noise": 0.1}}).noise == 0.1
     assert set(A.DEFAULTS) == {f.name for f in fields(A.AugmentParams)}
-    for bad in ({"noise": -1}, {"blur_prob": 1.5}, {"lowres_factor": 1.1}, {"gamma": "big"}):
+    for bad in ({"noise": -1}, {"blur_prob": 1.5}, {"curve_prob": 2}, {"lowres_factor": 1.1}, {"gamma": "big"}):
         with pytest.raises(ConfigError, match=r"\[augment\]"):
             A.settings({"augment": bad})
 
@@ -130,6 +134,26 @@ def test_blur_and_lower_resolution_hand_values() -> None:
     np.testing.assert_allclose(A.lower_resolution(stripes, 2.0, axis=0), stripes)  # constant along axis 0
     ramp = np.tile(np.arange(8, dtype=np.float32), (3, 1))
     np.testing.assert_allclose(A.lower_resolution(ramp, 2.0, axis=1)[:, 1:-1], ramp[:, 1:-1], atol=1e-6)
+
+
+def test_contrast_curve_hand_values() -> None:
+    # knots 0, .25, ..., 1.5; slopes 1 on [0, .75] and 3 above: y = 0 .25 .5 .75 1.5 2.25 3.0, then / y(1) = 1.5
+    log_slopes = np.log([1, 1, 1, 3, 3, 3])
+    np.testing.assert_allclose(A.curve_values(log_slopes), np.array([0, .25, .5, .75, 1.5, 2.25, 3.0]) / 1.5)
+    x = np.array([0.0, 0.3, 0.6, 0.9, 1.0, 1.2], np.float32)  # CSF-, GM- and WM-like values
+    out = A.contrast_curve(x, log_slopes)
+    np.testing.assert_allclose(out, [0.0, 0.2, 0.4, (0.75 + 3 * 0.15) / 1.5, 1.0, (1.5 + 3 * 0.2) / 1.5], rtol=1e-6)
+    # grey/white contrast (0.6 vs 0.9) doubles relative to the image's scale: 0.4 vs 0.8 after the curve
+    assert (out[3] - out[2]) / (x[3] - x[2]) == pytest.approx(0.4 / 0.3 * 1.0)
+    np.testing.assert_allclose(A.contrast_curve(x, np.zeros(6)), x, atol=1e-7)  # all slopes 1: identity
+    rising = A.contrast_curve(np.linspace(0, CLIP_MAX, 50), np.random.default_rng(2).normal(0, 1.5, 6))
+    assert (np.diff(rising) > 0).all()  # monotone: tissue order kept
+    # inside apply: after lowres, before gamma; background stays 0
+    one = np.zeros((9, 9), np.float32)
+    one[4, 4] = 0.6
+    a, _ = A.apply(one, one > 0, A.AugmentDraw(curve=tuple(log_slopes), gamma=2.0), "axial")
+    assert a[4, 4] == pytest.approx(0.4**2, rel=1e-5)
+    assert not a[one == 0].any()
 
 
 def test_noise_seeded_with_the_drawn_sd() -> None:
