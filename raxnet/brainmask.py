@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from raxnet.errors import InputError
 from raxnet.intensity import normalise
+from raxnet.io import voxel_spacing
 
 DEFAULT_DILATION_MM = 6.0
 RECORD = "convert.json"
@@ -49,7 +50,7 @@ def _mask_cached(key: tuple[tuple[float, ...], tuple[int, ...]], dilation_mm: fl
         base, base_affine = templates.template_data("brain_mask", spacing) > 0, affine
     else:
         base, base_affine = templates.template_data("brain_mask", 1) > 0, templates.ATLAS_AFFINE
-    zooms = np.sqrt((base_affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_spacing(base_affine)
     mask = base
     if dilation_mm > 0:
         mask = ndimage.distance_transform_edt(~base, sampling=zooms) <= dilation_mm

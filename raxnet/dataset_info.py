@@ -21,7 +21,7 @@ from raxnet.cli_common import resolve, stage_parser
 from raxnet.components import LESION_CONNECTIVITY, SLICE_CONNECTIVITY
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import EXIT_SOME_FAILED, InputError
-from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure, save_json, save_nifti
+from raxnet.io import check_same_grid, read_mask, read_t1, save_csv, save_figure, save_json, save_nifti, voxel_spacing
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
 from raxnet.stage import stage_run
@@ -109,7 +109,7 @@ def process_subject(
         span_fraction=settings["span_fraction"],
         bilateral_fraction=settings["bilateral_fraction"],
     )
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = np.asarray(voxel_spacing(affine))
     subject_row = {
         "subject": row["subject"],
         "site": row["site"],

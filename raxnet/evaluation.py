@@ -120,11 +120,6 @@ def load_truth(s: Subject) -> tuple[np.ndarray, np.ndarray, Any]:
     return t1, truth, img
 
 
-def voxel_spacing(img: Any) -> tuple[float, float, float]:
-    """Voxel size in mm of a NIfTI image."""
-    return tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[return-value]
-
-
 def subject_row(s: Subject, method: str, result: Mapping[str, Any] | None, error: str = "") -> dict[str, Any]:
     """One ``subject_metrics.csv`` row: ``result`` from :func:`raxnet.metrics.evaluate`, or NaN and ``error``."""
     row: dict[str, Any] = {"subject": s.subject, "set": s.set, "method": method}

@@ -58,11 +58,10 @@ from raxnet.evaluation import (
     qc_subject,
     record_failure,
     subject_row,
-    voxel_spacing,
     write_results,
 )
 from raxnet.inference import ModelCache, predict_probabilities
-from raxnet.io import check_same_grid, read_mask, save_csv, save_json, save_nifti
+from raxnet.io import check_same_grid, read_mask, save_csv, save_json, save_nifti, voxel_spacing
 from raxnet.metrics import evaluate
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
@@ -270,7 +269,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         cache.keep_only(m.path for ms in models.values() for m in ms)  # frees the previous fold's models
         try:
             t1, truth, img = load_truth(s)
-            spacing = voxel_spacing(img)
+            spacing = voxel_spacing(img.affine)
             probs = predict_probabilities(t1, models, cache=cache, batch_size=int(f["batch_size"]),
                                           tta=bool(f["tta"]), source=str(s.t1_path), affine=img.affine,
                                           brain_mask_mm=brain_mask_mm)
@@ -375,7 +374,7 @@ def evaluate_only(cfg: Mapping[str, Any], run: Mapping[str, Any], pred_dir: str 
             record_failure(s, exc, methods, rows, errors)
             continue
         s.lesion_voxels = float(truth.sum())
-        spacing = voxel_spacing(img)
+        spacing = voxel_spacing(img.affine)
         masks, results = {}, {}
         for m in methods:
             path = preds[s.subject].get(m)

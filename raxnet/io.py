@@ -24,6 +24,15 @@ from raxnet.errors import InputError, OutputError
 AFFINE_ATOL = 1e-3
 
 
+def voxel_spacing(affine: Any) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes, from the affine (``nibabel.affines.voxel_sizes``).
+
+    The affine, not the header's pixdim, is what places the voxels in MNI space, so it is what every
+    volume-in-mm3 and distance-in-mm computation uses.
+    """
+    return tuple(float(v) for v in nib.affines.voxel_sizes(np.asarray(affine, dtype=float)))  # type: ignore[return-value]
+
+
 def load_nifti(path: str | Path) -> nib.Nifti1Image:
     """Open a NIfTI header (data stays on disk); missing or unreadable files raise InputError."""
     path = Path(path)

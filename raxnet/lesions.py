@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from raxnet.components import LESION_CONNECTIVITY, SLICE_CONNECTIVITY, label, structure
+from raxnet.io import voxel_spacing
 from raxnet.planes import PLANE_AXIS, PLANES, check_plane, to_slices
 
 #: Seitzman ROI labels counted as cortex (hippocampus is allocortex; amygdala is a nucleus).
@@ -112,7 +113,7 @@ def atlas_spacing(shape: tuple[int, ...], affine: np.ndarray) -> int | None:
 
     affine = np.asarray(affine, dtype=float)
     shape = tuple(int(s) for s in shape[:3])
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = np.asarray(voxel_spacing(affine))
     if shape == tuple(templates.ATLAS_SHAPE):
         return 1 if np.allclose(affine, templates.ATLAS_AFFINE, atol=1e-3) else None
     if np.allclose(zooms, 2.0, atol=1e-3):
@@ -133,7 +134,7 @@ def _template_on_grid(kind: str, shape: tuple[int, ...], affine: np.ndarray) -> 
 
     target = nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
     # Resample from the 2 mm templates when the target is that coarse (8x less work, same information).
-    zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    zooms = np.asarray(voxel_spacing(affine))
     src = templates.template(kind, 2 if zooms.min() >= 2 - 1e-3 else 1)
     interp = "nearest" if kind == "brain_mask" else "continuous"
     with warnings.catch_warnings():

@@ -25,7 +25,7 @@ import pandas as pd
 
 from raxnet.cli_common import add_verbose
 from raxnet.errors import EXIT_BAD_INPUT, EXIT_SOME_FAILED, ConfigError, InputError, OutputError, RaxnetError
-from raxnet.io import load_nifti, make_dirs, read_t1, save_csv, save_nifti
+from raxnet.io import load_nifti, make_dirs, read_t1, save_csv, save_nifti, voxel_spacing
 from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, postprocess
@@ -230,11 +230,6 @@ class Predictor:
                            min_lesion_mm3=float(s["min_lesion_mm3"]),
                            spacing=self.manifest["spacing_mm"] if spacing is None else spacing,
                            connectivity=int(s["connectivity"]), weights=s["weights"] or None)
-
-
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along the three array axes (column norms of the affine)."""
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
 
 
 def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str, Any],

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from raxnet.io import save_figure
+from raxnet.io import save_figure, voxel_spacing
 
 TRUTH_COLOUR = "#2ca02c"
 PRED_COLOUR = "#d62728"
@@ -74,7 +74,7 @@ def qc_overlay(
         t1, pred_mask = (nib.orientations.apply_orientation(np.asarray(a), ornt) for a in (t1, pred_mask))
         truth, heat = (None if a is None else nib.orientations.apply_orientation(np.asarray(a), ornt)
                        for a in (truth, heat))
-        zooms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+        zooms = voxel_spacing(affine)
         spacing = tuple(float(zooms[int(i)]) for i in np.argsort(ornt[:, 0]))
     t1 = np.asarray(t1, dtype=np.float32)
     pred = np.asarray(pred_mask) != 0
@@ -163,7 +163,7 @@ def registration_overlay(
     vmin, vmax = _display_range(reg[inside])
     idx = np.argwhere(inside)
     lo, hi = idx.min(0), idx.max(0)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = np.asarray(voxel_spacing(affine))
     origin = affine[:3, 3]
 
     def extent(axes: tuple[int, int]) -> list[float]:

@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from raxnet import templates
 from raxnet.errors import ConfigError, InputError
+from raxnet.io import voxel_spacing
 from raxnet.log import get_logger
 
 log = get_logger(__name__)
@@ -123,7 +124,7 @@ def check_registrable(data: np.ndarray, img: nib.Nifti1Image, path: Path) -> Non
     cols = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
     if not np.allclose(cols.T @ cols, np.eye(3), atol=1e-4):
         raise InputError(f"{path}: the affine has shear; ANTs needs orthogonal voxel axes (reslice the scan first)")
-    extent = np.asarray(data.shape) * np.linalg.norm(img.affine[:3, :3], axis=0)
+    extent = np.asarray(data.shape) * np.asarray(voxel_spacing(img.affine))
     if extent.min() < 60.0:
         raise InputError(
             f"{path}: field of view {' x '.join(f'{e:.0f}' for e in extent)} mm is too thin for a whole-brain "

@@ -202,3 +202,15 @@ def test_stale_temp_files_are_recognised_and_cleaned(tmp_path):
         with atomic_path(tmp_path / target) as tmp:
             assert is_temp_file(tmp.name), tmp.name
             tmp.write_text("x")
+
+
+def test_voxel_spacing_from_the_affine_hand_values() -> None:
+    from raxnet.io import voxel_spacing
+
+    assert voxel_spacing(np.diag([2.0, 3.0, 4.0, 1.0])) == (2.0, 3.0, 4.0)
+    # axes permuted and flipped (i -> -y, j -> x, k -> z), 1.5 mm along the first array axis
+    aff = np.array([[0, 1, 0, 0], [-1.5, 0, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1]], float)
+    assert voxel_spacing(aff) == pytest.approx((1.5, 1.0, 2.5))
+    # 45-degree rotation in-plane: column norms, not the diagonal
+    c = np.sqrt(0.5)
+    assert voxel_spacing(np.array([[c, -c, 0, 0], [c, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])) == pytest.approx((1, 1, 1))
