@@ -38,8 +38,9 @@ weights: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
-# Mutation-testing benchmark (bench/mutation, README "Mutation testing"): mutmut over the core modules, one
-# worker, niced; not part of `make test` or CI. MUTATION_ARGS="--modules metrics,planes --label x" for a subset.
+# Mutation-testing benchmark (bench/mutation, README "Mutation testing"): mutmut over the core modules, two
+# workers (the 2-core machine) at nice 19; not part of `make test` or CI.
+# MUTATION_ARGS="--modules metrics,planes --label x" for a subset, "--max-children 1" for one worker.
 MUTMUT_STAMP := $(VENV)/.mutmut-installed
 $(MUTMUT_STAMP): $(STAMP) bench/mutation/requirements.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r bench/mutation/requirements.txt
