@@ -49,7 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "blur_px": 1.0,  # ... with SD drawn in [0.25, blur_px] pixels
     "lowres_prob": 0.2,  # probability of a resolution loss along one axis ...
     "lowres_factor": 2.5,  # ... by a factor drawn in [1.25, lowres_factor]
-    "curve_prob": 0.5,  # probability of a random tissue-contrast curve ...
+    # off: trained from scratch with curve_prob 0.5 it cost 0.05 fused Dice in domain and gained nothing out of
+    # domain (bench/results/contrast_curve_2026-12-05)
+    "curve_prob": 0.0,  # probability of a random tissue-contrast curve ...
     "curve_sd": 0.6,  # ... whose per-band log-slopes have this SD (0.6: slopes ~0.55-1.8 within 1 SD)
     "gamma": 0.3,  # log(gamma) drawn in [-gamma, gamma]: gamma 0.74-1.35
     "intensity_scale": 0.1,  # gain a in [1 - s, 1 + s]

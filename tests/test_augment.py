@@ -24,6 +24,8 @@ def test_draw_is_seeded_and_within_the_strengths() -> None:
     a = A.draw(np.random.default_rng(5), "axial", p)
     assert a == A.draw(np.random.default_rng(5), "axial", p)
     assert a != A.draw(np.random.default_rng(6), "axial", p)
+    assert all(d.curve is None for d in (a, A.draw(np.random.default_rng(7), "axial", p)))  # off by default
+    p = replace(p, curve_prob=0.5)
     rng = np.random.default_rng(0)
     draws = [A.draw(rng, "coronal", p) for _ in range(600)]
     assert all(abs(d.angle_deg) <= 10 and 0.9 <= d.zoom <= 1.1 and max(map(abs, d.shift)) <= 8 for d in draws)
