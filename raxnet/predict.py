@@ -25,6 +25,7 @@ import pandas as pd
 
 from raxnet.cli_common import add_verbose
 from raxnet.errors import EXIT_BAD_INPUT, EXIT_SOME_FAILED, ConfigError, InputError, OutputError, RaxnetError
+from raxnet.intensity import n4_correct
 from raxnet.io import load_nifti, make_dirs, read_t1, save_csv, save_nifti, voxel_spacing
 from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "brain_mask_mm": "",  # "" = the weight set's brain-mask step; a dilation in mm, or "off", overrides it
     "register": False,  # native-space scans: register to MNI152NLin2009aSym (ANTs), segment there, map back
     "registration": "affine",  # with register: "affine" (rigid + affine) or "syn" (+ lesion-masked SyN)
+    "bias_correct": False,  # ANTs N4 bias-field correction of each scan first (inputs with a strong inhomogeneity)
 }
 
 #: Columns of the batch table ``summary.csv`` (one row per input scan, failed ones included).
@@ -242,6 +244,8 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
     register = bool(opts.get("register"))  # callers that predate --register pass no such key
     check_size(path)
     data, img = read_t1(path)
+    if opts.get("bias_correct"):
+        data = n4_correct(data, voxel_spacing(img.affine))
     if register:
         from raxnet import registration
 
@@ -370,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "segment there and map the results back onto the scan's own grid (default off)")
     parser.add_argument("--registration", choices=("affine", "syn"),
                         help="with --register: rigid + affine (default), or + a lesion-masked SyN stage")
+    parser.add_argument("--bias-correct", action=argparse.BooleanOptionalAction, default=None,
+                        help="ANTs N4 bias-field correction of each scan before segmenting it (about 30 s per 1 mm scan; "
+                             "default off: the shipped weights were trained without it). For scans with a strong "
+                             "intensity inhomogeneity: on such synthetic scans it raised fused Dice from 0.06 to 0.28")
     parser.add_argument("--config", help="TOML configuration file; its [predict] section sets the defaults")
     add_verbose(parser)
     return parser
@@ -436,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
              qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm,
              register=_env_flag("RAXNET_REGISTER"), registration=os.environ.get("RAXNET_REGISTRATION") or None)
-    override(opts, register=args.register, registration=args.registration)
+    override(opts, register=args.register, registration=args.registration, bias_correct=args.bias_correct)
     if opts["registration"] not in ("affine", "syn"):
         raise ConfigError(f"[predict] registration must be affine or syn, got {opts['registration']!r}")
     inputs = find_inputs(args.input)

@@ -96,3 +96,33 @@ def test_equal_percentiles_use_scale_one():
     assert np.percentile(vol, [0.5, 99.5]).tolist() == [7.0, 7.0]
     out = normalise(vol.reshape(7, 11, 13))
     assert out.ravel()[-1] == 1.0 and (out.ravel()[:-1] == 0).all()
+
+
+def test_n4_correct_flattens_a_smooth_field_and_keeps_the_background():
+    pytest.importorskip("ants")
+    from raxnet.intensity import n4_correct
+
+    ijk = np.indices((40, 40, 40), dtype=np.float32)
+    head = ((ijk - 19.5) ** 2).sum(0) < 17**2
+    field = np.exp(0.4 * (ijk[0] - 19.5) / 19.5)  # x 0.67 .. x 1.49 from one side to the other
+    vol = np.where(head, 100.0 * field, 0.0).astype(np.float32)
+    out = n4_correct(vol, (2.0, 2.0, 2.0))
+    assert out.dtype == np.float32 and out.shape == vol.shape
+    assert not out[~head].any()
+
+    def cv(v):
+        return float(v[head].std() / v[head].mean())
+
+    assert cv(vol) > 0.15 and cv(out) < cv(vol) / 3  # one tissue: nearly flat again
+    assert not n4_correct(np.zeros((8, 8, 8), np.float32)).any()
+
+
+def test_n4_correct_without_antspy_is_one_clear_error(monkeypatch):
+    import sys
+
+    from raxnet.errors import ConfigError
+    from raxnet.intensity import n4_correct
+
+    monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
+    with pytest.raises(ConfigError, match="--bias-correct needs ANTsPy"):
+        n4_correct(np.ones((4, 4, 4), np.float32))

@@ -488,3 +488,19 @@ def test_predict_file_register_path_confidence_uses_the_weight_sets_connectivity
     # the stand-in's probability is 0.1 at both voxels (outside its block): each lesion's own mean
     assert lesions["mean_probability"].tolist() == pytest.approx([0.1, 0.1])
     assert lesions["planes_detecting"].tolist() == [0, 0] and row["n_lesions"] == 2
+
+
+def test_predict_file_bias_correct_segments_the_corrected_scan(tmp_path, monkeypatch):
+    """--bias-correct: the scan goes through n4_correct (with its voxel size) before anything else."""
+    import raxnet.predict as P
+
+    path = tmp_path / "grid_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    calls = []
+    monkeypatch.setattr(P, "n4_correct", lambda d, s: calls.append(s) or d + 1.0)
+    predictor = StandInPredictor()
+    predict_file(predictor, path, tmp_path / "out", {"save_probabilities": False, "qc": False, "bias_correct": True})
+    np.testing.assert_array_equal(predictor.seen[0], np.asarray(nib.load(str(path)).dataobj) + 1.0)
+    assert calls == [(2.0, 2.0, 2.0)]
+    predict_file(predictor, path, tmp_path / "out2", {"save_probabilities": False, "qc": False})
+    np.testing.assert_array_equal(predictor.seen[1], np.asarray(nib.load(str(path)).dataobj))  # off by default
