@@ -443,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = section(cfg, "predict", DEFAULTS)
     override(opts, weights=args.weights, save_probabilities=args.save_probabilities, batch_size=args.batch_size,
              qc=args.qc, save_uncertainty=args.save_uncertainty, brain_mask_mm=args.brain_mask_mm,
-             register=_env_flag("RAXNET_REGISTER"), registration=os.environ.get("RAXNET_REGISTRATION") or None)
+             register=_env_flag("RAXNET_REGISTER"),
+             bias_correct=_env_flag("RAXNET_BIAS_CORRECT"), registration=os.environ.get("RAXNET_REGISTRATION") or None)
     override(opts, register=args.register, registration=args.registration, bias_correct=args.bias_correct)
     if opts["registration"] not in ("affine", "syn"):
         raise ConfigError(f"[predict] registration must be affine or syn, got {opts['registration']!r}")

@@ -504,3 +504,24 @@ def test_predict_file_bias_correct_segments_the_corrected_scan(tmp_path, monkeyp
     assert calls == [(2.0, 2.0, 2.0)]
     predict_file(predictor, path, tmp_path / "out2", {"save_probabilities": False, "qc": False})
     np.testing.assert_array_equal(predictor.seen[1], np.asarray(nib.load(str(path)).dataobj))  # off by default
+
+
+def test_bias_correct_flag_and_docker_switch_reach_predict_file(tmp_path, monkeypatch):
+    """--bias-correct / RAXNET_BIAS_CORRECT (docker compose BIAS_CORRECT) turn N4 on; --no-bias-correct wins."""
+    import raxnet.predict as P
+
+    path = tmp_path / "grid_T1w.nii.gz"
+    write_scan(path, GRID_SHAPE, GRID_AFFINE)
+    seen = []
+    monkeypatch.setattr(P, "Predictor", lambda *a, **k: None)
+    monkeypatch.setattr(P, "predict_batch", lambda predictor, inputs, out, opts, root=None: seen.append(opts) or ([{"seconds": 1.0}], []))
+
+    def bias_correct(*extra):
+        assert P.main(["--input", str(path), "--output", str(tmp_path / "o"), *extra]) == 0
+        return seen[-1]["bias_correct"]
+
+    assert bias_correct() is False
+    assert bias_correct("--bias-correct") is True
+    monkeypatch.setenv("RAXNET_BIAS_CORRECT", "1")
+    assert bias_correct() is True
+    assert bias_correct("--no-bias-correct") is False
