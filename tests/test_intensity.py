@@ -114,7 +114,10 @@ def test_n4_correct_flattens_a_smooth_field_and_keeps_the_background():
         return float(v[head].std() / v[head].mean())
 
     assert cv(vol) > 0.15 and cv(out) < cv(vol) / 3  # one tissue: nearly flat again
-    assert not n4_correct(np.zeros((8, 8, 8), np.float32)).any()
+    empty = n4_correct(np.zeros((8, 8, 8), np.float32))
+    assert empty.shape == (8, 8, 8) and empty.dtype == np.float32 and not empty.any()
+    low = n4_correct(vol / 200.0, (2.0, 2.0, 2.0))  # normalised-scale values 0.33-0.75: all of the head is corrected
+    assert (low[head] > 0).all() and cv(low) < cv(vol) / 3
 
 
 def test_n4_correct_without_antspy_is_one_clear_error(monkeypatch):
@@ -124,5 +127,5 @@ def test_n4_correct_without_antspy_is_one_clear_error(monkeypatch):
     from raxnet.intensity import n4_correct
 
     monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
-    with pytest.raises(ConfigError, match="--bias-correct needs ANTsPy"):
+    with pytest.raises(ConfigError, match=r"^--bias-correct needs ANTsPy: pip install --no-deps -r requirements-antspyx.txt$"):
         n4_correct(np.ones((4, 4, 4), np.float32))
