@@ -34,24 +34,33 @@ def variants() -> dict[str, dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def parse_args(doc: str) -> argparse.Namespace:
+    """The probes' shared flags: subjects per variant, weight set, generator seed."""
+    ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--weights", default="weights/demo")
     ap.add_argument("--seed", type=int, default=8080)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def subject(variant: str, j: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t1, truth, affine)`` of subject ``j`` (testing stream, 1 mm whole-head) drawn with ``variant``'s ranges."""
+    synthetic.PROFILES["probe"] = variants()[variant]
+    t1, truth, affine, _ = synthetic.generate_subject(j, seed, 1, testing=True, n_sites=BQ.N_SITES,
+                                                      params={"whole_head": True, "profile": "probe"})
+    return t1, truth, affine
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     pred = Predictor(args.weights)
-    results: dict[str, list[tuple[float, float]]] = {}
-    for name, ranges in variants().items():
-        synthetic.PROFILES["probe"] = ranges
+    for name in variants():
         rows = []
         for j in range(args.subjects):
-            t1, truth, affine, _ = synthetic.generate_subject(j, args.seed, 1, testing=True, n_sites=BQ.N_SITES,
-                                                              params={"whole_head": True, "profile": "probe"})
+            t1, truth, affine = subject(name, j, args.seed)
             mask = BQ.predict_masks(pred, t1, affine, f"{name}-{j}")[BQ.FUSED]
             r = evaluate(mask, truth, spacing=(1.0, 1.0, 1.0))
             rows.append((r["dice"], r["lesion_f1"]))
-        results[name] = rows
         d = np.array(rows)
         print(f"{name:32s} fused Dice {d[:, 0].mean():.3f} ± {d[:, 0].std(ddof=1):.3f}  lesion F1 {d[:, 1].mean():.3f}  "
               f"per subject {' '.join(f'{v:.2f}' for v in d[:, 0])}", flush=True)

@@ -2,46 +2,30 @@
 
     .venv/bin/python bench/results/shifted_factors_2026-12-05/probe_n4.py --subjects 10 --weights weights/demo
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
-import ants
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import bench_quality as BQ  # noqa: E402
-from probe import variants  # noqa: E402
-from raxnet import synthetic  # noqa: E402
+from probe import parse_args, subject  # noqa: E402
+from raxnet.intensity import n4_correct  # noqa: E402
 from raxnet.metrics import evaluate  # noqa: E402
 from raxnet.predict import Predictor  # noqa: E402
 
 
-def n4(t1: np.ndarray) -> np.ndarray:
-    """ANTs N4 on the head (voxels > 0), shrink factor 4; background stays 0."""
-    fg = t1 > 0
-    out = ants.n4_bias_field_correction(ants.from_numpy(t1.astype(np.float32)),
-                                        mask=ants.from_numpy(fg.astype(np.float32)), shrink_factor=4).numpy()
-    return np.where(fg, out, 0).astype(np.float32)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--subjects", type=int, default=10)
-    ap.add_argument("--weights", default="weights/demo")
-    ap.add_argument("--seed", type=int, default=8080)
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     pred = Predictor(args.weights)
     for name in ("all shifted", "none shifted"):
-        synthetic.PROFILES["probe"] = variants()[name]
         rows, secs = [], []
         for j in range(args.subjects):
-            t1, truth, affine, _ = synthetic.generate_subject(j, args.seed, 1, testing=True, n_sites=BQ.N_SITES,
-                                                              params={"whole_head": True, "profile": "probe"})
+            t1, truth, affine = subject(name, j, args.seed)
             t = time.perf_counter()
-            corrected = n4(t1)
+            corrected = n4_correct(t1, (1.0, 1.0, 1.0))
             secs.append(time.perf_counter() - t)
             r = evaluate(BQ.predict_masks(pred, corrected, affine, f"{name}-{j}")[BQ.FUSED], truth, spacing=(1.0, 1.0, 1.0))
             rows.append((r["dice"], r["lesion_f1"]))
