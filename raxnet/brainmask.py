@@ -14,7 +14,9 @@ set the 99.5th percentile).
 
 ``brain_mask_mm`` (a dilation in mm, or None = no mask) is recorded by stage 03 in
 ``03_moving_converting/convert.json``, read back by stage 08 and written into a weight set's
-``weights.json`` (``inference.brain_mask_mm``) for ``raxnet predict``.
+``weights.json`` (``inference.brain_mask_mm``) for ``raxnet predict``. The optional bias-correction step
+(``bias_correct``: ANTs N4 inside what the brain mask keeps, :func:`raxnet.intensity.n4_correct`) travels
+the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from raxnet.errors import InputError
-from raxnet.intensity import normalise
+from raxnet.intensity import n4_correct, normalise
 from raxnet.io import voxel_spacing
 
 DEFAULT_DILATION_MM = 6.0
@@ -79,21 +81,27 @@ def brain_mask(affine: np.ndarray, shape: tuple[int, ...], dilation_mm: float = 
     return _mask_cached(_grid_key(affine, shape), float(dilation_mm))
 
 
-def prepare(volume: np.ndarray, affine: np.ndarray, brain_mask_mm: float | None, source: str = "volume") -> np.ndarray:
-    """The network input: the brain-mask step (unless ``brain_mask_mm`` is None), then normalisation.
+def prepare(volume: np.ndarray, affine: np.ndarray, brain_mask_mm: float | None, source: str = "volume",
+            bias_correct: bool = False) -> np.ndarray:
+    """The network input: the brain-mask step (unless ``brain_mask_mm`` is None), N4 bias-field correction
+    of what is left (when ``bias_correct``), then normalisation.
 
     With a mask: voxels farther than ``brain_mask_mm`` from the MNI brain become 0 and the percentiles of
     :func:`raxnet.intensity.normalise` come from the undilated mask. InputError naming ``source`` when
     nothing inside the brain mask has signal (the scan is not in MNI space, or empty).
     """
-    if brain_mask_mm is None:
-        return normalise(volume)
     vol = np.asarray(volume, dtype=np.float32)
-    keep = brain_mask(affine, vol.shape, float(brain_mask_mm))
-    core = brain_mask(affine, vol.shape, 0.0)
-    if not (vol[core] > 0).any():
-        raise InputError(f"{source}: no signal inside the MNI152 brain mask (is the scan in MNI152NLin2009aSym space?)")
-    return normalise(np.where(keep, vol, np.float32(0.0)), stats_mask=core)
+    core = None
+    if brain_mask_mm is not None:
+        keep = brain_mask(affine, vol.shape, float(brain_mask_mm))
+        core = brain_mask(affine, vol.shape, 0.0)
+        if not (vol[core] > 0).any():
+            raise InputError(f"{source}: no signal inside the MNI152 brain mask (is the scan in MNI152NLin2009aSym space?)")
+        vol = np.where(keep, vol, np.float32(0.0))
+    if bias_correct:
+        # after the mask: scalp fat and marrow would pull the fitted field away from the brain's
+        vol = n4_correct(vol, voxel_spacing(affine))
+    return normalise(vol, stats_mask=core)
 
 
 def check_setting(value: Any, where: str) -> float | None:
@@ -109,12 +117,12 @@ def check_setting(value: Any, where: str) -> float | None:
     return mm
 
 
-def write_record(stage_dir: str | Path, brain_mask_mm: float | None) -> Path:
-    """Record stage 03's brain-mask setting next to its stacks."""
+def write_record(stage_dir: str | Path, brain_mask_mm: float | None, bias_correct: bool = False) -> Path:
+    """Record stage 03's brain-mask and bias-correction settings next to its stacks."""
     from raxnet.io import save_json
 
-    return save_json({"brain_mask_mm": brain_mask_mm, "normalisation": "raxnet.intensity.normalise"},
-                     Path(stage_dir) / RECORD)
+    return save_json({"brain_mask_mm": brain_mask_mm, "bias_correct": bool(bias_correct),
+                      "normalisation": "raxnet.intensity.normalise"}, Path(stage_dir) / RECORD)
 
 
 def read_record(stage_dir: str | Path) -> tuple[bool, float | None]:
@@ -127,3 +135,17 @@ def read_record(stage_dir: str | Path) -> tuple[bool, float | None]:
     except (ValueError, AttributeError):
         raise InputError(f"{path}: invalid JSON") from None
     return True, check_setting(value, str(path))
+
+
+def read_bias_correct(stage_dir: str | Path) -> bool:
+    """Whether stage 03 bias-corrected its inputs (runs recorded before the setting existed did not)."""
+    path = Path(stage_dir) / RECORD
+    if not path.is_file():
+        return False
+    try:
+        value = json.loads(path.read_text()).get("bias_correct", False)
+    except (ValueError, AttributeError):
+        raise InputError(f"{path}: invalid JSON") from None
+    if not isinstance(value, bool):
+        raise InputError(f"{path}: bias_correct must be true or false, got {value!r}")
+    return value

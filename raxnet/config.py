@@ -62,6 +62,7 @@ _ALSO_ACCEPTED: dict[tuple[str, str], tuple[type, ...]] = {
     ("train", "model"): (list,),
     ("train", "loss"): (list,),
     ("convert", "planes"): (list,),
+    ("predict", "bias_correct"): (bool,),  # "" = the weight set's
 }
 #: Settings naming planes: "all", a comma list or a list of axial / sagittal / coronal.
 _PLANE_SETTINGS = {("train", "planes"), ("convert", "planes")}

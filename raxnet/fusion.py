@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from raxnet import record
-from raxnet.brainmask import read_record
+from raxnet.brainmask import read_bias_correct, read_record
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import section, stage_dir, with_flags
@@ -216,8 +216,9 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     if weights:
         log.info("weighted fusion weights (%s): %s", weight_source,
                  ", ".join(f"{p} {w:.3f}" for p, w in weights.items()))
-    # The brain-mask step stage 03 applied to the training inputs is applied to every volume here too.
+    # The brain-mask and bias-correction steps stage 03 applied to the training inputs apply here too.
     _, brain_mask_mm = read_record(stage_dir(work, "convert"))
+    bias_correct = read_bias_correct(stage_dir(work, "convert"))
     # out-of-fold subjects are predicted when they are reported (oof) or choose the post-processing (select)
     subjects = load_subjects(work, data_root, oof=bool(f["oof"]) or select)
     if not any(s.set == "holdout" for s in subjects):
@@ -272,7 +273,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             spacing = voxel_spacing(img.affine)
             probs = predict_probabilities(t1, models, cache=cache, batch_size=int(f["batch_size"]),
                                           tta=bool(f["tta"]), source=str(s.t1_path), affine=img.affine,
-                                          brain_mask_mm=brain_mask_mm)
+                                          brain_mask_mm=brain_mask_mm, bias_correct=bias_correct)
         except InputError as exc:
             record_failure(s, exc, methods if report else [], rows, errors)
             continue
@@ -319,6 +320,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         "holdout_best_val_loss": {p: [m.best_val_loss for m in ms] for p, ms in holdout_models.items()},
         "tta": bool(f["tta"]),
         "brain_mask_mm": brain_mask_mm,
+        "bias_correct": bias_correct,
         "threshold": float(f["threshold"]),
         "threshold_rule": "lesion where probability >= threshold",
         "min_size": int(f["min_size"]),

@@ -128,13 +128,14 @@ def predict_probabilities(
     source: str = "volume",
     affine: np.ndarray | None = None,
     brain_mask_mm: float | None = None,
+    bias_correct: bool = False,
 ) -> dict[str, np.ndarray]:
     """Probability volume per plane: the mean over that plane's models, float32, ``volume``'s shape.
 
     ``models[plane]`` lists loaded models, ``.keras`` paths or FoldModels (paths load through ``cache``).
     ``volume`` is prepared here unless ``normalised``: the brain-mask step when ``brain_mask_mm`` is not
-    None (needs the volume's ``affine``), then normalisation (:func:`raxnet.brainmask.prepare`, as in
-    stage 03). A volume whose slices are larger than a model's input is refused with an InputError
+    None (needs the volume's ``affine``), N4 when ``bias_correct``, then normalisation
+    (:func:`raxnet.brainmask.prepare`, as in stage 03). A volume whose slices are larger than a model's input is refused with an InputError
     naming ``source`` and the model.
     """
     from raxnet.brainmask import prepare
@@ -142,9 +143,9 @@ def predict_probabilities(
     if normalised:
         volume = np.asarray(volume, dtype=np.float32)
     else:
-        if brain_mask_mm is not None and affine is None:
-            raise ValueError("the brain-mask step needs the volume's affine")
-        volume = prepare(volume, affine, brain_mask_mm, source=source)
+        if (brain_mask_mm is not None or bias_correct) and affine is None:
+            raise ValueError("the brain-mask and bias-correction steps need the volume's affine")
+        volume = prepare(volume, affine, brain_mask_mm, source=source, bias_correct=bias_correct)
     out: dict[str, np.ndarray] = {}
     for plane, plane_models in models.items():
         if not plane_models:

@@ -86,7 +86,8 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 
         def _predict() -> dict[str, Any]:
             predictor = Predictor(weights_dir, batch_size=opts["batch_size"],
-                                  overrides={"brain_mask_mm": opts["brain_mask_mm"]})
+                                  overrides={"brain_mask_mm": opts["brain_mask_mm"],
+                                             "bias_correct": opts["bias_correct"]})
             return predict_batch(predictor, [scan], out_dir, opts)[0][0]
 
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "include_holdout": False,  # also convert the hold-out subjects (needed by stage 08 / evaluation)
     "brain_mask": True,  # zero everything farther than brain_mask_mm from the MNI152 brain mask (whole-head scans)
     "brain_mask_mm": DEFAULT_DILATION_MM,  # dilation of the brain mask (mm)
+    "bias_correct": False,  # ANTs N4 bias-field correction after the brain mask (raxnet.intensity.n4_correct)
 }
 
 IMAGE_DTYPE = np.float16
@@ -142,7 +144,7 @@ def _is_done(stage: Path, subject: str, t1_path: Path, planes: Sequence[str], so
 
 def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, stage: str | Path,
                     planes: Sequence[str] = PLANES,
-                    brain_mask_mm: float | None = None) -> dict[str, tuple[int, int, int]]:
+                    brain_mask_mm: float | None = None, bias_correct: bool = False) -> dict[str, tuple[int, int, int]]:
     """Read, validate and normalise one subject and write its stacks; returns ``{plane: stack shape}``.
 
     Raises :class:`InputError` (message names the file) for a missing/corrupt/4D/NaN image, a non-binary
@@ -152,7 +154,7 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     t1, t1_img = read_t1(t1_path)
     mask, mask_img = read_mask(mask_path)
     check_same_grid(t1_img, mask_img, t1_path, mask_path)
-    norm = prepare(t1, t1_img.affine, brain_mask_mm, source=str(t1_path))
+    norm = prepare(t1, t1_img.affine, brain_mask_mm, source=str(t1_path), bias_correct=bias_correct)
     shapes = {}
     for plane in planes:
         img_path, msk_path = stack_paths(stage, subject, plane)
@@ -163,12 +165,18 @@ def convert_subject(subject: str, t1_path: str | Path, mask_path: str | Path, st
     return shapes
 
 
-def _worker(task: tuple[str, str, str, str, tuple[str, ...], float | None, dict]) -> tuple[str, dict | None, str | None]:
-    subject, t1, msk, stage, planes, brain_mask_mm, source = task
+def _one_itk_thread() -> None:
+    # each conversion worker runs N4 on one core: ITK's own threads would oversubscribe the pool's
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+
+
+def _worker(task: tuple[str, str, str, str, tuple[str, ...], float | None, bool, dict],
+            ) -> tuple[str, dict | None, str | None]:
+    subject, t1, msk, stage, planes, brain_mask_mm, bias_correct, source = task
     src = source_path(Path(stage), subject)
     try:
         src.unlink(missing_ok=True)  # an interrupted conversion leaves no valid source record
-        shapes = convert_subject(subject, t1, msk, stage, planes, brain_mask_mm)
+        shapes = convert_subject(subject, t1, msk, stage, planes, brain_mask_mm, bias_correct)
         with atomic_path(src, suffix=".json") as tmp:
             tmp.write_text(json.dumps(source, sort_keys=True))
         return subject, shapes, None
@@ -217,6 +225,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     table = _subjects_table(work, data_root, include_holdout)
     images = record.check_images(work, data_root, table["subject"], "stage 03")
     brain_mask_mm = brain_mask_setting(opts)
+    bias_correct = bool(opts["bias_correct"])
 
     errors: dict[str, str] = {}
     tasks, done, sources = [], [], {}
@@ -224,7 +233,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
         try:
             t1 = _resolve_path(row.t1_path, data_root, row.subject, "t1_path")
             msk = _resolve_path(row.mask_path, data_root, row.subject, "mask_path")
-            source = _source(images.get(row.subject), t1, msk, planes, brain_mask_mm)
+            source = _source(images.get(row.subject), t1, msk, planes, brain_mask_mm, bias_correct)
         except InputError as exc:
             errors[row.subject] = str(exc)
             continue
@@ -232,7 +241,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
         if _is_done(stage, row.subject, t1, planes, source):
             done.append(row.subject)
         else:
-            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, brain_mask_mm, source))
+            tasks.append((row.subject, str(t1), str(msk), str(stage), planes, brain_mask_mm, bias_correct, source))
     if done:
         log.info("%d subject(s) already converted, skipped", len(done))
 
@@ -240,7 +249,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
     shapes: dict[str, dict] = {}
     if tasks:
         if jobs > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), initializer=_one_itk_thread) as pool:
                 results = list(progress(pool.map(_worker, tasks), total=len(tasks), desc="03 convert", unit="subj"))
         else:
             results = [_worker(t) for t in progress(tasks, desc="03 convert", unit="subj")]
@@ -268,7 +277,7 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
             })
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     save_csv(index, stage / "index.csv")
-    write_record(stage, brain_mask_mm)
+    write_record(stage, brain_mask_mm, bias_correct)
     err_df = pd.DataFrame(sorted(errors.items()), columns=ERROR_COLUMNS)
     save_csv(err_df, stage / "errors.csv")
     log.info("converted %d subject(s) (%d skipped as done, %d error(s)) -> %s",
@@ -278,9 +287,9 @@ def convert(cfg: dict, run: dict, include_holdout: bool | None = None) -> pd.Dat
 
 
 def _source(recorded: dict[str, Any] | None, t1: Path, mask: Path, planes: Sequence[str],
-            brain_mask_mm: float | None) -> dict[str, Any]:
+            brain_mask_mm: float | None, bias_correct: bool = False) -> dict[str, Any]:
     """What a subject's stacks are made from: the images' SHA-256 (as stage 01 recorded them, else read
-    now), the planes, the brain-mask setting and the conversion version."""
+    now), the planes, the brain-mask and bias-correction settings and the conversion version."""
     def digest(kind: str, path: Path) -> str:
         if recorded and kind in recorded:
             return recorded[kind]["sha256"]
@@ -290,7 +299,9 @@ def _source(recorded: dict[str, Any] | None, t1: Path, mask: Path, planes: Seque
             raise InputError(f"{path}: {'file not found' if isinstance(exc, FileNotFoundError) else exc}") from None
 
     return {"t1": digest("t1", t1), "mask": digest("mask", mask), "planes": sorted(planes),
-            "brain_mask_mm": brain_mask_mm, "version": CONVERSION_VERSION}
+            "brain_mask_mm": brain_mask_mm, "version": CONVERSION_VERSION,
+            # only when on, so the records of runs made before the setting existed still match
+            **({"bias_correct": True} if bias_correct else {})}
 
 
 def _stage_of(path: str | Path) -> Path:
@@ -349,10 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--brain-mask", action=argparse.BooleanOptionalAction, default=None,
                         help="zero everything farther than --brain-mask-mm from the MNI152 brain mask (default on)")
     parser.add_argument("--brain-mask-mm", type=float, help=f"brain-mask dilation in mm (default {DEFAULT_DILATION_MM:g})")
+    parser.add_argument("--bias-correct", action=argparse.BooleanOptionalAction, default=None,
+                        help="ANTs N4 bias-field correction of each scan after the brain mask (default off; "
+                             "recorded in convert.json and carried into weights.json, so raxnet predict does the same)")
     args = parser.parse_args(argv)
     cfg, run_cfg = resolve(args)
     cfg = with_flags(cfg, "convert", planes=args.planes, include_holdout=True if args.all else None,
-                     brain_mask=args.brain_mask, brain_mask_mm=args.brain_mask_mm)
+                     brain_mask=args.brain_mask, brain_mask_mm=args.brain_mask_mm, bias_correct=args.bias_correct)
     summary = run(cfg, run_cfg)
     print(f"{summary['subjects']} subject(s), {summary['stacks']} stack pair(s) in {summary['index']}; "
           f"{summary['n_errors']} error(s)")

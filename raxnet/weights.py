@@ -12,7 +12,7 @@ with the lowest inner-validation loss (never the reported outer-fold scores; :mo
 The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
 (:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
 the minimum lesion size in mm³, the lesion connectivity, flip TTA and the brain-mask step the networks
-were trained with (``brain_mask_mm``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
+were trained with (``brain_mask_mm`` and ``bias_correct``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
 them; its flags override them. A step that changes what the networks see adds its setting here.
 Format 1 manifests (before the block existed) read as their ``threshold`` plus the defaults below.
 """
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raxnet.brainmask import check_setting, read_record
+from raxnet.brainmask import check_setting, read_bias_correct, read_record
 from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
@@ -47,6 +47,7 @@ INFERENCE_KEYS: dict[str, Any] = {
     "tta": False,  # left-right flip test-time augmentation
     "weights": {},  # per-plane weights of the "weighted" fusion ({} = not used)
     "brain_mask_mm": None,  # brain-mask step before normalisation: dilation in mm, None = none (as trained)
+    "bias_correct": False,  # N4 bias-field correction after the brain mask (as trained)
 }
 
 
@@ -111,6 +112,8 @@ def check_inference(settings: dict[str, Any], where: str | Path) -> None:
     if settings["fusion"] == "weighted" and set(settings["weights"]) != set(PLANES):
         raise InputError(f"{where}: weighted fusion needs a weight for each of {', '.join(PLANES)}")
     check_setting(settings["brain_mask_mm"], str(where))
+    if not isinstance(settings["bias_correct"], bool):
+        raise InputError(f"{where}: bias_correct must be true or false, got {settings['bias_correct']!r}")
 
 
 def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -167,7 +170,8 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     The manifest's inference decisions are ``inference`` (keys of :data:`INFERENCE_KEYS`) when given,
     else the post-processing stage 08 chose on validation data for this model
     (``08_fusion/postprocessing.json``), else the defaults; ``inference_source`` says which.
-    ``brain_mask_mm`` comes from stage 03's record (what the models saw) unless ``inference`` sets it.
+    ``brain_mask_mm`` and ``bias_correct`` come from stage 03's record (what the models saw) unless
+    ``inference`` sets them.
     """
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     if inference is None:
@@ -175,7 +179,8 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     else:
         source = {"from": "given to export_weights"}
     recorded, brain_mask_mm = read_record(stage_dir(work_dir, "convert"))
-    decisions = {**INFERENCE_KEYS, **({"brain_mask_mm": brain_mask_mm} if recorded else {}), **inference}
+    seen = {"brain_mask_mm": brain_mask_mm, "bias_correct": read_bias_correct(stage_dir(work_dir, "convert"))}
+    decisions = {**INFERENCE_KEYS, **(seen if recorded else {}), **inference}
     unknown = sorted(set(decisions) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")

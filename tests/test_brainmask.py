@@ -57,6 +57,37 @@ def test_prepare_hand_case() -> None:
         B.prepare(np.where(core, 0.0, 7.0), affine, 6.0, source="scan.nii.gz")
 
 
+def test_prepare_bias_correction_runs_after_the_mask_before_the_scale(monkeypatch) -> None:
+    """bias_correct: N4 sees the masked volume with the grid's voxel size; its output is what gets
+    normalised (percentiles still from the undilated mask); off by default."""
+    shape, affine = templates.grid(2)
+    core = B.brain_mask(affine, shape, 0.0)
+    keep = B.brain_mask(affine, shape, 6.0)
+    vol = np.where(core, 100.0, 0.0).astype(np.float32)
+    vol[core] += np.linspace(0.0, 100.0, int(core.sum()), dtype=np.float32)
+    vol[~keep] = 5000.0
+    seen = []
+
+    def halve_right_side(v, spacing):  # stand-in for N4: a known change of the intensities
+        seen.append((v.copy(), spacing))
+        out = v.copy()
+        out[shape[0] // 2:] *= 0.5
+        return out
+
+    monkeypatch.setattr(B, "n4_correct", halve_right_side)
+    out = B.prepare(vol, affine, 6.0, bias_correct=True)
+    (given, spacing), = seen
+    assert spacing == (2.0, 2.0, 2.0) and not given[~keep].any()
+    np.testing.assert_array_equal(given[keep], vol[keep])
+    corrected = halve_right_side(np.where(keep, vol, 0.0).astype(np.float32), spacing)
+    np.testing.assert_array_equal(out, normalise(corrected, stats_mask=core))
+    B.prepare(vol, affine, 6.0)
+    assert len(seen) == 2  # only the explicit call above: off by default
+    # without the brain mask, N4 sees the whole scan
+    np.testing.assert_array_equal(B.prepare(vol, affine, None, bias_correct=True), normalise(halve_right_side(vol, spacing)))
+    np.testing.assert_array_equal(seen[2][0], vol)
+
+
 def test_check_setting_and_record(tmp_path: Path) -> None:
     assert B.check_setting(None, "x") is None and B.check_setting(4, "x") == 4.0
     for bad in (-1, "six", float("nan")):
@@ -67,6 +98,18 @@ def test_check_setting_and_record(tmp_path: Path) -> None:
     assert B.read_record(tmp_path) == (True, 6.0)
     B.write_record(tmp_path, None)
     assert B.read_record(tmp_path) == (True, None)
+    assert B.read_bias_correct(tmp_path) is False
+    B.write_record(tmp_path, 6.0, bias_correct=True)
+    assert B.read_record(tmp_path) == (True, 6.0) and B.read_bias_correct(tmp_path) is True
+    assert B.read_bias_correct(tmp_path / "none") is False  # no record: a run made before the setting existed
+    (tmp_path / B.RECORD).write_text('{"brain_mask_mm": 6.0, "bias_correct": "yes"}')
+    with pytest.raises(InputError, match=r"convert.json: bias_correct must be true or false, got 'yes'$"):
+        B.read_bias_correct(tmp_path)
+    (tmp_path / B.RECORD).write_text('{"brain_mask_mm": 6.0}')  # recorded before the setting existed
+    assert B.read_bias_correct(tmp_path) is False
+    (tmp_path / B.RECORD).write_text("{not json")
+    with pytest.raises(InputError, match=r"convert.json: invalid JSON$"):
+        B.read_bias_correct(tmp_path)
 
 
 def test_whole_head_and_brain_only_give_the_same_input() -> None:

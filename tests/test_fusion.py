@@ -201,6 +201,7 @@ def test_end_to_end_fusion_holdout_and_oof(tiny_work, capsys):
     info = json.loads((out / "fusion.json").read_text())
     assert info["holdout_folds"]["axial"] == [1] and info["weight_source"].startswith("cross-validation")
     assert info["brain_mask_mm"] is None  # no stage-03 record (03_moving_converting/convert.json): no mask step
+    assert info["bias_correct"] is False
 
     # evaluate-only on the masks just written reproduces the metrics exactly (independent path), in
     # its own folder: the fusion results are not overwritten
@@ -255,7 +256,7 @@ def test_postprocessing_chosen_out_of_fold_before_any_holdout_subject_is_read(ti
     from raxnet.weights import export_weights, read_manifest
 
     manifest = read_manifest(export_weights(work, tmp_path / "weights"))
-    assert manifest["inference"] == {**record["inference"], "brain_mask_mm": None}  # no stage-03 record
+    assert manifest["inference"] == {**record["inference"], "brain_mask_mm": None, "bias_correct": False}  # no stage-03 record
     assert manifest["inference_source"]["from"] == str(out / "postprocessing.json")
     assert manifest["inference_source"]["validation_score"] == pytest.approx(0.5)
 

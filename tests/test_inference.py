@@ -202,8 +202,9 @@ def test_brain_mask_step_is_applied_before_prediction():
     np.testing.assert_allclose(got["sagittal"], expected, atol=1e-6)
     plain = predict_probabilities(volume, {"sagittal": [model]}, affine=affine)  # no brain-mask step
     assert np.abs(plain["sagittal"] - got["sagittal"]).max() > 0.01
-    with pytest.raises(ValueError, match="^the brain-mask step needs the volume's affine$"):
-        predict_probabilities(volume, {"sagittal": [model]}, brain_mask_mm=0.0)
+    for step in ({"brain_mask_mm": 0.0}, {"bias_correct": True}):
+        with pytest.raises(ValueError, match="^the brain-mask and bias-correction steps need the volume's affine$"):
+            predict_probabilities(volume, {"sagittal": [model]}, **step)
     # a scan with no signal inside the brain mask is refused, naming the source
     outside = np.zeros(shape, np.float32)
     outside[:3] = 50.0

@@ -120,6 +120,20 @@ def test_n4_correct_flattens_a_smooth_field_and_keeps_the_background():
     assert (low[head] > 0).all() and cv(low) < cv(vol) / 3
 
 
+def test_n4_correct_fits_its_field_on_an_8_mm_grid(monkeypatch):
+    """The default shrink factor makes N4's fitting grid ~8 mm whatever the voxel size; an explicit one wins."""
+    ants = pytest.importorskip("ants")
+    from raxnet.intensity import n4_correct
+
+    shrinks = []
+    monkeypatch.setattr(ants, "n4_bias_field_correction", lambda image, mask, shrink_factor: shrinks.append(shrink_factor) or image)
+    vol = np.ones((4, 4, 4), np.float32)
+    for spacing in ((1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (1.5, 1.0, 3.0), (3.0, 3.0, 3.0), (10.0, 10.0, 10.0)):
+        n4_correct(vol, spacing)
+    n4_correct(vol, (1.0, 1.0, 1.0), shrink_factor=2)
+    assert shrinks == [8, 4, 8, 3, 1, 2]
+
+
 def test_n4_correct_without_antspy_is_one_clear_error(monkeypatch):
     import sys
 

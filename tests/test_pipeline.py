@@ -54,7 +54,7 @@ def test_weight_set_carries_the_postprocessing_chosen_out_of_fold(demo):
     record = json.loads((work / "08_fusion" / "postprocessing.json").read_text())
     manifest = json.loads((work / "weights" / "weights.json").read_text())
     # stage 08's choice, plus what the models saw: stage 03's brain-mask step (default 6 mm)
-    assert record["subjects"] and {**record["inference"], "brain_mask_mm": 6.0} == manifest["inference"]
+    assert record["subjects"] and {**record["inference"], "brain_mask_mm": 6.0, "bias_correct": False} == manifest["inference"]
     assert json.loads((work / "08_fusion" / "fusion.json").read_text())["brain_mask_mm"] == 6.0
     assert manifest["inference_source"]["from"].endswith("postprocessing.json")
     split = pd.read_csv(work / "02_data_splitting" / "split.csv")

@@ -268,6 +268,11 @@ def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkey
     assert lesion_voxels()[1]["brain_mask_mm"] == 6.0
     assert lesion_voxels("--brain-mask-mm", "2")[1]["brain_mask_mm"] == 2.0
     assert np.isnan(lesion_voxels("--no-brain-mask")[1]["brain_mask_mm"])
+    # the bias-correction step likewise: the manifest's, or the flag's
+    assert not lesion_voxels()[1]["bias_correct"]
+    (tmp_path / "w4").mkdir()
+    weights = _fixed_weight_set(tmp_path / "w4" / "set", {"bias_correct": True})
+    assert lesion_voxels()[1]["bias_correct"] and not lesion_voxels("--no-bias-correct")[1]["bias_correct"]
 
 
 def test_same_file_name_in_two_folders_writes_two_sets_of_outputs(scan, tmp_path, capsys):

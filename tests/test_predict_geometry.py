@@ -39,7 +39,7 @@ class StandInPredictor:
     def __init__(self) -> None:
         self.manifest = manifest()
         self.settings = {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "connectivity": 26,
-                         "tta": False, "brain_mask_mm": None, "weights": None}
+                         "tta": False, "brain_mask_mm": None, "bias_correct": False, "weights": None}
         self.seen: list[np.ndarray] = []
         self.sources: list[str] = []
         self.spacings: list = []
@@ -490,38 +490,27 @@ def test_predict_file_register_path_confidence_uses_the_weight_sets_connectivity
     assert lesions["planes_detecting"].tolist() == [0, 0] and row["n_lesions"] == 2
 
 
-def test_predict_file_bias_correct_segments_the_corrected_scan(tmp_path, monkeypatch):
-    """--bias-correct: the scan goes through n4_correct (with its voxel size) before anything else."""
-    import raxnet.predict as P
-
-    path = tmp_path / "grid_T1w.nii.gz"
-    write_scan(path, GRID_SHAPE, GRID_AFFINE)
-    calls = []
-    monkeypatch.setattr(P, "n4_correct", lambda d, s: calls.append(s) or d + 1.0)
-    predictor = StandInPredictor()
-    predict_file(predictor, path, tmp_path / "out", {"save_probabilities": False, "qc": False, "bias_correct": True})
-    np.testing.assert_array_equal(predictor.seen[0], np.asarray(nib.load(str(path)).dataobj) + 1.0)
-    assert calls == [(2.0, 2.0, 2.0)]
-    predict_file(predictor, path, tmp_path / "out2", {"save_probabilities": False, "qc": False})
-    np.testing.assert_array_equal(predictor.seen[1], np.asarray(nib.load(str(path)).dataobj))  # off by default
-
-
-def test_bias_correct_flag_and_docker_switch_reach_predict_file(tmp_path, monkeypatch):
-    """--bias-correct / RAXNET_BIAS_CORRECT (docker compose BIAS_CORRECT) turn N4 on; --no-bias-correct wins."""
+def test_bias_correct_flag_config_and_docker_switch_reach_the_predictor(tmp_path, monkeypatch):
+    """--bias-correct / RAXNET_BIAS_CORRECT (docker compose BIAS_CORRECT) / [predict] bias_correct override the
+    weight set's N4 step; unset, the weight set decides ("" is not an override); --no-bias-correct wins."""
     import raxnet.predict as P
 
     path = tmp_path / "grid_T1w.nii.gz"
     write_scan(path, GRID_SHAPE, GRID_AFFINE)
     seen = []
-    monkeypatch.setattr(P, "Predictor", lambda *a, **k: None)
-    monkeypatch.setattr(P, "predict_batch", lambda predictor, inputs, out, opts, root=None: seen.append(opts) or ([{"seconds": 1.0}], []))
+    monkeypatch.setattr(P, "Predictor", lambda *a, overrides=None, **k: seen.append(overrides))
+    monkeypatch.setattr(P, "predict_batch", lambda predictor, inputs, out, opts, root=None: ([{"seconds": 1.0}], []))
 
     def bias_correct(*extra):
         assert P.main(["--input", str(path), "--output", str(tmp_path / "o"), *extra]) == 0
         return seen[-1]["bias_correct"]
 
-    assert bias_correct() is False
+    assert bias_correct() == ""
     assert bias_correct("--bias-correct") is True
+    assert bias_correct("--no-bias-correct") is False
+    config = tmp_path / "c.toml"
+    config.write_text("[predict]\nbias_correct = false\n")
+    assert bias_correct("--config", str(config)) is False
     monkeypatch.setenv("RAXNET_BIAS_CORRECT", "1")
     assert bias_correct() is True
     assert bias_correct("--no-bias-correct") is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -221,7 +222,7 @@ def test_work_dir_that_is_a_file_is_one_error_line_exit_3(tmp_path, capsys):
                                  "of this path is a file, not a folder: choose another --work-dir / --output"]
 
 
-def test_brain_mask_step_zeroes_outside_and_is_recorded(tmp_path):
+def test_brain_mask_step_zeroes_outside_and_is_recorded(tmp_path, monkeypatch):
     """A coarse MNI grid (20 mm voxels over the whole head): stage 03 writes exactly brainmask.prepare's
     output, zero beyond the dilated template brain; convert.json records the setting; changing it redoes
     every subject."""
@@ -254,3 +255,13 @@ def test_brain_mask_step_zeroes_outside_and_is_recorded(tmp_path):
     assert stack.stat().st_mtime_ns != before  # setting changed: converted again
     assert brainmask.read_record(w / "03_moving_converting") == (True, None)
     np.testing.assert_allclose(load_volume_from_stacks(w, "a", plane="axial")[0], normalise(t1), rtol=2**-11, atol=1e-7)
+    # the bias-correction step: stacks of prepare(..., bias_correct=True), recorded, redone when switched on
+    monkeypatch.setattr(brainmask, "n4_correct", lambda v, spacing: v * np.linspace(1.0, 2.0, v.shape[0])[:, None, None])
+    sources = w / "03_moving_converting" / "sources" / "a.json"
+    assert "bias_correct" not in json.loads(sources.read_text())  # off: the record made before the setting existed
+    before = stack.stat().st_mtime_ns
+    convert({"convert": {"planes": "axial", "brain_mask": True, "brain_mask_mm": 6.0, "bias_correct": True}}, run_cfg)
+    assert stack.stat().st_mtime_ns != before and json.loads(sources.read_text())["bias_correct"] is True
+    assert brainmask.read_bias_correct(w / "03_moving_converting") is True
+    np.testing.assert_allclose(load_volume_from_stacks(w, "a", plane="axial")[0],
+                               brainmask.prepare(t1, affine, 6.0, bias_correct=True), rtol=2**-11, atol=1e-7)

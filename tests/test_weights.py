@@ -92,6 +92,11 @@ def test_manifest_records_stage_03_brain_mask(tmp_path):
     assert read_manifest(export_weights(work, tmp_path / "w2"))["inference"]["brain_mask_mm"] == 6.0
     with pytest.raises(InputError, match="brain_mask_mm"):
         export_weights(work, tmp_path / "w3", inference={"brain_mask_mm": -2})
+    assert read_manifest(tmp_path / "w2")["inference"]["bias_correct"] is False
+    write_record(work / "03_moving_converting", 6.0, bias_correct=True)  # N4 too: predict must run it
+    assert read_manifest(export_weights(work, tmp_path / "w4"))["inference"]["bias_correct"] is True
+    with pytest.raises(InputError, match=r"^export-weights: bias_correct must be true or false, got 1$"):
+        export_weights(work, tmp_path / "w5", inference={"bias_correct": 1})
 
 
 def test_format_1_manifest_reads_with_its_threshold(tmp_path):
@@ -139,7 +144,7 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
     assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "w")
-    assert manifest["inference"] == {**chosen, "brain_mask_mm": None}  # no stage-03 record: no brain mask
+    assert manifest["inference"] == {**chosen, "brain_mask_mm": None, "bias_correct": False}  # no stage-03 record: neither step
     assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
     # chosen for another model, or nothing chosen: the defaults, with the reason
     for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):
