@@ -254,6 +254,25 @@ def init_source(weights_dir: str | Path, plane: str) -> dict[str, Any] | None:
             "training_data": {"seed": seed} if seed is not None else {}}
 
 
+def check_init_inputs(weights_dir: str | Path, work_dir: str | Path) -> None:
+    """ConfigError when the warm-start weight set was trained on inputs prepared otherwise than this run's
+    stage 03 prepared its stacks (brain-mask step, N4 bias correction): fine-tuning would silently mix two
+    input distributions, and ``export-weights`` would record only this run's."""
+    from raxnet.brainmask import read_bias_correct, read_record
+    from raxnet.weights import read_manifest
+
+    convert_dir = stage_dir(work_dir, "convert")
+    recorded, brain_mask_mm = read_record(convert_dir)
+    if not recorded:
+        return  # stacks made before stage 03 kept a record: nothing to compare
+    theirs = read_manifest(weights_dir)["inference"]
+    ours = {"brain_mask_mm": brain_mask_mm, "bias_correct": read_bias_correct(convert_dir)}
+    differ = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise ConfigError(f"[train].init_weights: {Path(weights_dir) / 'weights.json'} was trained on inputs prepared "
+                          f"otherwise than {convert_dir / 'convert.json'} ({'; '.join(differ)}): set [convert] to match")
+
+
 def initialise_from(model: Any, init: Mapping[str, Any]) -> None:
     """Copy the weights of ``init['file']`` (a plane model of a weight set) into ``model``, layer for layer.
 
@@ -664,6 +683,8 @@ def train_one(
 
     augment = section(cfg, "augment", AUGMENT_DEFAULTS) if arrays.get("augment") else None
     init = init_source(train["init_weights"], plane)
+    if init is not None:
+        check_init_inputs(train["init_weights"], run["work_dir"])
     fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment, init)
     inputs = input_digests(run["work_dir"], plane)
     epochs = int(train["epochs"])

@@ -18,7 +18,7 @@ def dockerfile_instruction(name: str) -> list[str]:
     return json.loads(match.group(1))
 
 
-def test_compose_predict_service():
+def test_compose_predict_service(monkeypatch):
     compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
     service = compose["services"]["predict"]
     assert "ports" not in service
@@ -29,6 +29,14 @@ def test_compose_predict_service():
     assert service["command"] == ["--input", "/input", "--output", "/output"]
     # outputs belong to the caller: the user is set from the environment, defaulting to the image's uid 1000
     assert service["user"] == "${RAXNET_UID:-1000}:${RAXNET_GID:-1000}"
+    # BIAS_CORRECT unset must not override the weight set's N4 step: compose passes "", which predict reads
+    # as "not given" (BIAS_CORRECT=0 would switch it off, 1 on)
+    assert service["environment"]["RAXNET_BIAS_CORRECT"] == "${BIAS_CORRECT:-}"
+    from raxnet.predict import _env_flag
+
+    for value, flag in (("", None), ("0", False), ("1", True)):
+        monkeypatch.setenv("RAXNET_BIAS_CORRECT", value)
+        assert _env_flag("RAXNET_BIAS_CORRECT") is flag
 
 
 def test_dockerfile_runs_raxnet_predict_as_non_root():

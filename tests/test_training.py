@@ -469,3 +469,30 @@ def test_init_weights_starts_from_the_weight_set_and_records_it(trained: dict, t
     with pytest.raises(ConfigError, match=r"axial\.keras: \[train\]\.init_weights model does not match"):
         training.train_one(wider, {**run, "work_dir": str(make_work_dir(tmp_path / "x"))}, PLANE, 1, MODEL,
                            "tversky_focal")
+
+
+def test_init_weights_must_have_seen_inputs_prepared_like_this_runs(tmp_path: Path) -> None:
+    """Fine-tuning weights trained with the brain mask / N4 on stacks made otherwise is refused with the
+    difference named; matching settings (or stacks without a stage-03 record) pass."""
+    from raxnet.brainmask import write_record
+
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "axial.keras").write_bytes(b"")
+    manifest = {"format": 2, "grid_shape": [16, 16, 12], "affine": np.eye(4).tolist(),
+                "planes": {"axial": {"file": "axial.keras"}},
+                "inference": {"brain_mask_mm": 6.0, "bias_correct": True}}
+    (folder / "weights.json").write_text(json.dumps(manifest))
+    work = tmp_path / "w"
+    training.check_init_inputs(folder, work)  # no stage-03 record: nothing to compare
+    convert = work / "03_moving_converting"
+    convert.mkdir(parents=True)
+    write_record(convert, 6.0, bias_correct=True)
+    training.check_init_inputs(folder, work)
+    write_record(convert, 6.0)
+    with pytest.raises(ConfigError, match=r"ws/weights.json was trained on inputs prepared otherwise than .*convert\.json "
+                                          r"\(bias_correct True there, False here\): set \[convert\] to match$"):
+        training.check_init_inputs(folder, work)
+    write_record(convert, None)
+    with pytest.raises(ConfigError, match=r"\(brain_mask_mm 6\.0 there, None here; bias_correct True there, False here\)"):
+        training.check_init_inputs(folder, work)
