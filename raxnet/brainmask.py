@@ -125,27 +125,29 @@ def write_record(stage_dir: str | Path, brain_mask_mm: float | None, bias_correc
                       "normalisation": "raxnet.intensity.normalise"}, Path(stage_dir) / RECORD)
 
 
-def read_record(stage_dir: str | Path) -> tuple[bool, float | None]:
-    """``(recorded, brain_mask_mm)`` of a stage-03 folder; runs made before the record existed used none."""
+def read_steps(stage_dir: str | Path) -> dict[str, Any] | None:
+    """Stage 03's preprocessing steps (``{"brain_mask_mm": ..., "bias_correct": ...}``) from its record, read
+    once; None when the folder has no record. Runs recorded before ``bias_correct`` existed did not correct."""
     path = Path(stage_dir) / RECORD
     if not path.is_file():
-        return False, None
+        return None
     try:
-        value = json.loads(path.read_text()).get("brain_mask_mm")
+        record = json.loads(path.read_text())
+        mm, bias_correct = record.get("brain_mask_mm"), record.get("bias_correct", False)
     except (ValueError, AttributeError):
         raise InputError(f"{path}: invalid JSON") from None
-    return True, check_setting(value, str(path))
+    if not isinstance(bias_correct, bool):
+        raise InputError(f"{path}: bias_correct must be true or false, got {bias_correct!r}")
+    return {"brain_mask_mm": check_setting(mm, str(path)), "bias_correct": bias_correct}
+
+
+def read_record(stage_dir: str | Path) -> tuple[bool, float | None]:
+    """``(recorded, brain_mask_mm)`` of a stage-03 folder; runs made before the record existed used none."""
+    steps = read_steps(stage_dir)
+    return (False, None) if steps is None else (True, steps["brain_mask_mm"])
 
 
 def read_bias_correct(stage_dir: str | Path) -> bool:
     """Whether stage 03 bias-corrected its inputs (runs recorded before the setting existed did not)."""
-    path = Path(stage_dir) / RECORD
-    if not path.is_file():
-        return False
-    try:
-        value = json.loads(path.read_text()).get("bias_correct", False)
-    except (ValueError, AttributeError):
-        raise InputError(f"{path}: invalid JSON") from None
-    if not isinstance(value, bool):
-        raise InputError(f"{path}: bias_correct must be true or false, got {value!r}")
-    return value
+    steps = read_steps(stage_dir)
+    return bool(steps and steps["bias_correct"])

@@ -45,7 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from raxnet import record
-from raxnet.brainmask import read_bias_correct, read_record
+from raxnet.brainmask import read_steps
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import section, stage_dir, with_flags
@@ -217,8 +217,8 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         log.info("weighted fusion weights (%s): %s", weight_source,
                  ", ".join(f"{p} {w:.3f}" for p, w in weights.items()))
     # The brain-mask and bias-correction steps stage 03 applied to the training inputs apply here too.
-    _, brain_mask_mm = read_record(stage_dir(work, "convert"))
-    bias_correct = read_bias_correct(stage_dir(work, "convert"))
+    steps = read_steps(stage_dir(work, "convert")) or {"brain_mask_mm": None, "bias_correct": False}
+    brain_mask_mm, bias_correct = steps["brain_mask_mm"], steps["bias_correct"]
     # out-of-fold subjects are predicted when they are reported (oof) or choose the post-processing (select)
     subjects = load_subjects(work, data_root, oof=bool(f["oof"]) or select)
     if not any(s.set == "holdout" for s in subjects):

@@ -135,8 +135,8 @@ def predict_probabilities(
     ``models[plane]`` lists loaded models, ``.keras`` paths or FoldModels (paths load through ``cache``).
     ``volume`` is prepared here unless ``normalised``: the brain-mask step when ``brain_mask_mm`` is not
     None (needs the volume's ``affine``), N4 when ``bias_correct``, then normalisation
-    (:func:`raxnet.brainmask.prepare`, as in stage 03). A volume whose slices are larger than a model's input is refused with an InputError
-    naming ``source`` and the model.
+    (:func:`raxnet.brainmask.prepare`, as in stage 03). A volume whose slices are larger than a model's
+    input is refused with an InputError naming ``source`` and the model.
     """
     from raxnet.brainmask import prepare
 

@@ -258,15 +258,14 @@ def check_init_inputs(weights_dir: str | Path, work_dir: str | Path) -> None:
     """ConfigError when the warm-start weight set was trained on inputs prepared otherwise than this run's
     stage 03 prepared its stacks (brain-mask step, N4 bias correction): fine-tuning would silently mix two
     input distributions, and ``export-weights`` would record only this run's."""
-    from raxnet.brainmask import read_bias_correct, read_record
+    from raxnet.brainmask import read_steps
     from raxnet.weights import read_manifest
 
     convert_dir = stage_dir(work_dir, "convert")
-    recorded, brain_mask_mm = read_record(convert_dir)
-    if not recorded:
+    ours = read_steps(convert_dir)
+    if ours is None:
         return  # stacks made before stage 03 kept a record: nothing to compare
     theirs = read_manifest(weights_dir)["inference"]
-    ours = {"brain_mask_mm": brain_mask_mm, "bias_correct": read_bias_correct(convert_dir)}
     differ = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
     if differ:
         raise ConfigError(f"[train].init_weights: {Path(weights_dir) / 'weights.json'} was trained on inputs prepared "

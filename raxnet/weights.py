@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raxnet.brainmask import check_setting, read_bias_correct, read_record
+from raxnet.brainmask import check_setting, read_steps
 from raxnet.components import LESION_CONNECTIVITY
 from raxnet.config import stage_dir
 from raxnet.errors import InputError, StageInputError
@@ -178,9 +178,8 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
         inference, source = chosen_inference(work_dir, model)
     else:
         source = {"from": "given to export_weights"}
-    recorded, brain_mask_mm = read_record(stage_dir(work_dir, "convert"))
-    seen = {"brain_mask_mm": brain_mask_mm, "bias_correct": read_bias_correct(stage_dir(work_dir, "convert"))}
-    decisions = {**INFERENCE_KEYS, **(seen if recorded else {}), **inference}
+    seen = read_steps(stage_dir(work_dir, "convert")) or {}
+    decisions = {**INFERENCE_KEYS, **seen, **inference}
     unknown = sorted(set(decisions) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown inference setting(s) {', '.join(unknown)}")
