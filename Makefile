@@ -33,7 +33,7 @@ test: $(STAMP)
 weights: $(STAMP)
 	$(BIN)/python -m raxnet demo --config configs/weights_demo.toml
 	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo --out weights/demo \
-	    --note "configs/weights_demo.toml (make weights): synthetic ATLAS, 400 whole-head subjects, seed 20262, 2 mm; demo weights, not for clinical use"
+	    --note "configs/weights_demo.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane; demo weights, not for clinical use"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

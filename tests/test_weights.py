@@ -122,12 +122,12 @@ def test_shipped_demo_manifest_is_format_2():
     # The shipped set carries stage 08's out-of-fold choice, the brain-mask step its models saw, and its
     # training seed (20262: no README example regenerates its subjects).
     inference = manifest["inference"]
-    assert (inference["fusion"], inference["threshold"], inference["min_lesion_mm3"]) == ("weighted", 0.4, 200.0)
+    assert (inference["fusion"], inference["threshold"], inference["min_lesion_mm3"]) == ("weighted", 0.4, 50.0)
     assert inference["brain_mask_mm"] == 6.0
     assert "out-of-fold" in manifest["inference_source"]["on"]
     assert manifest["inference_source"]["metric"] == "dice_lesion_f1"
     data = manifest["training_data"]
-    assert data["seed"] == 20262 and data["n_subjects_trained_on"] == len(data["subjects_trained_on"]) == 288
+    assert data["seed"] == 20262 and data["n_subjects_trained_on"] == len(data["subjects_trained_on"]) == 432
 
 
 def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
