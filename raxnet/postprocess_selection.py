@@ -17,7 +17,7 @@ step is kept only if it improves the validation metric):
 
 The metric (``metric``): ``dice``, ``lesion_f1`` (:mod:`raxnet.metrics`) or ``dice_lesion_f1``, their
 per-subject mean -- voxel overlap and lesion detection weighed equally, as the ATLAS challenge ranks on both
-(measured on the shipped weights' 72 out-of-fold subjects: Dice alone keeps every speck, lesion F1 0.32; the
+(measured on the 2026-12-04 demo weights' 72 out-of-fold subjects: Dice alone keeps every speck, lesion F1 0.32; the
 mean removes lesions under 200 mm³ for 0.0009 Dice and lesion F1 0.49).
 
 The hold-out subjects are never passed to either function: stage 08 applies the choice to them afterwards
