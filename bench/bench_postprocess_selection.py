@@ -3,7 +3,7 @@
 One 2 mm subject (99x117x95): a 15x12x10-voxel lesion and three plane probability maps of smoothed uniform noise
 scaled to [0, 0.7] with +0.4 on the lesion — deliberately noisy (many small components at low thresholds),
 so this is an upper bound for real predictions. Prints the seconds per subject for the [fusion] default grid
-(select_methods x select_thresholds x select_min_lesion_mm3), best of --repeats.
+(select_methods x select_thresholds x select_min_lesion_mm3 x select_min_peak), best of --repeats.
 
     .venv/bin/python bench/bench_postprocess_selection.py [--repeats 3]
 """
@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     probs, truth = noisy_case()
     grid = dict(methods=DEFAULTS["select_methods"], thresholds=DEFAULTS["select_thresholds"],
-                sizes_mm3=DEFAULTS["select_min_lesion_mm3"], weights={"axial": 0.4, "sagittal": 0.3, "coronal": 0.3})
+                sizes_mm3=DEFAULTS["select_min_lesion_mm3"], peaks=DEFAULTS["select_min_peak"], weights={"axial": 0.4, "sagittal": 0.3, "coronal": 0.3})
     best, n = np.inf, 0
     for _ in range(args.repeats):
         start = time.perf_counter()

@@ -22,7 +22,7 @@ on the train set ``weighted`` is very slightly optimistic; on the hold-out it is
 Post-processing chosen on validation data (``select``, on by default; :mod:`raxnet.postprocess_selection`):
 the train subjects are predicted out of fold (even without ``oof``, which only decides whether they are
 reported) and every candidate of the grid ``select_methods`` × ``select_thresholds`` ×
-``select_min_lesion_mm3`` is scored on them; the choice (best mean ``select_metric``; lesion removal kept
+``select_min_lesion_mm3`` × ``select_min_peak`` is scored on them; the choice (best mean ``select_metric``; lesion removal kept
 only if it improves it by more than ``select_min_gain``) is made before the first hold-out subject is read, written to
 ``postprocessing.json`` (choice, validation scores, the ``inference`` block ``raxnet export-weights``
 copies into ``weights.json``) and ``postprocessing_candidates.csv`` (mean scores of every candidate), and
@@ -91,8 +91,9 @@ DEFAULTS: dict[str, Any] = {
     "select": True,
     "select_metric": "dice_lesion_f1",  # dice | lesion_f1 | dice_lesion_f1 (their mean; over the out-of-fold subjects)
     "select_methods": ["mean", "vote", "weighted"],  # fusion methods tried
-    "select_thresholds": [0.3, 0.4, 0.5, 0.6, 0.7],  # lesion where probability >= threshold
+    "select_thresholds": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],  # lesion where probability >= threshold
     "select_min_lesion_mm3": [0, 20, 50, 100, 200, 500],  # smaller lesions removed (0 = keep all)
+    "select_min_peak": [0, 0.5, 0.6, 0.7, 0.8, 0.9],  # lesions whose peak probability is lower removed (0 = keep all)
     "select_min_gain": 0.005,  # lesion removal kept only if it raises the mean metric by more than this
 }
 
@@ -114,7 +115,7 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
             f[key] = [m.strip() for m in f[key].split(",") if m.strip()]
     if f["select"]:
         check_grid(f["select_methods"], f["select_thresholds"], f["select_min_lesion_mm3"], f["select_metric"],
-                   f["select_min_gain"])
+                   f["select_min_gain"], f["select_min_peak"])
     return f
 
 
@@ -140,7 +141,8 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
         "model": f["model"],
         "metric": f["select_metric"],
         "grid": {"methods": list(f["select_methods"]), "thresholds": [float(t) for t in f["select_thresholds"]],
-                 "min_lesion_mm3": [float(v) for v in f["select_min_lesion_mm3"]]},
+                 "min_lesion_mm3": [float(v) for v in f["select_min_lesion_mm3"]],
+                 "min_peak": [float(v) for v in f["select_min_peak"]]},
         "subjects": list(subjects),
     }
     if not candidate_rows:
@@ -154,18 +156,19 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
     chosen = choose(candidates, metric=f["select_metric"], default_threshold=float(f["threshold"]),
                     methods=f["select_methods"], min_gain=float(f["select_min_gain"]))
     is_chosen = ((candidates["method"] == chosen["fusion"]) & (candidates["threshold"] == chosen["threshold"])
-                 & (candidates["min_lesion_mm3"] == chosen["min_lesion_mm3"]))
+                 & (candidates["min_lesion_mm3"] == chosen["min_lesion_mm3"])
+                 & (candidates["min_peak"] == chosen["min_peak"]))
     save_csv(candidates.assign(chosen=is_chosen), out / "postprocessing_candidates.csv", float_format="%.6g")
     record["chosen"] = chosen
     record["inference"] = {
         "fusion": chosen["fusion"], "threshold": chosen["threshold"], "min_lesion_mm3": chosen["min_lesion_mm3"],
-        "connectivity": int(f["connectivity"]), "tta": bool(f["tta"]),
+        "min_peak": chosen["min_peak"], "connectivity": int(f["connectivity"]), "tta": bool(f["tta"]),
         "weights": dict(weights) if chosen["fusion"] == "weighted" else {},
     }
     save_json(record, out / "postprocessing.json")
     log.info("post-processing chosen on %d out-of-fold subject(s): %s, threshold %.2f, lesions >= %g mm³ "
-             "(validation %s %.3f)", chosen["n_subjects"], chosen["fusion"], chosen["threshold"],
-             chosen["min_lesion_mm3"], chosen["metric"], chosen["score"])
+             "with peak probability >= %g (validation %s %.3f)", chosen["n_subjects"], chosen["fusion"],
+             chosen["threshold"], chosen["min_lesion_mm3"], chosen["min_peak"], chosen["metric"], chosen["score"])
     return record
 
 
@@ -259,7 +262,8 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     oof_scored: list[str] = []
     postprocessing: dict[str, Any] | None = None
     grid = dict(methods=f["select_methods"], thresholds=f["select_thresholds"],
-                sizes_mm3=f["select_min_lesion_mm3"], connectivity=int(f["connectivity"]), weights=weights)
+                sizes_mm3=f["select_min_lesion_mm3"], peaks=f["select_min_peak"], connectivity=int(f["connectivity"]),
+                weights=weights)
     for s, models in progress(todo, desc="08 fusion", unit="subject"):
         holdout = s.set == "holdout"
         if holdout and select and postprocessing is None:
@@ -289,6 +293,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             chosen = postprocessing["inference"]
             masks[SELECTED] = postprocess(probs, fusion=chosen["fusion"], threshold=chosen["threshold"],
                                           min_lesion_mm3=chosen["min_lesion_mm3"], spacing=spacing,
+                                          min_peak=chosen.get("min_peak", 0.0),
                                           connectivity=chosen["connectivity"], weights=chosen["weights"] or None)
         # where every predicted plane alone says lesion (at the threshold each mask was made with): the share
         # of a mask inside it is its plane agreement

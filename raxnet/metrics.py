@@ -83,8 +83,9 @@ def _spacing(spacing: Spacing, ndim: int) -> tuple[float, ...]:
     return sp
 
 
-def crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cropped to the bounding box of their union, padded by one background voxel.
+def crop_to_union(p: np.ndarray, t: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Both masks (and any ``others`` of their shape) cropped to the bounding box of the masks' union,
+    padded by one background (zero) voxel.
 
     Every metric here is unchanged by this (all foreground, every component and every surface voxel
     stays inside; outside was background or the array border, which erosion also treats as background)
@@ -92,12 +93,12 @@ def crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """
     union = p | t
     if not union.any():
-        return p, t
+        return (p, t, *others)
     box = []
     for axis in range(union.ndim):
         hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
         box.append(slice(hit[0], hit[-1] + 1))
-    return np.pad(p[tuple(box)], 1), np.pad(t[tuple(box)], 1)
+    return tuple(np.pad(a[tuple(box)], 1) for a in (p, t, *others))
 
 
 def _ratio(num: int, den: int, both_empty: bool) -> float:

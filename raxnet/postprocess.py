@@ -17,6 +17,10 @@ Threshold rule (the only one in the package): a voxel is lesion when its probabi
 Small-lesion removal (:func:`remove_small_lesions`) drops connected components (``connectivity``,
 default :data:`raxnet.components.LESION_CONNECTIVITY`) smaller than a volume in mm³; the voxel count
 it corresponds to on a grid is :func:`min_voxels`.
+
+Peak rule (hysteresis, ``min_peak``): a component is kept only if its highest probability -- in the map the
+method thresholds (:func:`fused_probability`; ``vote``: the planes' mean) -- reaches ``min_peak``. A low
+threshold then gives a lesion its full extent while faint specks without a confident core go; 0 keeps all.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from raxnet.components import LESION_CONNECTIVITY, label
 from raxnet.errors import ConfigError
@@ -55,11 +60,15 @@ def _stack(probs: Probs) -> tuple[np.ndarray, list[Any]]:
     return np.stack(arrays), keys
 
 
+def mean_probability(probs: Probs) -> np.ndarray:
+    """float64 mean of the probability volumes."""
+    # float64 so that e.g. (0.6 + 0.6 + 0.3) / 3 is not pushed below 0.5 by float32 rounding.
+    return _stack(probs)[0].mean(axis=0, dtype=np.float64)
+
+
 def fuse_mean(probs: Probs, threshold: float = 0.5) -> np.ndarray:
     """uint8 mask where the mean probability of the planes is ``>= threshold``."""
-    stack, _ = _stack(probs)
-    # float64 so that e.g. (0.6 + 0.6 + 0.3) / 3 is not pushed below 0.5 by float32 rounding.
-    return binarise(stack.mean(axis=0, dtype=np.float64), threshold)
+    return binarise(mean_probability(probs), threshold)
 
 
 def fuse_vote(probs: Probs, threshold: float = 0.5) -> np.ndarray:
@@ -69,8 +78,8 @@ def fuse_vote(probs: Probs, threshold: float = 0.5) -> np.ndarray:
     return (2 * votes > stack.shape[0]).astype(np.uint8)
 
 
-def fuse_weighted(probs: Probs, weights: Mapping[str, float] | Sequence[float], threshold: float = 0.5) -> np.ndarray:
-    """uint8 mask where the weighted mean probability is ``>= threshold``.
+def weighted_mean(probs: Probs, weights: Mapping[str, float] | Sequence[float]) -> np.ndarray:
+    """float64 weighted mean of the probability volumes.
 
     ``weights`` are aligned with ``probs`` (by key for mappings, by position otherwise), must be
     non-negative with a positive sum, and are normalised here.
@@ -91,15 +100,32 @@ def fuse_weighted(probs: Probs, weights: Mapping[str, float] | Sequence[float], 
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError(f"weights must be finite, non-negative and not all zero, got {w.tolist()}")
     w = w / w.sum()
-    return binarise(np.tensordot(w, stack.astype(np.float64), axes=1), threshold)
+    return np.tensordot(w, stack.astype(np.float64), axes=1)
 
 
-def keep_large_components(labels: np.ndarray, n: int, min_size: int) -> np.ndarray:
-    """uint8 mask of the labelled components (1..n) with at least ``min_size`` voxels."""
+def fuse_weighted(probs: Probs, weights: Mapping[str, float] | Sequence[float], threshold: float = 0.5) -> np.ndarray:
+    """uint8 mask where the weighted mean probability (:func:`weighted_mean`) is ``>= threshold``."""
+    return binarise(weighted_mean(probs, weights), threshold)
+
+
+def keep_large_components(labels: np.ndarray, n: int, min_size: int, peaks: np.ndarray | None = None,
+                          min_peak: float = 0.0) -> np.ndarray:
+    """uint8 mask of the labelled components (1..n) with at least ``min_size`` voxels and, when ``peaks``
+    (per label, :func:`component_peaks`) is given, a peak probability ``>= min_peak``."""
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= max(int(min_size), 1)
+    if peaks is not None and min_peak > 0:
+        keep &= np.asarray(peaks) >= min_peak
     keep[0] = False
     return keep[labels].astype(np.uint8)
+
+
+def component_peaks(labels: np.ndarray, n: int, prob: np.ndarray) -> np.ndarray:
+    """Highest ``prob`` inside each labelled component: array of n + 1 values (index 0, background: 0)."""
+    peaks = np.zeros(n + 1, dtype=np.float64)
+    if n:
+        peaks[1:] = ndimage.maximum(np.asarray(prob, dtype=np.float64), labels, index=np.arange(1, n + 1))
+    return peaks
 
 
 def remove_small_components(mask: np.ndarray, min_size: int, connectivity: int = LESION_CONNECTIVITY) -> np.ndarray:
@@ -143,15 +169,21 @@ def method_names(methods: Iterable[str], min_size: int) -> list[str]:
 def fuse(probs: Mapping[str, np.ndarray], method: str, threshold: float = 0.5,
          weights: Mapping[str, float] | None = None) -> np.ndarray:
     """uint8 mask of one method of :data:`ALL_METHODS` from per-plane probability volumes."""
+    if method == "vote":
+        return fuse_vote({p: probs[p] for p in PLANES if p in probs}, threshold)
+    return binarise(fused_probability(probs, method, weights), threshold)
+
+
+def fused_probability(probs: Mapping[str, np.ndarray], method: str,
+                      weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """The probability map ``method`` thresholds (``vote``, which thresholds each plane: the planes' mean)."""
     planes = {p: probs[p] for p in PLANES if p in probs}
     if method in PLANES:
-        return binarise(probs[method], threshold)
-    if method == "mean":
-        return fuse_mean(planes, threshold)
-    if method == "vote":
-        return fuse_vote(planes, threshold)
+        return np.asarray(probs[method])
+    if method in ("mean", "vote"):
+        return mean_probability(planes)
     if method == "weighted":
-        return fuse_weighted(planes, weights or {p: 1.0 for p in planes}, threshold)
+        return weighted_mean(planes, weights or {p: 1.0 for p in planes})
     raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(ALL_METHODS)}")
 
 
@@ -176,7 +208,12 @@ def fuse_all(
 
 def postprocess(probs: Mapping[str, np.ndarray], *, fusion: str, threshold: float, min_lesion_mm3: float,
                 spacing: Sequence[float], connectivity: int = LESION_CONNECTIVITY,
-                weights: Mapping[str, float] | None = None) -> np.ndarray:
-    """The final mask of one setting: fuse, threshold, then remove lesions under ``min_lesion_mm3``."""
+                weights: Mapping[str, float] | None = None, min_peak: float = 0.0) -> np.ndarray:
+    """The final mask of one setting: fuse, threshold, then remove lesions under ``min_lesion_mm3`` and,
+    with ``min_peak`` > 0, lesions whose peak probability is below it (module doc)."""
     mask = fuse(probs, fusion, threshold, weights)
-    return remove_small_lesions(mask, min_lesion_mm3, spacing, connectivity)
+    if min_peak <= 0 or not mask.any():
+        return remove_small_lesions(mask, min_lesion_mm3, spacing, connectivity)
+    labels, n = label(mask, connectivity)
+    peaks = component_peaks(labels, n, fused_probability(probs, fusion, weights))
+    return keep_large_components(labels, n, min_voxels(min_lesion_mm3, spacing), peaks, float(min_peak))

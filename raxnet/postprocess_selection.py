@@ -2,14 +2,15 @@
 
 After the fold models are trained, stage 08 predicts the train subjects *out of fold* (a subject of fold
 ``k`` by the ``fold_<k>`` models, which never saw it) and scores, per subject, every candidate of a small
-grid (:func:`score_candidates`): fusion method × probability threshold × minimum lesion size in mm³.
+grid (:func:`score_candidates`): fusion method × probability threshold × minimum lesion size in mm³ ×
+minimum peak probability (``min_peak``, the hysteresis rule of :mod:`raxnet.postprocess`; 0 = none).
 :func:`choose` then decides, in the spirit of nnU-Net's ``determine_postprocessing`` (a post-processing
 step is kept only if it improves the validation metric):
 
 1. without lesion removal: the fusion method and threshold with the best mean validation metric (ties: the
    method listed first, then the threshold closest to ``[fusion].threshold``);
-2. with lesion removal: the best candidate of the whole grid whose minimum lesion size is above 0 (ties: the
-   smallest size, then as in 1). It wins only if it beats 1 by more than ``min_gain``: removing small
+2. with lesion removal: the best candidate of the whole grid that removes lesions by size or by peak
+   (minimum size or ``min_peak`` above 0; ties: the smallest size, the lowest peak, then as in 1). It wins only if it beats 1 by more than ``min_gain``: removing small
    lesions trades small-lesion detection for fewer specks, so a gain within the noise of a few dozen
    validation subjects must not buy it. Removal is judged over the whole grid, not only at the threshold
    of 1, because the two interact: without removal a metric that counts lesions favours a high threshold
@@ -34,16 +35,17 @@ import pandas as pd
 from raxnet.components import LESION_CONNECTIVITY, label
 from raxnet.errors import ConfigError
 from raxnet.metrics import crop_to_union, dice, lesion_f1
-from raxnet.postprocess import ALL_METHODS, fuse, keep_large_components, min_voxels
+from raxnet.postprocess import ALL_METHODS, component_peaks, fuse, fused_probability, keep_large_components, min_voxels
 
 #: Validation metrics a choice can be made on (higher is better for both).
 METRICS: tuple[str, ...] = ("dice", "lesion_f1", "dice_lesion_f1")
-CANDIDATE_COLUMNS = ["method", "threshold", "min_lesion_mm3", "n_subjects", "dice_mean", "lesion_f1_mean",
+KEYS = ["method", "threshold", "min_lesion_mm3", "min_peak"]
+CANDIDATE_COLUMNS = [*KEYS, "n_subjects", "dice_mean", "lesion_f1_mean",
                      "dice_lesion_f1_mean"]
 
 
 def check_grid(methods: Sequence[str], thresholds: Sequence[float], sizes_mm3: Sequence[float],
-               metric: str, min_gain: float = 0.0) -> None:
+               metric: str, min_gain: float = 0.0, peaks: Sequence[float] = ()) -> None:
     """ConfigError for an empty or out-of-range candidate grid."""
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad or not methods:
@@ -52,6 +54,8 @@ def check_grid(methods: Sequence[str], thresholds: Sequence[float], sizes_mm3: S
         raise ConfigError(f"fusion.select_thresholds must be values in (0, 1), got {list(thresholds)}")
     if any(float(v) < 0 for v in sizes_mm3):
         raise ConfigError(f"fusion.select_min_lesion_mm3 must be >= 0, got {list(sizes_mm3)}")
+    if any(not 0.0 <= float(v) < 1.0 for v in peaks):
+        raise ConfigError(f"fusion.select_min_peak must be values in [0, 1), got {list(peaks)}")
     if metric not in METRICS:
         raise ConfigError(f"fusion.select_metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if not 0.0 <= float(min_gain) < 1.0:
@@ -66,35 +70,47 @@ def score_candidates(
     methods: Sequence[str],
     thresholds: Sequence[float],
     sizes_mm3: Sequence[float],
+    peaks: Sequence[float] = (),
     connectivity: int = LESION_CONNECTIVITY,
     weights: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per candidate (method, threshold, min_lesion_mm3) with this subject's Dice and lesion F1."""
+    """One row per candidate (method, threshold, min_lesion_mm3, min_peak) with this subject's Dice and
+    lesion F1. A peak at or below the threshold removes nothing, so only ``min_peak`` 0 and peaks above the
+    threshold are candidates."""
     sizes = sorted({0.0, *(float(v) for v in sizes_mm3)})
+    all_peaks = sorted({0.0, *(float(v) for v in peaks)})
     rows = []
     for method in methods:
+        prob = fused_probability(probs, method, weights) if any(all_peaks) else None
         for t in thresholds:
-            fused, t_crop = crop_to_union(fuse(probs, method, float(t), weights), truth)
+            mask = fuse(probs, method, float(t), weights)
+            fused, t_crop, *prob_crop = crop_to_union(mask, truth, *([] if prob is None else [prob]))
             labels, n = label(fused, connectivity)
             component_sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-            kept, scores = -1, {}
+            peak_of = component_peaks(labels, n, prob_crop[0]) if prob_crop else None
+            scored: dict[bytes, dict[str, float]] = {}  # same components kept -> same mask -> same scores
             for v in sizes:
                 k = min_voxels(v, spacing)
-                n_kept = int((component_sizes >= max(k, 1)).sum())
-                if n_kept != kept:  # a size that removes nothing more gives the same mask: same scores
-                    mask = keep_large_components(labels, n, k)
-                    scores = {"dice": dice(mask, t_crop),
-                              "lesion_f1": lesion_f1(mask, t_crop, connectivity=connectivity)}
-                    kept = n_kept
-                rows.append({"method": method, "threshold": float(t), "min_lesion_mm3": v, **scores})
+                for pk in (p for p in all_peaks if p == 0.0 or p > float(t)):
+                    kept = component_sizes >= max(k, 1)
+                    if pk > 0:
+                        kept &= peak_of[1:] >= pk
+                    key = kept.tobytes()
+                    if key not in scored:
+                        m = keep_large_components(labels, n, k, peak_of, pk)
+                        scored[key] = {"dice": dice(m, t_crop),
+                                       "lesion_f1": lesion_f1(m, t_crop, connectivity=connectivity)}
+                    rows.append({"method": method, "threshold": float(t), "min_lesion_mm3": v, "min_peak": pk,
+                                 **scored[key]})
     return rows
 
 
 def summarise_candidates(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Mean validation scores per candidate over subjects (:data:`CANDIDATE_COLUMNS`), in grid order."""
     df = pd.DataFrame(rows)
-    keys = ["method", "threshold", "min_lesion_mm3"]
-    g = df.groupby(keys, sort=False)
+    if "min_peak" not in df:  # rows scored without a peak grid
+        df["min_peak"] = 0.0
+    g = df.groupby(KEYS, sort=False)
     out = g.agg(n_subjects=("dice", "size"), dice_mean=("dice", "mean"), lesion_f1_mean=("lesion_f1", "mean"))
     out["dice_lesion_f1_mean"] = (out["dice_mean"] + out["lesion_f1_mean"]) / 2.0  # = mean of per-subject means
     return out.reset_index()[CANDIDATE_COLUMNS]
@@ -102,27 +118,32 @@ def summarise_candidates(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd
 
 def choose(candidates: pd.DataFrame, *, metric: str = "dice", default_threshold: float = 0.5,
            methods: Sequence[str] | None = None, min_gain: float = 0.0) -> dict[str, Any]:
-    """The chosen (method, threshold, min_lesion_mm3) from :func:`summarise_candidates` (module doc).
+    """The chosen (method, threshold, min_lesion_mm3, min_peak) from :func:`summarise_candidates` (module doc).
 
     Returns the choice with its validation score (``score``) and the best score without lesion removal
     (``score_without_removal``, step 1).
     """
     col = f"{metric}_mean"
     order = list(methods) if methods else list(dict.fromkeys(candidates["method"]))
+    if "min_peak" not in candidates:
+        candidates = candidates.assign(min_peak=0.0)
     ranked = candidates.assign(_m=candidates["method"].map({m: i for i, m in enumerate(order)}),
                                _t=(candidates["threshold"] - default_threshold).abs())
-    # best score first; ties: the smallest size, the listed method first, then the threshold nearest the default
-    ranked = ranked.sort_values([col, "min_lesion_mm3", "_m", "_t"], ascending=[False, True, True, True],
-                                kind="stable")
-    best = ranked[ranked["min_lesion_mm3"] == 0].iloc[0]
+    # best score first; ties: the smallest size, the lowest peak, the listed method first, then the threshold
+    # nearest the default
+    ranked = ranked.sort_values([col, "min_lesion_mm3", "min_peak", "_m", "_t"],
+                                ascending=[False, True, True, True, True], kind="stable")
+    removes = (ranked["min_lesion_mm3"] > 0) | (ranked["min_peak"] > 0)
+    best = ranked[~removes].iloc[0]
     chosen = best
-    removal = ranked[ranked["min_lesion_mm3"] > 0]
+    removal = ranked[removes]
     if len(removal) and removal.iloc[0][col] > float(best[col]) + float(min_gain):
         chosen = removal.iloc[0]
     return {
         "fusion": str(chosen["method"]),
         "threshold": float(chosen["threshold"]),
         "min_lesion_mm3": float(chosen["min_lesion_mm3"]),
+        "min_peak": float(chosen["min_peak"]),
         "metric": metric,
         "min_gain": float(min_gain),
         "score": float(chosen[col]),

@@ -430,7 +430,9 @@ def _fusion(work: Path) -> str:
         out.append(
             f"<p>Post-processing chosen on the out-of-fold predictions of {fmt(chosen.get('n_subjects'))} train "
             f"subject(s), never on the hold-out: fusion <b>{esc(chosen.get('fusion'))}</b>, threshold "
-            f"{fmt(chosen.get('threshold'), 2)}, lesions ≥ {fmt(chosen.get('min_lesion_mm3'), 0)} mm³ (validation "
+            f"{fmt(chosen.get('threshold'), 2)}, lesions ≥ {fmt(chosen.get('min_lesion_mm3'), 0)} mm³"
+            + (f" with a peak probability ≥ {fmt(chosen['min_peak'], 2)}" if chosen.get("min_peak") else "")
+            + " (validation "
             f"{esc(chosen.get('metric'))} {fmt(chosen.get('score'))}); scored on the hold-out as method "
             f"<code>selected</code> — <a href=\"{href(folder / 'postprocessing.json', work)}\">postprocessing.json</a>.</p>")
     skipped = _read_csv(folder / "skipped.csv")

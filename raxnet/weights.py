@@ -11,7 +11,7 @@ with the lowest inner-validation loss (never the reported outer-fold scores; :mo
 
 The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
 (:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
-the minimum lesion size in mm³, the lesion connectivity, flip TTA and the brain-mask step the networks
+the minimum lesion size in mm³ and peak probability, the lesion connectivity, flip TTA and the brain-mask step the networks
 were trained with (``brain_mask_mm`` and ``bias_correct``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
 them; its flags override them. A step that changes what the networks see adds its setting here.
 Format 1 manifests (before the block existed) read as their ``threshold`` plus the defaults below.
@@ -43,6 +43,7 @@ INFERENCE_KEYS: dict[str, Any] = {
     "fusion": "mean",  # raxnet.postprocess method: mean | vote | weighted | axial | sagittal | coronal
     "threshold": 0.5,  # lesion where probability >= threshold
     "min_lesion_mm3": 0.0,  # lesions (connected components) smaller than this are removed; 0 = keep all
+    "min_peak": 0.0,  # lesions whose highest (fused) probability is below this are removed; 0 = keep all
     "connectivity": LESION_CONNECTIVITY,  # 3D connectivity of a lesion (clean-up and lesions.csv)
     "tta": False,  # left-right flip test-time augmentation
     "weights": {},  # per-plane weights of the "weighted" fusion ({} = not used)
@@ -107,6 +108,8 @@ def check_inference(settings: dict[str, Any], where: str | Path) -> None:
         raise InputError(f"{where}: threshold must be in (0, 1), got {settings['threshold']}")
     if float(settings["min_lesion_mm3"]) < 0:
         raise InputError(f"{where}: min_lesion_mm3 must be >= 0, got {settings['min_lesion_mm3']}")
+    if not 0.0 <= float(settings["min_peak"]) < 1.0:
+        raise InputError(f"{where}: min_peak must be in [0, 1), got {settings['min_peak']}")
     if int(settings["connectivity"]) not in (6, 18, 26):
         raise InputError(f"{where}: connectivity must be 6, 18 or 26, got {settings['connectivity']}")
     if settings["fusion"] == "weighted" and set(settings["weights"]) != set(PLANES):

@@ -13,7 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="raxnet export-weights",
         description="Copy <work-dir>/07_train/<model>/<plane>/fold_<k>/model.keras of the fold with the lowest "
         "inner-validation loss per plane into OUT, with a weights.json manifest that `raxnet predict --weights OUT` reads. "
-        "Its inference decisions (fusion, threshold, minimum lesion size, connectivity, TTA) are those stage 08 chose "
+        "Its inference decisions (fusion, threshold, minimum lesion size and peak, connectivity, TTA) are those stage 08 chose "
         "on out-of-fold validation data (<work-dir>/08_fusion/postprocessing.json), else the defaults.",
     )
     parser.add_argument("--work-dir", required=True, help="work directory of a training run (stages 01 and 07)")

@@ -236,17 +236,19 @@ def test_postprocessing_chosen_out_of_fold_before_any_holdout_subject_is_read(ti
 
     monkeypatch.setattr(F, "load_truth", spy_load)
     monkeypatch.setattr(F, "_choose_postprocessing", spy_choose)
-    res = _run(root, work, qc=False, select_thresholds=[0.3, 0.5, 0.7], select_min_lesion_mm3=[0, 10])
+    res = _run(root, work, qc=False, select_thresholds=[0.3, 0.5, 0.7], select_min_lesion_mm3=[0, 10],
+                select_min_peak=[0, 0.6])
     assert seen_at_choice == ["sub-t1", "sub-t2"]  # fold order; sub-t3's fold has no coronal model
     assert {"sub-h1", "sub-h2"} <= set(read)
     out = work / "08_fusion"
     record = json.loads((out / "postprocessing.json").read_text())
     assert record["subjects"] == ["sub-t1", "sub-t2"] and record == res["postprocessing"]
-    assert record["inference"] == {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0,
+    assert record["inference"] == {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0,
                                    "connectivity": 26, "tta": False, "weights": {}}
     assert record["chosen"]["score"] == pytest.approx(0.5) and record["chosen"]["n_subjects"] == 2
     cand = pd.read_csv(out / "postprocessing_candidates.csv")
-    assert len(cand) == 3 * 3 * 2 and cand["chosen"].sum() == 1 and (cand["dice_mean"] == 0.5).all()
+    # methods x sizes x (0.3 and 0.5: peaks 0 and 0.6; 0.7: peak 0 only)
+    assert len(cand) == 3 * 2 * (2 + 2 + 1) and cand["chosen"].sum() == 1 and (cand["dice_mean"] == 0.5).all()
     df = pd.read_csv(out / "subject_metrics.csv")
     assert set(df["set"]) == {"holdout"}  # oof off: the train subjects chose, they are not reported
     assert df[(df["method"] == "selected") & (df["subject"] == "sub-h1")]["dice"].item() == pytest.approx(1.0)

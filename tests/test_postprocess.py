@@ -216,3 +216,34 @@ def test_fusion_input_errors_name_the_problem():
     for bad in ([0, 0, 0], [1, np.inf, 1], [1, np.nan, 1]):
         with pytest.raises(ValueError, match="finite, non-negative and not all zero"):
             P.fuse_weighted(probs, bad)
+
+
+def test_component_peaks_and_fused_probability():
+    labels = np.array([[1, 1, 0, 2], [0, 0, 0, 2]])
+    prob = np.array([[0.3, 0.7, 0.9, 0.5], [0.0, 0.0, 0.0, 0.6]])
+    assert P.component_peaks(labels, 2, prob).tolist() == [0.0, 0.7, 0.6]  # the 0.9 is background
+    assert P.component_peaks(np.zeros((2, 2), int), 0, np.ones((2, 2))).tolist() == [0.0]
+    probs = {"axial": np.array([0.9]), "sagittal": np.array([0.6]), "coronal": np.array([0.0])}
+    assert P.fused_probability(probs, "sagittal").tolist() == [0.6]
+    assert P.fused_probability(probs, "mean").tolist() == pytest.approx([0.5])
+    assert P.fused_probability(probs, "vote").tolist() == pytest.approx([0.5])  # vote's peaks: the mean
+    w = {"axial": 1.0, "sagittal": 1.0, "coronal": 2.0}
+    assert P.fused_probability(probs, "weighted", w).tolist() == pytest.approx([0.375])
+    with pytest.raises(ConfigError, match="median"):
+        P.fused_probability(probs, "median")
+
+
+def test_min_peak_removes_lesions_without_a_confident_core():
+    prob = np.zeros((1, 12), np.float32)
+    prob[0, 1:4] = [0.45, 0.9, 0.45]  # a lesion with a core
+    prob[0, 6:9] = 0.45  # a faint lesion of the same size
+    prob[0, 11] = 0.95  # a one-voxel confident speck
+    probs = {p: prob for p in ("axial", "sagittal", "coronal")}
+    kw = dict(fusion="mean", threshold=0.4, spacing=(1.0, 1.0), connectivity=8)
+    assert P.postprocess(probs, min_lesion_mm3=0, **kw).sum() == 7
+    kept = P.postprocess(probs, min_lesion_mm3=0, min_peak=0.8, **kw)
+    assert np.flatnonzero(kept[0]).tolist() == [1, 2, 3, 11]
+    # both rules together: the speck is too small, the faint lesion too faint
+    both = P.postprocess(probs, min_lesion_mm3=2, min_peak=0.8, **kw)
+    assert both.dtype == np.uint8 and np.flatnonzero(both[0]).tolist() == [1, 2, 3]
+    assert P.postprocess({p: np.zeros((1, 4)) for p in probs}, min_lesion_mm3=0, min_peak=0.8, **kw).sum() == 0

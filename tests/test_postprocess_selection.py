@@ -126,3 +126,43 @@ def test_grid_is_checked():
     assert list(S.summarise_candidates(pd.DataFrame(
         [{"method": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "dice": 1.0, "lesion_f1": 1.0}]
     )).columns) == S.CANDIDATE_COLUMNS
+
+
+def faint_speck_case():
+    """A 2x2x2 lesion at 0.45 with a confident core voxel (0.9) in every plane, and a faint 2x2x2
+    false positive at 0.45 with no core: the same size, so only the peak rule tells them apart."""
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[1:3, 1:3, 1:3] = 1
+    prob = np.zeros(SHAPE, np.float32)
+    prob[1:3, 1:3, 1:3] = 0.45
+    prob[1, 1, 1] = 0.9
+    prob[5:7, 5:7, 5:7] = 0.45
+    return {p: prob.copy() for p in ("axial", "sagittal", "coronal")}, truth
+
+
+def test_peak_rule_keeps_the_lesion_with_a_core_and_drops_the_faint_speck():
+    cand = scores([faint_speck_case()], methods=["mean"], thresholds=[0.4, 0.8], sizes_mm3=[8, 9],
+                  peaks=[0.4, 0.8]).set_index(S.KEYS)
+    # threshold 0.4: lesion + speck, Dice 16/24; with min_peak 0.8 the speck goes: Dice 1
+    assert cand.loc[("mean", 0.4, 0.0, 0.0), "dice_mean"] == pytest.approx(16 / 24)
+    assert cand.loc[("mean", 0.4, 0.0, 0.8), "dice_mean"] == 1.0
+    assert cand.loc[("mean", 0.4, 0.0, 0.8), "lesion_f1_mean"] == 1.0
+    # threshold 0.8 alone finds the core voxel only: Dice 2/9; a peak at or under the threshold is no
+    # candidate (it removes nothing) and size cannot tell the two apart (9 mm³ removes both)
+    assert cand.loc[("mean", 0.8, 0.0, 0.0), "dice_mean"] == pytest.approx(2 / 9)
+    assert ("mean", 0.8, 0.0, 0.8) not in cand.index and ("mean", 0.4, 0.0, 0.4) not in cand.index
+    assert cand.loc[("mean", 0.4, 9.0, 0.0), "dice_mean"] == 0.0
+    assert len(cand) == 3 * 2 + 3 * 1  # sizes 0, 8, 9 x (thr 0.4: peaks 0 and 0.8; thr 0.8: peak 0)
+    chosen = S.choose(cand.reset_index(), metric="dice_lesion_f1", min_gain=0.005)
+    assert (chosen["threshold"], chosen["min_lesion_mm3"], chosen["min_peak"]) == (0.4, 0.0, 0.8)
+    assert chosen["score"] == 1.0
+    # a peak removal counts as removal: not kept when its gain is within min_gain
+    assert S.choose(cand.reset_index(), metric="dice_lesion_f1", min_gain=0.5)["min_peak"] == 0.0
+    with pytest.raises(ConfigError, match="select_min_peak"):
+        S.check_grid(["mean"], [0.5], [0], "dice", peaks=[1.0])
+
+
+def test_without_a_peak_grid_rows_and_choice_are_as_before():
+    rows = S.score_candidates(*case((1, 1, 1), (6, 6, 6)), (1.0, 1.0, 1.0), **GRID)
+    assert {r["min_peak"] for r in rows} == {0.0} and len(rows) == 2 * 2 * 2
+    assert S.choose(S.summarise_candidates(rows))["min_peak"] == 0.0

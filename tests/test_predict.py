@@ -257,6 +257,8 @@ def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkey
     assert lesion_voxels("--fusion", "mean")[0] == {A, B, D} | E  # mean at the manifest's 0.35
     assert lesion_voxels("--threshold", "0.5")[0] == {B} | E  # vote at 0.5
     assert lesion_voxels("--min-lesion-mm3", "16")[0] == E  # 8 mm³ single voxels removed, the 16 mm³ blob kept
+    # vote's lesions whose peak (the planes' mean) is under 0.5 removed: B (.367) goes, A (.533) and E stay
+    assert lesion_voxels("--min-peak", "0.5")[0] == {A} | E
     # the clean-up size comes from the manifest as well
     (tmp_path / "w2").mkdir()
     weights = _fixed_weight_set(tmp_path / "w2" / "set", {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 9.0})

@@ -38,7 +38,7 @@ class StandInPredictor:
 
     def __init__(self) -> None:
         self.manifest = manifest()
-        self.settings = {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "connectivity": 26,
+        self.settings = {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0, "connectivity": 26,
                          "tta": False, "brain_mask_mm": None, "bias_correct": False, "weights": None}
         self.seen: list[np.ndarray] = []
         self.sources: list[str] = []

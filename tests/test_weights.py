@@ -144,7 +144,8 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
     assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "w")
-    assert manifest["inference"] == {**chosen, "brain_mask_mm": None, "bias_correct": False}  # no stage-03 record: neither step
+    # no stage-03 record: neither step; a stage-08 record from before the peak rule: min_peak 0 (keep all)
+    assert manifest["inference"] == {**chosen, "min_peak": 0.0, "brain_mask_mm": None, "bias_correct": False}
     assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
     # chosen for another model, or nothing chosen: the defaults, with the reason
     for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):
