@@ -122,7 +122,8 @@ def test_shipped_demo_manifest_is_format_2():
     # The shipped set carries stage 08's out-of-fold choice, the brain-mask step its models saw, and its
     # training seed (20262: no README example regenerates its subjects).
     inference = manifest["inference"]
-    assert (inference["fusion"], inference["threshold"], inference["min_lesion_mm3"]) == ("weighted", 0.4, 50.0)
+    assert (inference["fusion"], inference["threshold"], inference["min_lesion_mm3"], inference["min_peak"]) == (
+        "weighted", 0.3, 100.0, 0.5)
     assert inference["brain_mask_mm"] == 6.0
     assert "out-of-fold" in manifest["inference_source"]["on"]
     assert manifest["inference_source"]["metric"] == "dice_lesion_f1"
