@@ -64,7 +64,8 @@ def work(tmp_path):
            "s1,train,mean,0.1,20,0,100,50,\"(0, 5000]\",\n")
     _write(fusion / "fusion.json", json.dumps({"holdout_folds": {"axial": [1]}, "threshold": 0.5, "tta": False}))
     _write(fusion / "postprocessing.json", json.dumps({"chosen": {
-        "fusion": "vote", "threshold": 0.4, "min_lesion_mm3": 40.0, "metric": "dice", "score": 0.61, "n_subjects": 7}}))
+        "fusion": "vote", "threshold": 0.4, "min_lesion_mm3": 40.0, "min_peak": 0.7, "metric": "dice", "score": 0.61,
+        "n_subjects": 7}}))
     _write(fusion / "skipped.csv", "subject,set,reason\ns2,oof,fold_2 not trained (axial)\n")
     for s in ("s3", "s4", "s1"):
         (fusion / "qc").mkdir(exist_ok=True)
@@ -91,6 +92,7 @@ def test_report_is_valid_html_and_links_exist(work):
     assert "qc-s1" not in page.ids  # the train (out-of-fold) row of subject_metrics is not in the hold-out gallery
     assert "Kolmogorov–Smirnov D = 0.500, p = 0.800" in text
     assert "out-of-fold predictions of 7 train subject(s)" in text and "fold_2 not trained (axial) (1)" in text
+    assert "lesions ≥ 40 mm³ with a peak probability ≥ 0.70" in text
     shutil.move(str(work), str(work.parent / "moved"))  # the folder is self-contained: links survive a move
     check_html(work.parent / "moved" / REPORT_NAME)
 
