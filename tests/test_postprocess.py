@@ -247,3 +247,22 @@ def test_min_peak_removes_lesions_without_a_confident_core():
     both = P.postprocess(probs, min_lesion_mm3=2, min_peak=0.8, **kw)
     assert both.dtype == np.uint8 and np.flatnonzero(both[0]).tolist() == [1, 2, 3]
     assert P.postprocess({p: np.zeros((1, 4)) for p in probs}, min_lesion_mm3=0, min_peak=0.8, **kw).sum() == 0
+
+
+def test_peak_rule_edges_in_keep_large_components():
+    labels = np.array([1, 1, 0, 2, 0, 3])
+    peaks = np.array([0.0, 0.5, 0.49, 0.9])
+    assert P.keep_large_components(labels, 3, 1, peaks, 0.5).tolist() == [1, 1, 0, 0, 0, 1]  # 0.5 itself is kept
+    assert P.keep_large_components(labels, 3, 1, peaks).tolist() == [1, 1, 0, 1, 0, 1]  # no min_peak: all kept
+    assert P.keep_large_components(labels, 3, 1, None, 0.8).tolist() == [1, 1, 0, 1, 0, 1]  # no peaks: no rule
+    assert P.keep_large_components(labels, 3, 2, peaks, 0.5).tolist() == [1, 1, 0, 0, 0, 0]  # both rules
+
+
+def test_peak_of_weighted_fusion_uses_the_weights():
+    probs = {"axial": np.array([[0.9, 0.0]]), "sagittal": np.array([[0.3, 0.0]]), "coronal": np.array([[0.3, 0.0]])}
+    w = {"axial": 2.0, "sagittal": 1.0, "coronal": 1.0}
+    # weighted mean 0.6 (equal weights: 0.5): kept by a peak rule of 0.55, which equal weights would fail
+    kw = dict(fusion="weighted", threshold=0.3, min_lesion_mm3=0, spacing=(1.0, 1.0), weights=w, connectivity=8)
+    assert P.postprocess(probs, min_peak=0.62, **kw).sum() == 0
+    assert P.postprocess(probs, min_peak=0.55, **kw).sum() == 1
+    assert P.fuse_weighted(probs, w, 0.59).sum() == 1 and P.fuse_weighted(probs, w, 0.61).sum() == 0

@@ -166,3 +166,66 @@ def test_without_a_peak_grid_rows_and_choice_are_as_before():
     rows = S.score_candidates(*case((1, 1, 1), (6, 6, 6)), (1.0, 1.0, 1.0), **GRID)
     assert {r["min_peak"] for r in rows} == {0.0} and len(rows) == 2 * 2 * 2
     assert S.choose(S.summarise_candidates(rows))["min_peak"] == 0.0
+
+
+def test_grid_errors_name_the_setting_and_the_choices():
+    with pytest.raises(ConfigError, match="select_methods: empty; expected some of axial, sagittal, coronal, mean"):
+        S.check_grid([], [0.5], [0], "dice")
+    with pytest.raises(ConfigError, match="must be one of dice, lesion_f1, dice_lesion_f1, got 'hd95'"):
+        S.check_grid(["mean"], [0.5], [0], "hd95")
+    for bad in (dict(thresholds=[0.0]), dict(min_gain=1.0), dict(peaks=[-0.1])):
+        args = {**dict(thresholds=[0.5], min_gain=0.0, peaks=[0.0]), **bad}
+        with pytest.raises(ConfigError):
+            S.check_grid(["mean"], args["thresholds"], [0], "dice", args["min_gain"], args["peaks"])
+    S.check_grid(["mean"], [0.5], [0], "dice", 0.0, [0.0, 0.5, 0.99])  # 0 = no peak rule, a valid value
+
+
+def cand(rows):
+    """Hand-made candidate means: (method, threshold, min_lesion_mm3, min_peak, dice_mean)."""
+    df = pd.DataFrame(rows, columns=["method", "threshold", "min_lesion_mm3", "min_peak", "dice_mean"])
+    return df.assign(n_subjects=5, lesion_f1_mean=0.0)
+
+
+def test_choice_ties_and_what_counts_as_removal():
+    # the methods argument orders the tie, not the candidates' order; the default threshold is 0.5
+    tie = cand([("mean", 0.4, 0.0, 0.0, 0.6), ("mean", 0.7, 0.0, 0.0, 0.6), ("vote", 0.7, 0.0, 0.0, 0.6)])
+    assert S.choose(tie, methods=["vote", "mean"])["fusion"] == "vote"
+    assert (S.choose(tie)["fusion"], S.choose(tie)["threshold"]) == ("mean", 0.4)
+    # equal removal candidates: the lowest peak wins
+    peaks = cand([("mean", 0.3, 0.0, 0.0, 0.5), ("mean", 0.3, 0.0, 0.8, 0.7), ("mean", 0.3, 0.0, 0.6, 0.7)])
+    chosen = S.choose(peaks)
+    assert chosen["min_peak"] == 0.6 and chosen["metric"] == "dice" and chosen["score_without_removal"] == 0.5
+    # any size above 0 is a removal, 1 mm³ included: its gain must pass min_gain
+    small = cand([("mean", 0.5, 0.0, 0.0, 0.5), ("mean", 0.5, 1.0, 0.0, 0.6)])
+    assert S.choose(small, min_gain=0.2)["min_lesion_mm3"] == 0.0
+    assert S.choose(small, min_gain=0.05)["min_lesion_mm3"] == 1.0
+
+
+def test_summary_keeps_grid_order_and_reads_missing_peaks_as_zero():
+    rows = [{"method": m, "threshold": 0.5, "min_lesion_mm3": 0.0, "dice": 1.0, "lesion_f1": 1.0}
+            for m in ("vote", "mean", "axial")]
+    out = S.summarise_candidates(rows)
+    assert out["method"].tolist() == ["vote", "mean", "axial"] and (out["min_peak"] == 0.0).all()
+
+
+def test_scoring_uses_the_weights_connectivity_and_both_removal_rules():
+    """Weighted fusion with unequal weights, 6-connectivity, and a one-voxel false positive (exact float64
+    values: the weighted lesion peak is exactly 0.5)."""
+    shape = (6, 6, 6)
+    truth = np.zeros(shape, np.uint8)
+    truth[1, 1, 1] = truth[2, 2, 2] = 1  # one lesion at 26-connectivity, two at 6
+    ax = np.zeros(shape)
+    ax[truth > 0] = 0.75
+    ax[4, 4, 4] = 0.75  # the false positive: seen by the axial plane only
+    low = np.zeros(shape)
+    low[truth > 0] = 0.25
+    probs = {"axial": ax, "sagittal": low, "coronal": low}
+    w = {"axial": 2.0, "sagittal": 1.0, "coronal": 1.0}  # weighted: 0.5 on the lesion, 0.375 on the speck
+    rows = S.score_candidates(probs, truth, (1.0, 1.0, 1.0), methods=["weighted"], thresholds=[0.3],
+                              sizes_mm3=[2], peaks=[0.5], connectivity=6, weights=w)
+    got = {(r["min_lesion_mm3"], r["min_peak"]): (round(r["dice"], 4), round(r["lesion_f1"], 4)) for r in rows}
+    # with equal weights the speck (0.25) would be under the threshold and the lesion's peak (0.417) under 0.5
+    assert got[(0.0, 0.0)] == (0.8, 0.8)  # 6-connectivity: two true lesions found, one false: F1 4/5
+    assert got[(0.0, 0.5)] == (1.0, 1.0)  # the speck (0.375) goes; the lesion voxels at exactly 0.5 stay
+    assert got[(2.0, 0.5)] == (0.0, 0.0)  # size 2 also removes the 1-voxel lesions (6-connected), peak or not
+    assert got[(2.0, 0.0)] == (0.0, 0.0)

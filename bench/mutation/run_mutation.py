@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 MODULES: dict[str, list[str]] = {
     "metrics": ["test_metrics.py", "test_components.py"],
     "postprocess": ["test_postprocess.py"],
+    "postprocess_selection": ["test_postprocess_selection.py"],
     "planes": ["test_planes.py", "test_inference.py"],
     "intensity": ["test_intensity.py", "test_brainmask.py"],
     "inference": ["test_inference.py"],
