@@ -19,14 +19,14 @@ is predicted by the three ``fold_<k>`` models, which never saw it. Folds without
 neither scored nor counted as failed (``errors.csv`` lists only failures). Caveat: the ``weighted`` weights come from those same out-of-fold scores, so
 on the train set ``weighted`` is very slightly optimistic; on the hold-out it is not.
 
-Post-processing chosen on validation data (``select``, on by default; :mod:`raxnet.postprocess_selection`):
-the train subjects are predicted out of fold (even without ``oof``, which only decides whether they are
-reported) and every candidate of the grid ``select_methods`` × ``select_thresholds`` ×
-``select_min_lesion_mm3`` × ``select_min_peak`` is scored on them; the choice (best mean ``select_metric``; lesion removal kept
-only if it improves it by more than ``select_min_gain``) is made before the first hold-out subject is read, written to
-``postprocessing.json`` (choice, validation scores, the ``inference`` block ``raxnet export-weights``
-copies into ``weights.json``) and ``postprocessing_candidates.csv`` (mean scores of every candidate), and
-applied to the hold-out as method ``selected``.
+Post-processing chosen on validation data (``select``, on by default; :mod:`raxnet.postprocess_selection`): the
+train subjects are predicted out of fold (even without ``oof``, which only decides whether they are reported)
+and every candidate of the grid ``select_methods`` × ``select_thresholds`` × ``select_min_lesion_mm3`` ×
+``select_min_peak`` is scored on them; the choice (best mean ``select_metric``; lesion removal kept only if it
+improves it by more than ``select_min_gain``) is made before the first hold-out subject is read, written to
+``postprocessing.json`` (choice, validation scores, the ``inference`` block ``raxnet export-weights`` copies
+into ``weights.json``) and ``postprocessing_candidates.csv`` (mean scores of every candidate), and applied to
+the hold-out as method ``selected``.
 
 ``evaluate_only`` scores existing masks (``<subject>_<method>.nii.gz`` or ``<subject>.nii.gz``) instead,
 writing the same tables under ``08_fusion/evaluate_<folder name>/``.

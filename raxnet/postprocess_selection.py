@@ -9,12 +9,13 @@ step is kept only if it improves the validation metric):
 
 1. without lesion removal: the fusion method and threshold with the best mean validation metric (ties: the
    method listed first, then the threshold closest to ``[fusion].threshold``);
-2. with lesion removal: the best candidate of the whole grid that removes lesions by size or by peak
-   (minimum size or ``min_peak`` above 0; ties: the smallest size, the lowest peak, then as in 1). It wins only if it beats 1 by more than ``min_gain``: removing small
-   lesions trades small-lesion detection for fewer specks, so a gain within the noise of a few dozen
-   validation subjects must not buy it. Removal is judged over the whole grid, not only at the threshold
-   of 1, because the two interact: without removal a metric that counts lesions favours a high threshold
-   (fewer specks), with removal a lower one (the specks go anyway, the lesions keep their extent).
+2. with lesion removal: the best candidate of the whole grid that removes lesions by size or by peak (minimum
+   size or ``min_peak`` above 0; ties: the smallest size, the lowest peak, then as in 1). It wins only if it
+   beats 1 by more than ``min_gain``: removing small lesions trades small-lesion detection for fewer specks,
+   so a gain within the noise of a few dozen validation subjects must not buy it. Removal is judged over the
+   whole grid, not only at the threshold of 1, because the two interact: without removal a metric that counts
+   lesions favours a high threshold (fewer specks), with removal a lower one (the specks go anyway, the
+   lesions keep their extent).
 
 The metric (``metric``): ``dice``, ``lesion_f1`` (:mod:`raxnet.metrics`) or ``dice_lesion_f1``, their
 per-subject mean -- voxel overlap and lesion detection weighed equally, as the ATLAS challenge ranks on both
