@@ -39,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     probs, truth = noisy_case()
     grid = dict(methods=DEFAULTS["select_methods"], thresholds=DEFAULTS["select_thresholds"],
-                sizes_mm3=DEFAULTS["select_min_lesion_mm3"], peaks=DEFAULTS["select_min_peak"], weights={"axial": 0.4, "sagittal": 0.3, "coronal": 0.3})
+                sizes_mm3=DEFAULTS["select_min_lesion_mm3"], peaks=DEFAULTS["select_min_peak"],
+                weights={"axial": 0.4, "sagittal": 0.3, "coronal": 0.3})
     best, n = np.inf, 0
     for _ in range(args.repeats):
         start = time.perf_counter()

@@ -293,7 +293,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             chosen = postprocessing["inference"]
             masks[SELECTED] = postprocess(probs, fusion=chosen["fusion"], threshold=chosen["threshold"],
                                           min_lesion_mm3=chosen["min_lesion_mm3"], spacing=spacing,
-                                          min_peak=chosen.get("min_peak", 0.0),
+                                          min_peak=chosen["min_peak"],
                                           connectivity=chosen["connectivity"], weights=chosen["weights"] or None)
         # where every predicted plane alone says lesion (at the threshold each mask was made with): the share
         # of a mask inside it is its plane agreement

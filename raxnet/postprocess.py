@@ -107,15 +107,21 @@ def fuse_weighted(probs: Probs, weights: Mapping[str, float] | Sequence[float], 
     return binarise(weighted_mean(probs, weights), threshold)
 
 
-def keep_large_components(labels: np.ndarray, n: int, min_size: int, peaks: np.ndarray | None = None,
-                          min_peak: float = 0.0) -> np.ndarray:
-    """uint8 mask of the labelled components (1..n) with at least ``min_size`` voxels and, when ``peaks``
-    (per label, :func:`component_peaks`) is given, a peak probability ``>= min_peak``."""
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes >= max(int(min_size), 1)
+def kept_labels(sizes: np.ndarray, min_size: int, peaks: np.ndarray | None, min_peak: float) -> np.ndarray:
+    """Per label 0..n (``sizes``: voxel counts, ``np.bincount`` of the labels), whether the component is kept:
+    at least ``min_size`` voxels and, when ``peaks`` (:func:`component_peaks`) is given, a peak probability
+    ``>= min_peak``. Label 0 (background) never is."""
+    keep = np.asarray(sizes) >= max(int(min_size), 1)
     if peaks is not None and min_peak > 0:
         keep &= np.asarray(peaks) >= min_peak
     keep[0] = False
+    return keep
+
+
+def keep_large_components(labels: np.ndarray, n: int, min_size: int, peaks: np.ndarray | None = None,
+                          min_peak: float = 0.0) -> np.ndarray:
+    """uint8 mask of the labelled components (1..n) kept by :func:`kept_labels`."""
+    keep = kept_labels(np.bincount(labels.ravel(), minlength=n + 1), min_size, peaks, min_peak)
     return keep[labels].astype(np.uint8)
 
 

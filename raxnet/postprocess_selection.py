@@ -36,7 +36,7 @@ import pandas as pd
 from raxnet.components import LESION_CONNECTIVITY, label
 from raxnet.errors import ConfigError
 from raxnet.metrics import crop_to_union, dice, lesion_f1
-from raxnet.postprocess import ALL_METHODS, component_peaks, fuse, fused_probability, keep_large_components, min_voxels
+from raxnet.postprocess import ALL_METHODS, component_peaks, fuse, fused_probability, kept_labels, min_voxels
 
 #: Validation metrics a choice can be made on (higher is better for both).
 METRICS: tuple[str, ...] = ("dice", "lesion_f1", "dice_lesion_f1")
@@ -87,18 +87,16 @@ def score_candidates(
             mask = fuse(probs, method, float(t), weights)
             fused, t_crop, *prob_crop = crop_to_union(mask, truth, *([] if prob is None else [prob]))
             labels, n = label(fused, connectivity)
-            component_sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+            component_sizes = np.bincount(labels.ravel(), minlength=n + 1)
             peak_of = component_peaks(labels, n, prob_crop[0]) if prob_crop else None
             scored: dict[bytes, dict[str, float]] = {}  # same components kept -> same mask -> same scores
             for v in sizes:
                 k = min_voxels(v, spacing)
                 for pk in (p for p in all_peaks if p == 0.0 or p > float(t)):
-                    kept = component_sizes >= max(k, 1)
-                    if pk > 0:
-                        kept &= peak_of[1:] >= pk
+                    kept = kept_labels(component_sizes, k, peak_of, pk)
                     key = kept.tobytes()
                     if key not in scored:
-                        m = keep_large_components(labels, n, k, peak_of, pk)
+                        m = kept[labels]  # bool: the metrics read any non-zero voxel as foreground
                         scored[key] = {"dice": dice(m, t_crop),
                                        "lesion_f1": lesion_f1(m, t_crop, connectivity=connectivity)}
                     rows.append({"method": method, "threshold": float(t), "min_lesion_mm3": v, "min_peak": pk,

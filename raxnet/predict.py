@@ -307,8 +307,8 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "n_lesions": int(len(lesions)),
         "lowest_plane_agreement": float(confidence["plane_agreement"].min()) if len(confidence) else np.nan,
         "resampled": resampled,
-        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "min_peak", "connectivity", "tta",
-                                              "brain_mask_mm", "bias_correct")},
+        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "min_peak", "connectivity",
+                                              "tta", "brain_mask_mm", "bias_correct")},
         **extra,
         "seconds": round(seconds, 2),
     }
@@ -450,8 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"[predict] registration must be affine or syn, got {opts['registration']!r}")
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
-                     min_peak=args.min_peak, connectivity=args.connectivity, tta=args.tta, brain_mask_mm=opts["brain_mask_mm"],
-                     bias_correct=opts["bias_correct"])
+                     min_peak=args.min_peak, connectivity=args.connectivity, tta=args.tta,
+                     brain_mask_mm=opts["brain_mask_mm"], bias_correct=opts["bias_correct"])
     predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], overrides=overrides)
     out_dir = Path(args.output)
     root = Path(args.input) if Path(args.input).is_dir() else None

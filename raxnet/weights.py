@@ -11,8 +11,8 @@ with the lowest inner-validation loss (never the reported outer-fold scores; :mo
 
 The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
 (:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
-the minimum lesion size in mm³ and peak probability, the lesion connectivity, flip TTA and the brain-mask step the networks
-were trained with (``brain_mask_mm`` and ``bias_correct``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
+the minimum lesion size in mm³ and peak probability, the lesion connectivity, flip TTA and the brain-mask step
+the networks were trained with (``brain_mask_mm`` and ``bias_correct``, recorded by stage 03; :mod:`raxnet.brainmask`). ``predict`` reads
 them; its flags override them. A step that changes what the networks see adds its setting here.
 Format 1 manifests (before the block existed) read as their ``threshold`` plus the defaults below.
 """
