@@ -29,11 +29,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The shipped weights (weights/demo): synthetic ATLAS from its own seed -> stages 01-08 -> export. Resumable.
+# The shipped weights (weights/demo): synthetic ATLAS from its own seed -> stages 01-08 -> export, then a warm
+# restart of those networks on the same subjects and split (configs/weights_demo_restart.toml). Resumable.
 weights: $(STAMP)
 	$(BIN)/python -m raxnet demo --config configs/weights_demo.toml
-	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo --out weights/demo \
-	    --note "configs/weights_demo.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane; demo weights, not for clinical use"
+	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo --out work/weights_demo/export \
+	    --note "configs/weights_demo.toml: phase 1 of make weights (3,000 steps per plane)"
+	$(BIN)/python -m raxnet demo --config configs/weights_demo_restart.toml
+	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo_restart --out weights/demo \
+	    --note "configs/weights_demo.toml then configs/weights_demo_restart.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane + a 1,500-step warm restart (bias augmentation 0.2); demo weights, not for clinical use"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -123,12 +123,15 @@ def test_shipped_demo_manifest_is_format_2():
     # training seed (20262: no README example regenerates its subjects).
     inference = manifest["inference"]
     assert (inference["fusion"], inference["threshold"], inference["min_lesion_mm3"], inference["min_peak"]) == (
-        "weighted", 0.3, 100.0, 0.5)
+        "mean", 0.2, 100.0, 0.6)
     assert inference["brain_mask_mm"] == 6.0
     assert "out-of-fold" in manifest["inference_source"]["on"]
     assert manifest["inference_source"]["metric"] == "dice_lesion_f1"
     data = manifest["training_data"]
     assert data["seed"] == 20262 and data["n_subjects_trained_on"] == len(data["subjects_trained_on"]) == 432
+    # Phase 2 of `make weights` is a warm restart: each plane names the phase-1 network it started from.
+    assert set(data["init_weights"]) == {"axial", "sagittal", "coronal"}
+    assert all(len(i["sha256"]) == 64 and i["training_data"]["seed"] == 20262 for i in data["init_weights"].values())
 
 
 def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
