@@ -114,3 +114,18 @@ def test_with_flags_keeps_only_what_was_given():
     assert cfg == {"split": {"seed": 1, "holdout_fraction": 0.3}}
     with pytest.raises(ConfigError):
         with_flags({}, "split", colour="red")
+
+
+def test_weights_restart_config_matches_phase_1():
+    """`make weights` phase 2 restarts phase 1's networks: same data, split, folds, model and batches, or its
+    out-of-fold post-processing choice and hold-out would no longer be unseen (the two files are copies)."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    phase1 = load_config(configs / "weights_demo.toml")
+    phase2 = load_config(configs / "weights_demo_restart.toml")
+    for name in ("synthetic", "split", "folds", "model", "arrays", "fusion"):
+        assert phase2[name] == phase1[name], name
+    assert (phase2["run"]["seed"], phase2["run"]["data_root"]) == (phase1["run"]["seed"], phase1["run"]["data_root"])
+    assert phase2["train"]["folds"] == phase1["train"]["folds"]
+    assert phase2["train"]["init_weights"] == phase1["run"]["work_dir"] + "/export"
