@@ -60,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "lesion_fraction": 0.5,  # share of lesion slices in every training batch (rest: normal slices)
     "inner_val_fraction": 0.1,  # share of the training-fold subjects held out for early stopping
     "steps_per_epoch": 0,  # 0 = ceil(lesion slices / lesion slices per batch): each lesion slice once
+    # lesion slices drawn (within their area bin) with weight n_s ** -subject_balance, n_s = the slices'
+    # subject's training lesion slices in this plane: 0 = every slice alike (each once per pass), 1 = small
+    # lesions' few slices as likely, together, as a large lesion's many
+    "subject_balance": 0.0,
     "augment": True,  # augment training batches ([augment] strengths); never the validation sets
     "workers": 1,  # PyDataset workers (threads, or processes with use_multiprocessing)
     "use_multiprocessing": False,  # worker processes instead of threads
@@ -128,10 +132,25 @@ def _cycle(rng: np.random.Generator, n_items: int, length: int) -> np.ndarray:
     return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:length]
 
 
+def subject_weights(subjects: Sequence[Any], balance: float) -> np.ndarray | None:
+    """Sampling weight ``n_s ** -balance`` of each lesion slice (``n_s``: slices of its subject in
+    ``subjects``), or None for ``balance`` 0 (uniform: the plain per-bin permutations)."""
+    if not 0.0 <= float(balance) <= 1.0:
+        raise ConfigError(f"arrays.subject_balance must be in [0, 1], got {balance}")
+    if float(balance) == 0.0:
+        return None
+    codes, counts = np.unique(np.asarray(subjects), return_inverse=True, return_counts=True)[1:]
+    return counts[codes].astype(float) ** -float(balance)
+
+
 def epoch_plan(lesion_bins: np.ndarray, n_bins: int, n_normal_items: int, batch_size: int, n_lesion: int,
-               steps: int, seed: int, epoch: int) -> np.ndarray:
+               steps: int, seed: int, epoch: int, lesion_weights: np.ndarray | None = None) -> np.ndarray:
     """Item indices ``(steps, batch_size)`` of one epoch; lesion items are ``0..L-1`` (bin of each in
-    ``lesion_bins``), normal items ``L..L+N-1``. Depends only on ``(seed, epoch)`` and the inputs."""
+    ``lesion_bins``), normal items ``L..L+N-1``. Depends only on ``(seed, epoch)`` and the inputs.
+
+    Without ``lesion_weights`` each bin's slices are drawn in fresh permutations (each once per pass);
+    with them, a bin's draws are independent and proportional to the slices' weights (the bins' quotas
+    stay the same, so the lesion-area mix of the batches does not change)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
     lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
     n_les_items = lesion_bins.size
@@ -139,7 +158,14 @@ def epoch_plan(lesion_bins: np.ndarray, n_bins: int, n_normal_items: int, batch_
     quotas = batch_quotas(counts, n_lesion, steps)[rng.permutation(steps)]
     plan = np.empty((steps, batch_size), dtype=np.int64)
     members = [np.flatnonzero(lesion_bins == b) for b in range(n_bins)]
-    draws = [members[b][_cycle(rng, members[b].size, int(quotas[:, b].sum()))] for b in range(n_bins)]
+    if lesion_weights is None:
+        draws = [members[b][_cycle(rng, members[b].size, int(quotas[:, b].sum()))] for b in range(n_bins)]
+    else:
+        w = np.asarray(lesion_weights, dtype=float)
+        if w.shape != lesion_bins.shape or not np.isfinite(w).all() or (w <= 0).any():
+            raise ValueError("lesion_weights must be positive and finite, one per lesion item")
+        draws = [rng.choice(members[b], int(quotas[:, b].sum()), p=w[members[b]] / w[members[b]].sum())
+                 if members[b].size else members[b] for b in range(n_bins)]
     ptr = np.zeros(n_bins, dtype=np.int64)
     n_normal = batch_size - n_lesion
     normals = n_les_items + _cycle(rng, n_normal_items, steps * n_normal)
@@ -322,6 +348,7 @@ def _train_dataset(p: _Plan, plane: str, opts: dict, seed: int, aug: AugmentPara
         [str(p.stage03 / q) for q in p.stacks["image_path"]], [str(p.stage03 / q) for q in p.stacks["mask_path"]],
         items["subject"].map(sids).to_numpy(), items["slice"].to_numpy(), les["area_bin"].map(codes).to_numpy(),
         labels, p.target, batch_size, n_lesion=n_lesion, steps=steps, seed=seed, plane=plane, augment=aug,
+        lesion_weights=subject_weights(les["subject"].to_numpy(), float(opts["subject_balance"])),
         **_dataset_kwargs(opts),
     )
 

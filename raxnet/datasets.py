@@ -119,9 +119,11 @@ class BalancedSliceDataset(SliceDataset):
     def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
                  item_slice: np.ndarray, lesion_bins: np.ndarray, bin_labels: Sequence[str],
                  target_shape: tuple[int, int], batch_size: int, *, n_lesion: int, steps: int, seed: int,
-                 plane: str, augment: AugmentParams | None = None, **kwargs: Any) -> None:
+                 plane: str, augment: AugmentParams | None = None, lesion_weights: np.ndarray | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(image_paths, mask_paths, item_stack, item_slice, target_shape, batch_size, **kwargs)
         self.lesion_bins = np.asarray(lesion_bins, dtype=np.int64)
+        self.lesion_weights = None if lesion_weights is None else np.asarray(lesion_weights, dtype=float)
         self.bin_labels = list(bin_labels)
         self.n_lesion_items = self.lesion_bins.size
         self.n_normal_items = self.item_stack.size - self.n_lesion_items
@@ -152,7 +154,7 @@ class BalancedSliceDataset(SliceDataset):
         if cached is not None and cached[0] == epoch:
             return cached[1]
         plan = epoch_plan(self.lesion_bins, len(self.bin_labels), self.n_normal_items, self.batch_size,
-                          self.n_lesion, self.steps, self.seed, epoch)
+                          self.n_lesion, self.steps, self.seed, epoch, self.lesion_weights)
         self._plan_cache = (epoch, plan)
         return plan
 

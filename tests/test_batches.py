@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from raxnet.batches import (
+    subject_weights,
     DEFAULTS,
     BalancedSliceDataset,
     batch_quotas,
@@ -132,6 +133,44 @@ def test_epoch_plan_covers_every_lesion_item():
     again = epoch_plan(bins, 4, 5, 16, 8, 3, seed=1, epoch=0)
     other = epoch_plan(bins, 4, 5, 16, 8, 3, seed=1, epoch=1)
     assert (plan == again).all() and not (plan == other).all()
+
+
+def test_subject_weights_hand_computed():
+    assert subject_weights(np.array(["a", "a", "a", "a", "b"]), 0.0) is None
+    assert np.allclose(subject_weights(np.array(["a", "a", "a", "a", "b"]), 1.0), [0.25] * 4 + [1.0])
+    assert np.allclose(subject_weights(np.array(["b", "a", "a", "a", "a"]), 0.5), [1.0] + [0.5] * 4)
+    with pytest.raises(ConfigError, match="subject_balance"):
+        subject_weights(np.array(["a"]), 1.5)
+
+
+def test_epoch_plan_subject_weights_keep_bin_quotas_and_follow_weights():
+    # bin 0: subject a's 4 slices (items 0-3) and subject b's 1 slice (item 4); bin 1: items 5-6
+    bins = np.array([0, 0, 0, 0, 0, 1, 1])
+    w = subject_weights(np.array(["a", "a", "a", "a", "b", "a", "a"]), 1.0)
+    plan = epoch_plan(bins, 2, n_normal_items=3, batch_size=8, n_lesion=7, steps=4000, seed=3, epoch=0,
+                      lesion_weights=w)
+    lesion = plan[plan < 7]
+    uniform = epoch_plan(bins, 2, 3, 8, 7, 4000, seed=3, epoch=0)
+    # the bins' quotas are those of the uniform draw: 5 of 7 lesion slices per batch from bin 0
+    assert ((plan < 5).sum(axis=1) == (uniform < 5).sum(axis=1)).all()
+    # a has 6 lesion slices (weight 1/6 each), b one (weight 1): b's share of bin 0 is 1 / (4/6 + 1)
+    share_b = (lesion == 4).sum() / (lesion < 5).sum()
+    assert share_b == pytest.approx(1 / (4 / 6 + 1), abs=0.02)
+    assert (uniform[uniform < 5] == 4).sum() / (uniform < 5).sum() == pytest.approx(0.2, abs=0.01)
+    again = epoch_plan(bins, 2, 3, 8, 7, 4000, seed=3, epoch=0, lesion_weights=w)
+    assert (plan == again).all()
+    with pytest.raises(ValueError, match="positive"):
+        epoch_plan(bins, 2, 3, 8, 7, 10, seed=3, epoch=0, lesion_weights=np.zeros(7))
+
+
+def test_subject_balance_weights_each_training_lesion_slice_by_its_subject(work, folds):
+    plain = build_training_sets(_cfg(), _run_cfg(work), "axial", fold=2, depth=2).train
+    assert plain.lesion_weights is None
+    ds = build_training_sets(_cfg(subject_balance=1.0), _run_cfg(work), "axial", fold=2, depth=2).train
+    subjects = ds.item_stack[: ds.n_lesion_items]
+    per_subject = np.bincount(subjects)[subjects]
+    assert np.allclose(ds.lesion_weights, 1.0 / per_subject)
+    assert (ds.plan(0) == ds.plan(0)).all() and ds.plan(0).shape == plain.plan(0).shape
 
 
 def test_training_batches_balanced_and_leak_free(work, folds):
