@@ -140,8 +140,16 @@ def run(weights: dict[str, Predictor], n_fresh: int, n_shifted: int, seed: int, 
                              **evaluate(mask, truth, spacing=(sp, sp, sp), connectivity=conn)})
             for r in lesion_rows(masks[FUSED], truth, voxel_ml, conn):
                 lesions.append({"set": set_name, "weights": label_, "subject": name, **r})
-    df = pd.DataFrame(rows)
-    les = pd.DataFrame(lesions)
+    tables = tables_from(pd.DataFrame(rows), pd.DataFrame(lesions), list(weights))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    return tables
+
+
+def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) -> dict[str, pd.DataFrame]:
+    """The benchmark's tables from its per-scan rows (``subject_metrics``) and per-lesion rows (``lesions``);
+    ``weight_names`` in display order, the evaluated set first and, if two, the baseline second."""
     methods = [*PLANES, FUSED]
     summary = pd.concat(
         [summarise(g.assign(set=f"{s} [{w}]"), methods).assign(set=s, weights=w) for (s, w), g in
@@ -153,18 +161,15 @@ def run(weights: dict[str, Predictor], n_fresh: int, n_shifted: int, seed: int, 
                  .agg(lesions="count", detected="sum", share_detected="mean").reset_index()
                  if not les.empty else pd.DataFrame())
     order = {name: k for k, (_, _, name) in enumerate(VOLUME_BINS_ML)}
-    wrank = {w: k for k, w in enumerate(weights)}
+    wrank = {w: k for k, w in enumerate(weight_names)}
     for t in (by_volume, detection):
         if not t.empty:
             t.sort_values(["set", "volume_bin", "weights"], key=lambda c: c.map(order) if c.name == "volume_bin"
                           else c.map(wrank) if c.name == "weights" else c, inplace=True, kind="stable")
-    out.mkdir(parents=True, exist_ok=True)
     tables = {"subject_metrics": df, "summary": summary, "dice_by_volume": by_volume, "lesions": les,
               "lesion_detection": detection}
-    if len(weights) == 2:  # the first is the evaluated set, the second the baseline
-        tables["paired"] = paired_gain(df, *weights)
-    for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    if len(weight_names) == 2:  # the first is the evaluated set, the second the baseline
+        tables["paired"] = paired_gain(df, *weight_names)
     return tables
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raxnet.evaluation import SUMMARY_METRICS
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_quality.py"
 
 
@@ -50,3 +52,47 @@ def test_paired_gain_is_reproducible_and_absent_without_both_sets(bench):
     a, b = bench.paired_gain(df, "new", "old"), bench.paired_gain(df, "new", "old")
     pd.testing.assert_frame_equal(a, b)
     assert bench.paired_gain(df, "new", "other").empty
+
+
+@pytest.fixture(scope="module")
+def pool_module(bench):
+    spec = importlib.util.spec_from_file_location("bench_pool", BENCH.with_name("bench_pool.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_folder(folder: Path, new_dice, old_dice, order=("new", "old")) -> Path:
+    folder.mkdir()
+    rows = {"new": _rows("fresh", "new", new_dice, [1.0] * len(new_dice)),
+            "old": _rows("fresh", "old", old_dice, [0.5] * len(old_dice))}
+    df = pd.DataFrame([r for w in order for r in rows[w]]).assign(volume_bin="<1 mL", error="")
+    for metric in SUMMARY_METRICS:  # the columns a real run writes; unset here
+        if metric not in df:
+            df[metric] = np.nan
+    df.to_csv(folder / "subject_metrics.csv", index=False)
+    pd.DataFrame([{"set": "fresh", "weights": w, "subject": "s0", "lesion": 1, "volume_ml": 0.5,
+                   "volume_bin": "<1 mL", "detected": w == "new"} for w in order]).to_csv(folder / "lesions.csv",
+                                                                                       index=False)
+    return folder
+
+
+def test_pool_pairs_within_each_run_and_recomputes_every_table(pool_module, tmp_path):
+    # both runs name their subjects s0, s1: pooled, they are four subjects, each paired within its own run
+    a = _run_folder(tmp_path / "seedA", [0.5, 0.7], [0.4, 0.7])
+    b = _run_folder(tmp_path / "seedB", [0.2, 0.9], [0.3, 0.5])
+    tables = pool_module.pool([a, b])
+    paired = tables["paired"].set_index(["set", "metric"]).loc[("fresh", "dice")]
+    assert paired["n"] == 4 and paired["gain"] == pytest.approx((0.1 + 0.0 - 0.1 + 0.4) / 4)
+    assert (paired["better"], paired["worse"]) == (2, 1)
+    det = tables["lesion_detection"].set_index("weights")
+    assert det.loc["new", "detected"] == 2 and det.loc["old", "detected"] == 0 and det.loc["new", "lesions"] == 2
+    by_volume = tables["dice_by_volume"].set_index("weights")
+    assert by_volume.loc["new", "n"] == 4 and by_volume.loc["new", "dice_mean"] == pytest.approx(0.575)
+
+
+def test_pool_refuses_runs_of_different_weight_sets(pool_module, tmp_path):
+    a = _run_folder(tmp_path / "seedA", [0.5], [0.4])
+    b = _run_folder(tmp_path / "seedB", [0.5], [0.4], order=("old", "new"))
+    with pytest.raises(SystemExit, match="differ"):
+        pool_module.pool([a, b])
