@@ -65,9 +65,11 @@ DEFAULTS: dict[str, Any] = {
     # lesions' few slices as likely, together, as a large lesion's many
     "subject_balance": 0.0,
     "augment": True,  # augment training batches ([augment] strengths); never the validation sets
-    "workers": 1,  # PyDataset workers (threads, or processes with use_multiprocessing)
-    "use_multiprocessing": False,  # worker processes instead of threads
-    "max_queue_size": 10,  # batches prepared ahead by the workers
+    # batches prepared at once: stage 07's tf.data feed (raxnet.datasets.as_tf_data, threads) and the
+    # PyDataset's own workers when the datasets are handed to Keras directly
+    "workers": 1,
+    "use_multiprocessing": False,  # PyDataset only (not stage 07's feed): worker processes instead of threads
+    "max_queue_size": 10,  # PyDataset only (not stage 07's feed): batches prepared ahead by the workers
     "max_open_stacks": 32,  # memory maps kept open per worker (bounds resident memory)
 }
 

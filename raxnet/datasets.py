@@ -175,10 +175,10 @@ class BalancedSliceDataset(SliceDataset):
             self.epoch += 1
         self._in_epoch = False
 
-    def batch_items(self, index: int) -> np.ndarray:
+    def batch_items(self, index: int, epoch: int | None = None) -> np.ndarray:
         if not 0 <= index < self.steps:
             raise IndexError(f"batch {index} out of range (0..{self.steps - 1})")
-        return self.plan()[index]
+        return self.plan(epoch)[index]
 
     def batch_draws(self, index: int, epoch: int | None = None) -> list[AugmentDraw]:
         """The augmentation drawn for each slice of batch ``index`` of ``epoch`` (default: the current
@@ -190,8 +190,50 @@ class BalancedSliceDataset(SliceDataset):
         return [draw(rng, self.plane, self.augment) for _ in range(self.batch_size)]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        draws = self.batch_draws(index)
-        x, y = self.read_items(self.batch_items(index))
+        return self.batch(index, self.epoch)
+
+    def batch(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of epoch ``epoch`` (augmented), whatever the current epoch."""
+        draws = self.batch_draws(index, epoch)
+        x, y = self.read_items(self.batch_items(index, epoch))
         for k, d in enumerate(draws):
             x[k], y[k] = apply(x[k], y[k], d, self.plane)
         return x[..., None], y[..., None]
+
+
+def as_tf_data(ds: Any, first_epoch: int = 0, epochs: int = 1, parallel: int = 1) -> Any:
+    """``ds``'s batches as a ``tf.data.Dataset`` of index-addressed ``tf.numpy_function`` calls.
+
+    Why not hand the PyDataset to ``fit``: Keras feeds it through ``tf.data.Dataset.from_generator``, and on
+    a 2-core VM that made every train step 2-3x slower than the same step fed from arrays (1.7-2.3 s vs
+    0.66-0.76 s, raxnet width 16, 2 mm axial batches of 16; index-addressed calls: 0.73 s). A
+    :class:`BalancedSliceDataset` yields epochs ``first_epoch .. epochs - 1`` back to back, each batch
+    addressed by ``(epoch, index)`` -- fit with ``steps_per_epoch = len(ds)``; read-ahead across an epoch
+    boundary serves the next epoch's own batches, so a resumed run still sees what an uninterrupted one
+    does. Any other dataset yields its batches once, in order (validation). ``parallel`` > 1 computes that
+    many batches at once (threads; the order stays deterministic).
+    """
+    import tensorflow as tf
+
+    x0, y0 = ds[0]
+    shapes = ((None, *x0.shape[1:]), (None, *y0.shape[1:]))
+    if isinstance(ds, BalancedSliceDataset):
+        steps = len(ds)
+        indices = tf.data.Dataset.range(int(first_epoch) * steps, int(epochs) * steps)
+
+        def load(k: Any) -> tuple[np.ndarray, np.ndarray]:
+            epoch, index = divmod(int(k), steps)
+            return ds.batch(index, epoch)
+    else:
+        indices = tf.data.Dataset.range(len(ds))
+
+        def load(k: Any) -> tuple[np.ndarray, np.ndarray]:
+            x, y = ds[int(k)]
+            return np.asarray(x, np.float32), np.asarray(y, np.float32)
+
+    def fetch(k: Any) -> tuple[Any, Any]:
+        x, y = tf.numpy_function(load, [k], (tf.float32, tf.float32), stateful=False)
+        return tf.ensure_shape(x, shapes[0]), tf.ensure_shape(y, shapes[1])
+
+    calls = int(parallel) if int(parallel) > 1 else None
+    return indices.map(fetch, num_parallel_calls=calls, deterministic=True).prefetch(2)

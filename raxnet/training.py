@@ -471,6 +471,24 @@ def _monitor_class() -> type:
     return TrainingMonitor
 
 
+def _epoch_sync_class() -> type:
+    import keras
+
+    class EpochSync(keras.callbacks.Callback):
+        """Keeps the training dataset's current epoch (read by the batch-norm re-estimation) on fit's epoch:
+        fit reads the batches through :func:`raxnet.datasets.as_tf_data`, which addresses them by epoch."""
+
+        def __init__(self, train_ds: Any):
+            super().__init__()
+            self.ds = train_ds
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            if hasattr(self.ds, "set_epoch"):
+                self.ds.set_epoch(epoch)
+
+    return EpochSync
+
+
 def _precise_bn_class() -> type:
     import keras
 
@@ -779,9 +797,13 @@ def train_one(
             callbacks = [keras.callbacks.TerminateOnNaN()]
             if int(train["bn_recalibration_batches"]) > 0:
                 callbacks.append(_precise_bn_class()(train_ds, int(train["bn_recalibration_batches"])))
+            from raxnet.datasets import as_tf_data
+
+            parallel = int(section(cfg, "arrays", batches.DEFAULTS)["workers"])
             model.fit(
-                train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=state["epoch"],
-                callbacks=[*callbacks, monitor], verbose=int(train["verbose"]),
+                as_tf_data(train_ds, state["epoch"], epochs, parallel), steps_per_epoch=len(train_ds),
+                validation_data=as_tf_data(val_ds, parallel=parallel), epochs=epochs, initial_epoch=state["epoch"],
+                callbacks=[_epoch_sync_class()(train_ds), *callbacks, monitor], verbose=int(train["verbose"]),
                 # The stage-05 batches are already redrawn from (seed, epoch); Keras' own batch-order
                 # shuffle would draw from a global RNG and make a resumed run differ from an uninterrupted one.
                 shuffle=False,
