@@ -800,9 +800,13 @@ def train_one(
             from raxnet.datasets import as_tf_data
 
             parallel = int(section(cfg, "arrays", batches.DEFAULTS)["workers"])
+            feed, val_feed = train_ds, val_ds  # other backends (JAX, PyTorch) read the PyDatasets themselves
+            if keras.backend.backend() == "tensorflow":
+                feed = as_tf_data(train_ds, state["epoch"], epochs, parallel)
+                val_feed = as_tf_data(val_ds, parallel=parallel)
             model.fit(
-                as_tf_data(train_ds, state["epoch"], epochs, parallel), steps_per_epoch=len(train_ds),
-                validation_data=as_tf_data(val_ds, parallel=parallel), epochs=epochs, initial_epoch=state["epoch"],
+                feed, steps_per_epoch=len(train_ds), validation_data=val_feed, epochs=epochs,
+                initial_epoch=state["epoch"],
                 callbacks=[_epoch_sync_class()(train_ds), *callbacks, monitor], verbose=int(train["verbose"]),
                 # The stage-05 batches are already redrawn from (seed, epoch); Keras' own batch-order
                 # shuffle would draw from a global RNG and make a resumed run differ from an uninterrupted one.
