@@ -235,5 +235,6 @@ def as_tf_data(ds: Any, first_epoch: int = 0, epochs: int = 1, parallel: int = 1
         x, y = tf.numpy_function(load, [k], (tf.float32, tf.float32), stateful=False)
         return tf.ensure_shape(x, shapes[0]), tf.ensure_shape(y, shapes[1])
 
-    calls = int(parallel) if int(parallel) > 1 else None
-    return indices.map(fetch, num_parallel_calls=calls, deterministic=True).prefetch(2)
+    if int(parallel) > 1:
+        return indices.map(fetch, num_parallel_calls=int(parallel), deterministic=True).prefetch(2)
+    return indices.map(fetch).prefetch(2)

@@ -913,7 +913,7 @@ def test_fit_reads_as_tf_data_epoch_after_epoch(work, folds, monkeypatch):
     model.compile(optimizer="sgd", loss="binary_crossentropy")
     data = as_tf_data(ds, first_epoch=0, epochs=2)
     seen.clear()  # as_tf_data reads one batch for the shapes
-    model.fit(data, steps_per_epoch=len(ds), epochs=2, verbose=0)
+    model.fit(data, steps_per_epoch=len(ds), epochs=2, verbose=0, shuffle=False)
     # tf.data may run the (stateless) loads concurrently: the served order is checked above, here that
     # each (epoch, batch) was read exactly once -- a per-epoch restart would read epoch 0 twice
     assert sorted(seen) == [(e, i) for e in range(2) for i in range(len(ds))]
