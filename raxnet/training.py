@@ -471,24 +471,6 @@ def _monitor_class() -> type:
     return TrainingMonitor
 
 
-def _epoch_sync_class() -> type:
-    import keras
-
-    class EpochSync(keras.callbacks.Callback):
-        """Keeps the training dataset's current epoch (read by the batch-norm re-estimation) on fit's epoch:
-        fit reads the batches through :func:`raxnet.datasets.as_tf_data`, which addresses them by epoch."""
-
-        def __init__(self, train_ds: Any):
-            super().__init__()
-            self.ds = train_ds
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            if hasattr(self.ds, "set_epoch"):
-                self.ds.set_epoch(epoch)
-
-    return EpochSync
-
-
 def _precise_bn_class() -> type:
     import keras
 
@@ -505,18 +487,25 @@ def _precise_bn_class() -> type:
         def __init__(self, train_ds: Any, n: int):
             super().__init__()
             self.ds, self.n = train_ds, int(n)
+            self.epoch: int | None = None
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            # fit's epoch, not the dataset's own counter: stage 07 feeds fit through raxnet.datasets.as_tf_data,
+            # which addresses batches by (epoch, index) and never advances that counter
+            self.epoch = epoch
 
         def on_test_begin(self, logs: dict | None = None) -> None:
-            recalibrate_batch_norm(self.model, self.ds, self.n)
+            recalibrate_batch_norm(self.model, self.ds, self.n, self.epoch)
 
     return PreciseBatchNorm
 
 
-def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int) -> int:
+def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int, epoch: int | None = None) -> int:
     """Set each BatchNormalization's moving mean/variance to their average over ``n_batches`` batches.
 
-    Batches are read without augmentation (``read_items``) when the dataset offers it. Returns the
-    number of batches used (0: no batch-norm layer or no batch).
+    Batches are read without augmentation (``read_items``) when the dataset offers it, from ``epoch``'s
+    plan when given (else the dataset's current epoch). Returns the number of batches used (0: no
+    batch-norm layer or no batch).
     """
     import keras
 
@@ -528,7 +517,8 @@ def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int) -> int:
     try:
         for i in range(n):
             if hasattr(train_ds, "read_items"):
-                x = train_ds.read_items(train_ds.batch_items(i))[0][..., None]
+                items = train_ds.batch_items(i) if epoch is None else train_ds.batch_items(i, epoch)
+                x = train_ds.read_items(items)[0][..., None]
             else:
                 x = train_ds[i][0]
             for layer in bns:
@@ -807,7 +797,7 @@ def train_one(
             model.fit(
                 feed, steps_per_epoch=len(train_ds), validation_data=val_feed, epochs=epochs,
                 initial_epoch=state["epoch"],
-                callbacks=[_epoch_sync_class()(train_ds), *callbacks, monitor], verbose=int(train["verbose"]),
+                callbacks=[*callbacks, monitor], verbose=int(train["verbose"]),
                 # The stage-05 batches are already redrawn from (seed, epoch); Keras' own batch-order
                 # shuffle would draw from a global RNG and make a resumed run differ from an uninterrupted one.
                 shuffle=False,

@@ -403,6 +403,35 @@ def test_recalibrate_batch_norm_sets_exact_mean_of_batch_statistics() -> None:
     assert training.recalibrate_batch_norm(model, _ConstantBatches([1.0]), 0) == 0
 
 
+class _EpochPlans(_ConstantBatches):
+    """Batches whose un-augmented items depend on the epoch asked for: epoch e's batch i holds value e + 1."""
+
+    def __init__(self, n: int, epoch: int):
+        super().__init__([1.0] * n)
+        self.epoch = epoch
+
+    def batch_items(self, index: int, epoch: int | None = None) -> np.ndarray:
+        return np.array([self.epoch if epoch is None else epoch])
+
+    def read_items(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.full((2, 4, 4), float(items[0] + 1), np.float32)
+        x[1] = -x[0]
+        return x, np.zeros_like(x)
+
+
+def test_recalibrate_batch_norm_reads_the_epoch_it_is_given() -> None:
+    # stage 07's tf.data feed never advances the dataset's own epoch: the callback passes fit's epoch
+    import keras
+
+    inp = keras.Input((4, 4, 1))
+    model = keras.Model(inp, keras.layers.BatchNormalization(name="bn")(inp))
+    ds = _EpochPlans(2, epoch=0)
+    training.recalibrate_batch_norm(model, ds, 2, epoch=2)  # values +-3: variance 9
+    np.testing.assert_allclose(np.asarray(model.get_layer("bn").moving_variance), [9.0], rtol=1e-5)
+    training.recalibrate_batch_norm(model, ds, 2)  # the dataset's own epoch 0: values +-1
+    np.testing.assert_allclose(np.asarray(model.get_layer("bn").moving_variance), [1.0], rtol=1e-5)
+
+
 def test_cosine_schedule_warms_up_then_decays_to_min_lr() -> None:
     train = training.settings({"train": {"learning_rate": 1e-3, "min_lr": 1e-5, "warmup_fraction": 0.1}})
     opt = training._optimizer(train, 100)
