@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import report, tables_from  # noqa: E402
+from bench_quality import report, tables_from, write_tables  # noqa: E402
 
 
 def pool(runs: list[Path]) -> dict[str, pd.DataFrame]:
@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("work/bench/pooled"), help="output folder")
     args = parser.parse_args(argv)
     tables = pool(args.runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        table.to_csv(args.out / f"{name}.csv", index=False, float_format="%.6g")
+    write_tables(tables, args.out)
     print(f"pooled {len(args.runs)} runs: " + ", ".join(str(r) for r in args.runs))
     print(report(tables))
     print(f"tables in {args.out}/")

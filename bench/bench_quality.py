@@ -141,10 +141,15 @@ def run(weights: dict[str, Predictor], n_fresh: int, n_shifted: int, seed: int, 
             for r in lesion_rows(masks[FUSED], truth, voxel_ml, conn):
                 lesions.append({"set": set_name, "weights": label_, "subject": name, **r})
     tables = tables_from(pd.DataFrame(rows), pd.DataFrame(lesions), list(weights))
+    write_tables(tables, out)
+    return tables
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    """Each table as ``<out>/<name>.csv``."""
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
-    return tables
 
 
 def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) -> dict[str, pd.DataFrame]:
