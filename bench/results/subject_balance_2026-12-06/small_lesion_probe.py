@@ -1,7 +1,8 @@
 """Where do the lesions under 1 mL vanish: in the network or in the post-processing? (a probe, not a benchmark)
 
-For each true lesion (26-connected) of ``--subjects`` fresh 1 mm whole-head subjects of ``--seed`` (the
-``bench_quality.py`` fresh set), the fused (mean) probability on the scan's grid as ``raxnet predict`` makes it,
+For each true lesion (the weight set's connectivity) of the ``--subjects`` fresh 1 mm whole-head scans of ``--seed``
+(exactly ``bench_quality.py``'s fresh set: its ``scans``), the fused probability on the scan's grid as
+``raxnet predict`` makes it (the weight set's fusion),
 and whether the lesion is touched by the mask at threshold 0.1 / 0.2 with no clean-up, with the size floor only,
 and with the weight set's own post-processing. Run from the repository root::
 
@@ -10,17 +11,20 @@ and with the weight set's own post-processing. Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 from tqdm import tqdm
 
-from raxnet import synthetic
-from raxnet.postprocess import postprocess
+from raxnet.components import label
+from raxnet.postprocess import fused_probability, postprocess
 from raxnet.predict import Predictor, to_model_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/
+from bench_quality import scans  # noqa: E402
 
 BINS = [0, 0.1, 0.3, 1, 10, np.inf]
 LABELS = ["<0.1 mL", "0.1-0.3 mL", "0.3-1 mL", "1-10 mL", ">10 mL"]
@@ -43,20 +47,19 @@ def main() -> None:
                         min_peak=float(s["min_peak"])),
     }
     rows = []
-    for i in tqdm(range(args.subjects), desc="probe", unit="scan"):
-        t1, truth, affine, _ = synthetic.generate_subject(i, args.seed, 1, n_sites=4, params={"whole_head": True})
-        img = nib.Nifti1Image(t1, affine)
-        on_grid, _ = to_model_grid(t1, img, pred.manifest, Path(f"fresh-{i:03d}"))
-        probs, spacing = pred.on_scan_grid(pred.probabilities(on_grid, source=f"fresh-{i:03d}"), img)
-        fused = np.mean(list(probs.values()), axis=0)
+    for _, name, subj in tqdm(scans(args.subjects, 0, args.seed, 1), total=args.subjects, desc="probe", unit="scan"):
+        img = nib.Nifti1Image(subj["t1"], subj["affine"])
+        on_grid, _ = to_model_grid(subj["t1"], img, pred.manifest, Path(name))
+        probs, spacing = pred.on_scan_grid(pred.probabilities(on_grid, source=name), img)
+        fused = fused_probability(probs, s["fusion"], s["weights"] or None)
         masks = {k: postprocess(probs, fusion=s["fusion"], spacing=spacing, connectivity=int(s["connectivity"]),
                                 weights=s["weights"] or None, **v) for k, v in variants.items()}
-        lab, n = ndimage.label(truth > 0, structure=np.ones((3, 3, 3)))
+        lab, n = label(subj["truth"], int(s["connectivity"]))
         for k in range(1, n + 1):
             inside = lab == k
-            rows.append({"subject": f"fresh-{i:03d}", "lesion": k, "volume_ml": inside.sum() / 1000.0,
+            rows.append({"subject": name, "lesion": k, "volume_ml": inside.sum() / 1000.0,
                          "max_p": round(float(fused[inside].max()), 4),
-                         **{name: bool(m[inside].any()) for name, m in masks.items()}})
+                         **{key: bool(m[inside].any()) for key, m in masks.items()}})
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
