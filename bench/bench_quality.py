@@ -21,6 +21,8 @@ mask. Printed and written under ``--out`` (default ``work/bench/quality/``):
 * ``dice_by_volume.csv``: fused Dice by the subject's total lesion volume (< 1 mL, 1-10 mL, > 10 mL);
 * ``lesions.csv`` / ``lesion_detection.csv``: every true lesion (26-connected) with its volume and
   whether the fused mask touches it; the share detected per lesion-volume bin (< 1 mL, 1-10, > 10 mL);
+* ``small_lesion_detection.csv``: the lesions under 1 mL split into < 0.01 mL (about one 2 mm model voxel),
+  0.01-0.1 mL and 0.1-1 mL, so that a detection rate can be read without the specks;
 * ``paired.csv`` (with ``--baseline``): per set, the paired per-subject gain of the fused mask over the
   baseline (Dice, lesion F1) with a 95 % bootstrap interval over subjects and the counts better / worse.
 
@@ -50,13 +52,17 @@ from raxnet.predict import Predictor, to_model_grid
 
 N_SITES = 40  # only names the subjects; 40 sites leave room for thousands of them
 VOLUME_BINS_ML = ((0.0, 1.0, "<1 mL"), (1.0, 10.0, "1-10 mL"), (10.0, np.inf, ">10 mL"))
+# The "<1 mL" lesions split further: a 2 mm model voxel is 8 mm^3, so a component under 0.01 mL is about one
+# model voxel (the generator's masks have 26-connected fragments of 2-4 voxels), 0.01-0.1 mL a few, and only
+# 0.1-1 mL (12-125 model voxels) a lesion a 2 mm network can outline (bench/results/subject_balance_2026-12-06).
+SMALL_BINS_ML = ((0.0, 0.01, "<0.01 mL"), (0.01, 0.1, "0.01-0.1 mL"), (0.1, 1.0, "0.1-1 mL"))
 FUSED = "fused"
 PAIRED_METRICS = ("dice", "lesion_f1")
 TIE = 0.01  # a subject counts as better / worse only beyond this difference
 
 
-def _volume_bin(ml: float) -> str:
-    return next(name for lo, hi, name in VOLUME_BINS_ML if lo <= ml < hi)
+def _volume_bin(ml: float, bins: tuple[tuple[float, float, str], ...] = VOLUME_BINS_ML) -> str:
+    return next(name for lo, hi, name in bins if lo <= ml < hi)
 
 
 def training_seeds(manifest: dict[str, Any]) -> set[int]:
@@ -165,14 +171,19 @@ def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) ->
     detection = (les.groupby(["set", "weights", "volume_bin"], sort=False)["detected"]
                  .agg(lesions="count", detected="sum", share_detected="mean").reset_index()
                  if not les.empty else pd.DataFrame())
-    order = {name: k for k, (_, _, name) in enumerate(VOLUME_BINS_ML)}
+    small = les[les["volume_ml"] < 1.0] if not les.empty else les
+    small_detection = (small.assign(volume_bin=small["volume_ml"].map(lambda v: _volume_bin(v, SMALL_BINS_ML)))
+                       .groupby(["set", "weights", "volume_bin"], sort=False)["detected"]
+                       .agg(lesions="count", detected="sum", share_detected="mean").reset_index()
+                       if not small.empty else pd.DataFrame())
+    order = {name: k for k, (_, _, name) in enumerate((*SMALL_BINS_ML, *VOLUME_BINS_ML))}
     wrank = {w: k for k, w in enumerate(weight_names)}
-    for t in (by_volume, detection):
+    for t in (by_volume, detection, small_detection):
         if not t.empty:
             t.sort_values(["set", "volume_bin", "weights"], key=lambda c: c.map(order) if c.name == "volume_bin"
                           else c.map(wrank) if c.name == "weights" else c, inplace=True, kind="stable")
     tables = {"subject_metrics": df, "summary": summary, "dice_by_volume": by_volume, "lesions": les,
-              "lesion_detection": detection}
+              "lesion_detection": detection, "small_lesion_detection": small_detection}
     if len(weight_names) == 2:  # the first is the evaluated set, the second the baseline
         tables["paired"] = paired_gain(df, *weight_names)
     return tables
@@ -216,6 +227,12 @@ def report(tables: dict[str, pd.DataFrame]) -> str:
         for _, r in det.iterrows():
             lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>8}: {int(r['detected'])}/{int(r['lesions'])}"
                          f" = {r['share_detected']:.2f}")
+    small = tables.get("small_lesion_detection")
+    if small is not None and not small.empty:
+        lines.append("\n  of which under 1 mL, by size (< 0.01 mL is about one 2 mm model voxel):")
+        for _, r in small.iterrows():
+            lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>11}: {int(r['detected'])}/"
+                         f"{int(r['lesions'])} = {r['share_detected']:.2f}")
     paired = tables.get("paired")
     if paired is not None and not paired.empty:
         lines.append(f"\nfused mask, paired by subject: [{paired['new'].iloc[0]}] - [{paired['base'].iloc[0]}] "

@@ -96,3 +96,21 @@ def test_pool_refuses_runs_of_different_weight_sets(pool_module, tmp_path):
     b = _run_folder(tmp_path / "seedB", [0.5], [0.4], order=("old", "new"))
     with pytest.raises(SystemExit, match="differ"):
         pool_module.pool([a, b])
+
+
+def test_small_lesions_are_split_by_size_and_larger_ones_left_out(bench):
+    df = pd.DataFrame(_rows("fresh", "new", [0.5], [1.0])).assign(volume_bin="<1 mL", error="")
+    for metric in SUMMARY_METRICS:
+        if metric not in df:
+            df[metric] = np.nan
+    les = pd.DataFrame([{"set": "fresh", "weights": "new", "subject": "s0", "lesion": k + 1, "volume_ml": v,
+                         "volume_bin": bench._volume_bin(v), "detected": d}
+                        for k, (v, d) in enumerate([(0.003, False), (0.009, True), (0.05, False), (0.1, True),
+                                                    (0.99, False), (1.0, True), (20.0, True)])])
+    tables = bench.tables_from(df, les, ["new"])
+    small = tables["small_lesion_detection"].set_index("volume_bin")
+    assert list(small.index) == ["<0.01 mL", "0.01-0.1 mL", "0.1-1 mL"]  # 1.0 mL and 20 mL are not small
+    assert small["lesions"].tolist() == [2, 1, 2] and small["detected"].tolist() == [1, 0, 1]
+    det = tables["lesion_detection"].set_index("volume_bin")
+    assert det.loc["<1 mL", "lesions"] == 5 and det.loc["<1 mL", "detected"] == 2  # the target's bin, unchanged
+    assert "0.01-0.1 mL: 0/1" in bench.report(tables)
