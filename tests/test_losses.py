@@ -26,6 +26,7 @@ EXPECTED_22 = {
     "tversky_focal": TVERSKY_22 + FOCAL_22,
     "focal_tversky": TVERSKY_22**0.75,
     "bce_dice": BCE_22 + DICE_22,
+    "tversky_focal_slice": TVERSKY_22 + FOCAL_22,  # one slice, with lesion: per slice = over the batch
 }
 
 
@@ -158,6 +159,7 @@ EXPECTED_FP = {
     "tversky_focal": TVERSKY_FP + FOCAL_FP,
     "focal_tversky": TVERSKY_FP**0.75,
     "bce_dice": 3 * LN2 / 4 + DICE_FP,
+    "tversky_focal_slice": TVERSKY_FP + FOCAL_FP,
 }
 
 
@@ -193,6 +195,8 @@ PARAM_CASES = [
      1 - 1.0 / 1.6 + _FOCAL_A5_G1),
     ("focal_tversky", {"alpha": 0.5, "beta": 0.2, "smooth": 0.5, "gamma": 1.0}, 1 - 1.0 / 1.6),
     ("bce_dice", {"smooth": 0.5}, 3 * LN2 / 4 + 1 - 1.5 / 3.0),
+    ("tversky_focal_slice", {"alpha": 0.5, "beta": 0.2, "smooth": 0.5, "focal_alpha": 0.5, "focal_gamma": 1.0,
+                             "slice_weight": 0.25}, 1 - 1.0 / 1.6 + _FOCAL_A5_G1),
 ]
 
 
@@ -223,7 +227,27 @@ def test_dice_metric_hand_counts_and_messages():
     metric.update_state(t, np.array([0.9, 0.8, 0.7, 0], np.float32).reshape(1, 2, 2, 1))  # TP 2, FP 1
     assert float(metric.result()) == pytest.approx(4 / 5)
     with pytest.raises(ValueError, match=r"^unknown loss 'nope'; expected one of dice, tversky, focal, "
-                                         r"tversky_focal, focal_tversky, bce_dice$"):
+                                         r"tversky_focal, focal_tversky, bce_dice, tversky_focal_slice$"):
         get_loss("nope")
     with pytest.raises(TypeError, match=r"^DiceLoss: unexpected arguments \['alpha'\]$"):
         get_loss("dice", alpha=0.5)
+
+
+# Two slices: A all lesion (4 px) predicted 1, B one lesion pixel predicted 0 (3 background px predicted 0).
+T_AB = np.array([[[1, 1], [1, 1]], [[1, 0], [0, 0]]], np.float32).reshape(2, 2, 2, 1)
+P_AB = np.array([[[1, 1], [1, 1]], [[0, 0], [0, 0]]], np.float32).reshape(2, 2, 2, 1)
+
+
+def test_slice_tversky_weighs_each_lesion_slice_the_same():
+    whole = 1 - 5 / 5.7  # over the batch: TP 4, FN 1 -> the missed small lesion costs 0.12
+    per_slice = (0 + (1 - 1 / 1.7)) / 2  # A perfect (0), B missed (1 - 1/1.7): 0.21
+    assert float(losses.slice_tversky_loss(tf.constant(T_AB), tf.constant(P_AB))) == pytest.approx(per_slice, abs=1e-6)
+    gap = _value(get_loss("tversky_focal_slice"), T_AB, P_AB) - _value(get_loss("tversky_focal"), T_AB, P_AB)
+    assert gap == pytest.approx(0.5 * (per_slice - whole), abs=1e-5)  # the focal terms are the same
+    empty = np.zeros_like(T_AB)  # no lesion slice: the batch's own index, FP 4 on slice A
+    assert float(losses.slice_tversky_loss(tf.constant(empty), tf.constant(P_AB))) == pytest.approx(
+        1 - 1 / (0.3 * 4 + 1), abs=1e-6)
+    one_lesion_slice = T_AB.copy()
+    one_lesion_slice[0] = 0  # slice A lesion-free, its 4 false positives do not enter the per-slice mean
+    assert float(losses.slice_tversky_loss(tf.constant(one_lesion_slice), tf.constant(P_AB))) == pytest.approx(
+        1 - 1 / 1.7, abs=1e-6)
