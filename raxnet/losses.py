@@ -8,7 +8,8 @@ Conventions shared by every loss here:
   training slices hold no lesion; a per-sample Dice would score every empty slice as 0 or 1 by the
   smoothing constant alone, whereas the global sum weights each pixel equally and stays informative.
   Pixel-wise terms (focal, BCE) are the mean over all pixels of the batch. ``sample_weight`` is
-  therefore not supported (a scalar loss cannot be weighted per sample).
+  therefore not supported (a scalar loss cannot be weighted per sample). The one exception,
+  ``tversky_focal_slice``, adds a per-slice term over the *lesion* slices only (:func:`slice_tversky_loss`).
 * **Smoothing:** ``smooth = 1.0`` is added to numerator and denominator of the Dice and Tversky
   indices, so an all-empty mask predicted empty scores 1 (loss 0) and the gradient is finite.
 * Probabilities are clipped to ``[eps, 1 - eps]`` with ``eps = keras.config.epsilon()`` (1e-7) inside
