@@ -55,14 +55,16 @@ def dump(weights: str, seed: int, subjects: int, out: Path) -> None:
 
 
 def _load(folder: Path):
-    for f in sorted(p for p in folder.glob("*.npz") if not p.name.endswith(".tmp.npz")):
+    """``(name, probs, truth, spacing)`` per dumped scan, one at a time (60 scans in float32 would take 6 GB)."""
+    files = sorted(p for p in folder.glob("*.npz") if not p.name.endswith(".tmp.npz"))
+    for f in tqdm(files, unit="scan"):
         z = np.load(f)
         yield f.stem, {k: z[k].astype(np.float32) for k in PLANES}, z["truth"], tuple(z["spacing"])
 
 
 def grid(folder: Path, out: Path) -> None:
     rows = []
-    for name, probs, truth, spacing in tqdm(list(_load(folder)), desc="grid", unit="scan"):
+    for name, probs, truth, spacing in _load(folder):
         rows += [{**r, "subject": name} for r in score_candidates(probs, truth, spacing, methods=["mean"], **GRID)]
     cand = summarise_candidates(rows)
     cand.to_csv(out, index=False, float_format="%.6g")
@@ -74,7 +76,7 @@ def tradeoff(folder: Path, out: Path) -> None:
     cands = [(t, s, p) for t, s, p in itertools.product([0.1, 0.15, 0.2, 0.3], [0, 20, 50, 100],
                                                           [0, 0.3, 0.4, 0.5, 0.6]) if not (p and p <= t)]
     rows = []
-    for name, probs, truth, spacing in tqdm(list(_load(folder)), desc="tradeoff", unit="scan"):
+    for name, probs, truth, spacing in _load(folder):
         fused = np.mean([probs[p] for p in PLANES], axis=0)
         box = np.argwhere((fused >= min(c[0] for c in cands)) | (truth > 0))  # every mask voxel lies inside
         crop = tuple(slice(a, b) for a, b in zip(box.min(0), box.max(0) + 1))
