@@ -103,10 +103,8 @@ def predict_masks(predictor: Predictor, t1: np.ndarray, affine: np.ndarray, name
     """Each plane's mask and the fused mask on the scan's own grid, as ``raxnet predict`` makes them."""
     img = nib.Nifti1Image(t1, affine)
     on_grid, resampled = to_model_grid(t1, img, predictor.manifest, Path(name))
-    probs = predictor.probabilities(on_grid, source=name)
-    spacing = None
-    if resampled:  # probabilities back to the scan's grid, thresholded there (Predictor.on_scan_grid)
-        probs, spacing = predictor.on_scan_grid(probs, img)
+    # probabilities back on the scan's grid when resampled, thresholded there (Predictor.on_scan_grid)
+    probs, spacing = predictor.scan_probabilities(on_grid, resampled, img, name)
     return {method: predictor.mask(probs, spacing=spacing, fusion=None if method == FUSED else method)
             for method in (*PLANES, FUSED)}
 

@@ -219,6 +219,14 @@ class Predictor:
         return ({p: back_to_input_grid(v, self.manifest, img, "linear") for p, v in probs.items()},
                 voxel_spacing(img.affine))
 
+    def scan_probabilities(self, on_grid: np.ndarray, resampled: bool, img: nib.Nifti1Image, source: str,
+                           ) -> tuple[dict[str, np.ndarray], tuple[float, float, float] | None]:
+        """Per-plane probabilities of a scan that :func:`to_model_grid` took to the weights' grid, on the scan's
+        own grid when it was resampled (:meth:`on_scan_grid`; with the scan's spacing), else as they are (spacing
+        None: the weights' grid). What :meth:`mask` is then given."""
+        probs = self.probabilities(on_grid, source=source)
+        return self.on_scan_grid(probs, img) if resampled else (probs, None)
+
     def mask(self, probs: dict[str, np.ndarray], spacing: Sequence[float] | None = None,
              fusion: str | None = None) -> np.ndarray:
         """uint8 mask from the plane probabilities, with :attr:`settings`.
@@ -266,10 +274,7 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         probs = {p: reg.to_native(v, affine=grid_affine, interpolation="linear") for p, v in probs.items()}
         mask = predictor.mask(probs, spacing=voxel_spacing(img.affine))
     else:
-        probs = predictor.probabilities(on_grid, source=str(path))
-        spacing = None
-        if resampled:
-            probs, spacing = predictor.on_scan_grid(probs, img)
+        probs, spacing = predictor.scan_probabilities(on_grid, resampled, img, str(path))
         mask = predictor.mask(probs, spacing=spacing)
     stem = name or output_stem(path)
     make_dirs((out_dir / stem).parent)

@@ -59,6 +59,7 @@ class StandInPredictor:
         return {"axial": p, "sagittal": p.copy(), "coronal": p.copy()}
 
     on_scan_grid = Predictor.on_scan_grid  # the real resampling back (uses only .manifest)
+    scan_probabilities = Predictor.scan_probabilities  # the real choice: back to the scan's grid only if resampled
 
     def mask(self, probs: dict[str, np.ndarray], spacing=None, fusion=None) -> np.ndarray:
         self.spacings.append(spacing)

@@ -46,8 +46,8 @@ def dump(weights: str, seed: int, subjects: int, out: Path) -> None:
         if target.exists():
             continue
         img = nib.Nifti1Image(subj["t1"], subj["affine"])
-        on_grid, _ = to_model_grid(subj["t1"], img, pred.manifest, Path(name))
-        probs, spacing = pred.on_scan_grid(pred.probabilities(on_grid, source=name), img)
+        on_grid, resampled = to_model_grid(subj["t1"], img, pred.manifest, Path(name))
+        probs, spacing = pred.scan_probabilities(on_grid, resampled, img, name)
         tmp = out / f"{name}.tmp.npz"
         np.savez_compressed(tmp, truth=subj["truth"].astype(np.uint8), spacing=np.asarray(spacing, float),
                             **{k: v.astype(np.float16) for k, v in probs.items()})

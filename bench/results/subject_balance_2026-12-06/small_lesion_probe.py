@@ -49,8 +49,8 @@ def main() -> None:
     rows = []
     for _, name, subj in tqdm(scans(args.subjects, 0, args.seed, 1), total=args.subjects, desc="probe", unit="scan"):
         img = nib.Nifti1Image(subj["t1"], subj["affine"])
-        on_grid, _ = to_model_grid(subj["t1"], img, pred.manifest, Path(name))
-        probs, spacing = pred.on_scan_grid(pred.probabilities(on_grid, source=name), img)
+        on_grid, resampled = to_model_grid(subj["t1"], img, pred.manifest, Path(name))
+        probs, spacing = pred.scan_probabilities(on_grid, resampled, img, name)
         fused = fused_probability(probs, s["fusion"], s["weights"] or None)
         masks = {k: postprocess(probs, fusion=s["fusion"], spacing=spacing, connectivity=int(s["connectivity"]),
                                 weights=s["weights"] or None, **v) for k, v in variants.items()}
