@@ -156,6 +156,14 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
         table.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
 
 
+def _detection(les: pd.DataFrame) -> pd.DataFrame:
+    """Lesions, detected and their share per set x weight set x ``volume_bin`` (empty in, empty out)."""
+    if les.empty:
+        return pd.DataFrame()
+    return (les.groupby(["set", "weights", "volume_bin"], sort=False)["detected"]
+            .agg(lesions="count", detected="sum", share_detected="mean").reset_index())
+
+
 def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) -> dict[str, pd.DataFrame]:
     """The benchmark's tables from its per-scan rows (``subject_metrics``) and per-lesion rows (``lesions``);
     ``weight_names`` in display order, the evaluated set first and, if two, the baseline second."""
@@ -166,14 +174,10 @@ def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) ->
     fused = df[df["method"] == FUSED]
     by_volume = (fused.groupby(["set", "weights", "volume_bin"], sort=False)["dice"]
                  .agg(n="count", dice_mean="mean", dice_sd="std", dice_median="median").reset_index())
-    detection = (les.groupby(["set", "weights", "volume_bin"], sort=False)["detected"]
-                 .agg(lesions="count", detected="sum", share_detected="mean").reset_index()
-                 if not les.empty else pd.DataFrame())
+    detection = _detection(les)
     small = les[les["volume_ml"] < 1.0] if not les.empty else les
-    small_detection = (small.assign(volume_bin=small["volume_ml"].map(lambda v: _volume_bin(v, SMALL_BINS_ML)))
-                       .groupby(["set", "weights", "volume_bin"], sort=False)["detected"]
-                       .agg(lesions="count", detected="sum", share_detected="mean").reset_index()
-                       if not small.empty else pd.DataFrame())
+    small_detection = _detection(small.assign(volume_bin=small["volume_ml"].map(
+        lambda v: _volume_bin(v, SMALL_BINS_ML))) if not small.empty else small)
     order = {name: k for k, (_, _, name) in enumerate((*SMALL_BINS_ML, *VOLUME_BINS_ML))}
     wrank = {w: k for k, w in enumerate(weight_names)}
     for t in (by_volume, detection, small_detection):
@@ -219,17 +223,15 @@ def report(tables: dict[str, pd.DataFrame]) -> str:
         sd = "" if not np.isfinite(r["dice_sd"]) else f" ± {r['dice_sd']:.3f}"
         lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>8}: {r['dice_mean']:.3f}{sd}, "
                      f"median {r['dice_median']:.3f}, n {int(r['n'])}")
-    det = tables["lesion_detection"]
-    if not det.empty:
-        lines.append("\nlesions detected by the fused mask, by lesion volume (26-connected components):")
+    for key, title, width in (
+            ("lesion_detection", "lesions detected by the fused mask, by lesion volume (26-connected components):", 8),
+            ("small_lesion_detection", "  of which under 1 mL, by size (< 0.01 mL is about one 2 mm model voxel):", 11)):
+        det = tables.get(key)
+        if det is None or det.empty:
+            continue
+        lines.append("\n" + title)
         for _, r in det.iterrows():
-            lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>8}: {int(r['detected'])}/{int(r['lesions'])}"
-                         f" = {r['share_detected']:.2f}")
-    small = tables.get("small_lesion_detection")
-    if small is not None and not small.empty:
-        lines.append("\n  of which under 1 mL, by size (< 0.01 mL is about one 2 mm model voxel):")
-        for _, r in small.iterrows():
-            lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>11}: {int(r['detected'])}/"
+            lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>{width}}: {int(r['detected'])}/"
                          f"{int(r['lesions'])} = {r['share_detected']:.2f}")
     paired = tables.get("paired")
     if paired is not None and not paired.empty:
