@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from raxnet.components import label
-from raxnet.metrics import dice
+from raxnet.metrics import dice, lesion_detection
 from raxnet.planes import PLANES
 from raxnet.postprocess import postprocess
 from raxnet.postprocess_selection import choose, score_candidates, summarise_candidates
@@ -87,9 +87,8 @@ def tradeoff(folder: Path, out: Path) -> None:
             m = postprocess(p_c, fusion="mean", threshold=t, min_lesion_mm3=s, min_peak=p, spacing=spacing,
                             connectivity=26)
             hit = np.bincount(tl[m > 0].ravel(), minlength=tn + 1)[1:] > 0
-            pl, pn = label(m, 26)
             row = {"subject": name, "threshold": t, "min_lesion_mm3": s, "min_peak": p, "dice": dice(m, t_c),
-                   "fp": pn - len(np.unique(pl[(pl > 0) & (t_c > 0)]))}
+                   "fp": lesion_detection(m, t_c, connectivity=26)["fp"]}
             for b, size in enumerate(SIZE_NAMES):
                 sel = (ml >= SIZE_BINS_ML[b]) & (ml < SIZE_BINS_ML[b + 1])
                 row[f"n_{size}"], row[f"hit_{size}"] = int(sel.sum()), int(hit[sel].sum())
