@@ -27,7 +27,7 @@ it, keeping the T1 order CSF < GM < WM). Validation sets are never augmented.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -317,6 +317,25 @@ def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tu
     out = np.clip(out, 0.0, CLIP_MAX)
     out[~fg] = 0.0
     return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(msk, dtype=np.float32)
+
+
+def apply_channels(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`apply` to a 2.5D input ``(C, H, W)`` (neighbour slices, centre in the middle) and the centre
+    slice's mask: every channel gets the same geometry and intensity change, as neighbouring slices of one
+    scan would; the noise is drawn anew per channel (seed shifted by the channel's offset from the centre,
+    so the centre slice is augmented exactly as a 2D input is)."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3 or img.shape[0] % 2 == 0:
+        raise ValueError(f"expected (C, H, W) with an odd C, got {img.shape}")
+    centre = img.shape[0] // 2
+    out = np.empty_like(img)
+    msk_out = None
+    for c in range(img.shape[0]):
+        dc = d if c == centre or d.noise_sd <= 0 else replace(d, noise_seed=(d.noise_seed + c - centre) % 2**31)
+        out[c], m = apply(img[c], mask, dc, plane)
+        if c == centre:
+            msk_out = m
+    return out, msk_out
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, plane: str, params: AugmentParams,

@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # subject's training lesion slices in this plane: 0 = every slice alike (each once per pass), 1 = small
     # lesions' few slices as likely, together, as a large lesion's many
     "subject_balance": 0.0,
+    # 2.5D input: each slice with this many neighbouring slices on either side as extra channels
+    # (2 * context + 1 in all; 0 = 2D); the model's input channels carry it to stage 08 and raxnet predict
+    "context": 0,
     "augment": True,  # augment training batches ([augment] strengths); never the validation sets
     # batches prepared at once: stage 07's tf.data feed (raxnet.datasets.as_tf_data, threads) and the
     # PyDataset's own workers when the datasets are handed to Keras directly
@@ -191,7 +194,7 @@ class TrainingSets:
 
     train: keras.utils.PyDataset  # yields (x, y) float32 (B, H, W, 1), balanced, redrawn per epoch
     inner_val: keras.utils.PyDataset  # deterministic: all slices of the inner-validation subjects
-    input_shape: tuple[int, int, int]  # (H, W, 1), padded
+    input_shape: tuple[int, int, int]  # (H, W, C), padded; C = 2 * [arrays] context + 1
     slice_shape: tuple[int, int]  # unpadded (h, w)
     subjects: pd.DataFrame  # subject, role in {train, inner_val, val}, fold
 
@@ -307,7 +310,7 @@ def _plan_sets(cfg: dict, run: dict, plane: str, fold: int, depth: int) -> _Plan
 
 
 def _dataset_kwargs(opts: dict) -> dict:
-    return {"max_open": int(opts["max_open_stacks"]), "workers": int(opts["workers"]),
+    return {"context": context_setting(opts), "max_open": int(opts["max_open_stacks"]), "workers": int(opts["workers"]),
             "use_multiprocessing": bool(opts["use_multiprocessing"]), "max_queue_size": int(opts["max_queue_size"])}
 
 
@@ -319,6 +322,14 @@ def _fixed_dataset(p: _Plan, rows: pd.DataFrame, batch_size: int, opts: dict) ->
         [str(p.stage03 / q) for q in p.stacks["image_path"]], [str(p.stage03 / q) for q in p.stacks["mask_path"]],
         rows["subject"].map(sids).to_numpy(), rows["slice"].to_numpy(), p.target, batch_size, **_dataset_kwargs(opts),
     )
+
+
+def context_setting(opts: dict) -> int:
+    """``[arrays] context`` checked: neighbour slices on each side of a 2.5D input (0 = 2D)."""
+    value = opts["context"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"arrays.context must be a whole number >= 0 (neighbour slices per side), got {value!r}")
+    return value
 
 
 def lesion_per_batch(batch_size: int, lesion_fraction: float) -> int:
@@ -365,7 +376,7 @@ def _sets_from_plan(p: _Plan, cfg: dict, plane: str, seed: int) -> TrainingSets:
     aug = augment_settings(cfg) if opts["augment"] else None
     train = _train_dataset(p, plane, opts, seed, aug)
     inner = _fixed_dataset(p, p.slices[p.slices["role"] == "inner_val"], int(opts["batch_size"]), opts)
-    return TrainingSets(train=train, inner_val=inner, input_shape=(*p.target, 1), slice_shape=p.slice_shape,
+    return TrainingSets(train=train, inner_val=inner, input_shape=(*p.target, train.channels), slice_shape=p.slice_shape,
                         subjects=p.subjects)
 
 
@@ -478,14 +489,15 @@ def run_one(cfg: dict, run: dict, plane: str, fold: int, depth: int = 4,
 
 
 def _materialise(ds: BalancedSliceDataset, out: Path) -> dict[str, Any]:
-    """Write epoch 0's batches as ``x_epoch0.npy`` / ``y_epoch0.npy`` (float32, (steps*B, H, W, 1)), streamed."""
+    """Write epoch 0's batches as ``x_epoch0.npy`` (float32, (steps*B, H, W, C)) and ``y_epoch0.npy``
+    ((steps*B, H, W, 1)), streamed."""
     n = ds.steps * ds.batch_size
-    shape = (n, *ds.target_shape, 1)
+    shapes = {"x_epoch0.npy": (n, *ds.target_shape, ds.channels), "y_epoch0.npy": (n, *ds.target_shape, 1)}
     ds.set_epoch(0)
     files = {}
     with atomic_path(out / "x_epoch0.npy", suffix=".npy") as xt, atomic_path(out / "y_epoch0.npy", suffix=".npy") as yt:
-        xs = np.lib.format.open_memmap(xt, mode="w+", dtype=np.float32, shape=shape)
-        ys = np.lib.format.open_memmap(yt, mode="w+", dtype=np.float32, shape=shape)
+        xs = np.lib.format.open_memmap(xt, mode="w+", dtype=np.float32, shape=shapes["x_epoch0.npy"])
+        ys = np.lib.format.open_memmap(yt, mode="w+", dtype=np.float32, shape=shapes["y_epoch0.npy"])
         for j in progress(range(ds.steps), desc="05 materialise", unit="batch"):
             x, y = ds[j]
             xs[j * ds.batch_size : (j + 1) * ds.batch_size] = x
@@ -493,7 +505,7 @@ def _materialise(ds: BalancedSliceDataset, out: Path) -> dict[str, Any]:
         xs.flush(), ys.flush()
         del xs, ys
     for name in ("x_epoch0.npy", "y_epoch0.npy"):
-        files[name] = {"shape": list(shape), "dtype": "float32", "bytes": (out / name).stat().st_size}
+        files[name] = {"shape": list(shapes[name]), "dtype": "float32", "bytes": (out / name).stat().st_size}
     return files
 
 

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from raxnet.augment import AugmentDraw, AugmentParams, apply, draw
+from raxnet.augment import AugmentDraw, AugmentParams, apply_channels, draw
 from raxnet.batches import epoch_plan
 from raxnet.errors import StageInputError
-from raxnet.planes import check_plane, pad_slices
+from raxnet.planes import channels_for, check_plane, context_indices, pad_slices
 
 
 class SliceDataset(keras.utils.PyDataset):
@@ -26,11 +26,13 @@ class SliceDataset(keras.utils.PyDataset):
 
     Stacks are memory-mapped on first use in each worker process; at most ``max_open`` are kept open
     (least recently used are closed), so resident memory is bounded whatever the number of subjects.
+    ``context`` > 0 serves 2.5D inputs: each slice with ``context`` neighbours on either side of its stack
+    as channels (:func:`raxnet.planes.context_indices`); the mask is the centre slice's.
     """
 
     def __init__(self, image_paths: Sequence[str], mask_paths: Sequence[str], item_stack: np.ndarray,
                  item_slice: np.ndarray, target_shape: tuple[int, int], batch_size: int, *,
-                 max_open: int = 32, workers: int = 1, use_multiprocessing: bool = False,
+                 context: int = 0, max_open: int = 32, workers: int = 1, use_multiprocessing: bool = False,
                  max_queue_size: int = 10) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if len(image_paths) != len(mask_paths):
@@ -41,6 +43,8 @@ class SliceDataset(keras.utils.PyDataset):
         self.item_slice = np.asarray(item_slice, dtype=np.int64)
         self.target_shape = tuple(int(s) for s in target_shape)
         self.batch_size = int(batch_size)
+        self.context = int(context)
+        self.channels = channels_for(self.context)
         self.max_open = max(1, int(max_open))
         self._reset_cache()
 
@@ -80,18 +84,23 @@ class SliceDataset(keras.utils.PyDataset):
             return pair
 
     def read_items(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Padded float32 ``(n, H, W)`` images and masks of the given item indices."""
+        """Padded float32 images ``(n, C, H, W)`` (C = ``2 * context + 1`` slices, centre in the middle) and
+        masks ``(n, H, W)`` of the given item indices, not augmented."""
         items = np.asarray(items, dtype=np.int64)
         imgs, msks = [], []
         for it in items:
             img, msk = self._stack(int(self.item_stack[it]))
             s = int(self.item_slice[it])
-            imgs.append(np.asarray(img[s], dtype=np.float32))
+            imgs.append(np.asarray(img[context_indices(img.shape[0], s, self.context)[0]], dtype=np.float32))
             msks.append(np.asarray(msk[s], dtype=np.float32))
         if not imgs:
-            empty = np.zeros((0, *self.target_shape), np.float32)
-            return empty, empty.copy()
+            return (np.zeros((0, self.channels, *self.target_shape), np.float32),
+                    np.zeros((0, *self.target_shape), np.float32))
         return pad_slices(np.stack(imgs), self.target_shape), pad_slices(np.stack(msks), self.target_shape)
+
+    def inputs(self, items: np.ndarray) -> np.ndarray:
+        """Network inputs ``(n, H, W, C)`` of the given item indices, not augmented."""
+        return channels_last(self.read_items(items)[0])
 
     def __len__(self) -> int:
         return -(-self.item_stack.size // self.batch_size)
@@ -104,7 +113,7 @@ class SliceDataset(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.read_items(self.batch_items(index))
-        return x[..., None], y[..., None]
+        return channels_last(x), y[..., None]
 
 
 class BalancedSliceDataset(SliceDataset):
@@ -197,8 +206,13 @@ class BalancedSliceDataset(SliceDataset):
         draws = self.batch_draws(index, epoch)
         x, y = self.read_items(self.batch_items(index, epoch))
         for k, d in enumerate(draws):
-            x[k], y[k] = apply(x[k], y[k], d, self.plane)
-        return x[..., None], y[..., None]
+            x[k], y[k] = apply_channels(x[k], y[k], d, self.plane)
+        return channels_last(x), y[..., None]
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+    """``(n, C, H, W)`` slices with their context channels -> the network's ``(n, H, W, C)``."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
 
 
 def as_tf_data(ds: Any, first_epoch: int = 0, epochs: int = 1, parallel: int = 1) -> Any:

@@ -9,7 +9,9 @@ models of a plane (fold ensembling). The result is one probability volume per pl
 :func:`predict_plane`: the volume must already be normalised with :func:`raxnet.intensity.normalise`.
 Each slice of the plane is zero-padded (centred) to the model's input size, predicted in large batches,
 cropped back exactly and restacked. Slices with no foreground at all (outside the head) are not sent
-through the network: their probability is 0.
+through the network: their probability is 0. A 2.5D model (``2 * context + 1`` input channels, ``[arrays]
+context``) gets each slice with its ``context`` neighbours on either side as channels, centre slice in the
+middle, as in training; the number of channels is read from the model, so a weight set needs no extra setting.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 
 from raxnet.errors import InputError, StageInputError
 from raxnet.log import get_logger
-from raxnet.planes import LR_AXIS, crop_slices, from_slices, pad_slices, slice_shape, to_slices
+from raxnet.planes import (LR_AXIS, context_indices, context_of, crop_slices, from_slices, pad_slices, slice_shape,
+                           to_slices)
 
 log = get_logger(__name__)
 
@@ -32,8 +35,23 @@ def model_slice_shape(model: Any) -> tuple[int, int]:
     if isinstance(shape, list):
         shape = shape[0]
     if shape[1] is None or shape[2] is None:
-        raise ValueError("plane models must have a fixed input size (H, W, 1)")
+        raise ValueError("plane models must have a fixed input size (H, W, C)")
     return int(shape[1]), int(shape[2])
+
+
+def model_context(model: Any) -> int:
+    """Neighbour slices on each side a plane model takes as input channels (0: a 2D model)."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    return context_of(int(shape[-1]))
+
+
+def context_batch(stack: np.ndarray, index: np.ndarray, context: int, target: tuple[int, int]) -> np.ndarray:
+    """Network input ``(len(index), *target, 2 * context + 1)`` float32: slices ``index`` of ``stack``
+    (n, H, W) with their neighbours as channels, zero-padded (centred) to ``target``."""
+    x = np.asarray(stack[context_indices(stack.shape[0], index, context)], dtype=np.float32)  # (m, C, H, W)
+    return np.ascontiguousarray(np.moveaxis(pad_slices(x, target), 1, -1))
 
 
 def predict_plane(
@@ -52,12 +70,13 @@ def predict_plane(
     stack = to_slices(np.asarray(volume, dtype=np.float32), plane)
     n, h, w = stack.shape
     target = model_slice_shape(model)
+    context = model_context(model)
     probs = np.zeros((n, h, w), dtype=np.float32)
     busy = np.flatnonzero(stack.reshape(n, -1).max(axis=1) > 0)
     lr_axis = LR_AXIS[plane] if flip_tta else None
     for start in range(0, busy.size, batch_size):
         idx = busy[start : start + batch_size]
-        x = pad_slices(stack[idx], target)[..., None]
+        x = context_batch(stack, idx, context, target)
         p = _predict_batch(model, x)
         if lr_axis is not None:
             flipped = np.flip(x, axis=1 + lr_axis)

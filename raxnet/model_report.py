@@ -18,13 +18,15 @@ from typing import Any, Sequence
 import pandas as pd
 
 from raxnet import record
+from raxnet.batches import DEFAULTS as ARRAY_DEFAULTS
+from raxnet.batches import context_setting
 from raxnet.cli_common import resolve, stage_parser
 from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.io import atomic_path, save_csv
 from raxnet.log import get_logger
 from raxnet.models import DEFAULTS, MODEL_NAMES, build_from_config, plane_input_shape
-from raxnet.planes import parse_planes
+from raxnet.planes import channels_for, parse_planes
 from raxnet.stage import stage_run
 from raxnet.templates import ATLAS_SHAPE
 
@@ -106,10 +108,11 @@ def run(
     plane_list = parse_planes(planes)
     vol = volume_shape(run["work_dir"], shape)
     out_dir = stage_dir(run["work_dir"], "model", create=True)
+    channels = channels_for(context_setting(section(cfg, "arrays", ARRAY_DEFAULTS)))  # 2.5D: neighbour slices
 
     rows, summaries = [], []
     for plane in plane_list:
-        input_shape = plane_input_shape(vol, plane, int(model_cfg["depth"]))
+        input_shape = plane_input_shape(vol, plane, int(model_cfg["depth"]), channels)
         for name in names:
             try:
                 model = build_from_config(model_cfg, input_shape, name=name)

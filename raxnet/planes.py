@@ -57,6 +57,31 @@ def padded_shape(shape2d: tuple[int, int], depth: int) -> tuple[int, int]:
     return tuple(int(-(-s // m) * m) for s in shape2d)  # type: ignore[return-value]
 
 
+def context_indices(n_slices: int, index: np.ndarray | int, context: int) -> np.ndarray:
+    """Slice indices ``index - context .. index + context`` of a stack of ``n_slices`` (one row per index),
+    clipped to the stack: the input channels of a 2.5D network (``context`` neighbours on each side).
+
+    The stack's first and last slices repeat at its edges; those are background in a brain volume.
+    """
+    if int(context) < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    offsets = np.arange(-int(context), int(context) + 1)
+    idx = np.asarray(index, dtype=np.int64).reshape(-1, 1)
+    return np.clip(idx + offsets, 0, int(n_slices) - 1)
+
+
+def channels_for(context: int) -> int:
+    """Network input channels of a 2.5D model with ``context`` neighbour slices on each side."""
+    return 2 * int(context) + 1
+
+
+def context_of(channels: int) -> int:
+    """Inverse of :func:`channels_for`; ValueError for an even number of channels."""
+    if int(channels) < 1 or int(channels) % 2 == 0:
+        raise ValueError(f"a plane model takes an odd number of input channels (2 * context + 1), got {channels}")
+    return (int(channels) - 1) // 2
+
+
 def _pads(shape2d: tuple[int, int], target: tuple[int, int]) -> list[tuple[int, int]]:
     pads = []
     for s, t in zip(shape2d, target):

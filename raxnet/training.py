@@ -51,7 +51,7 @@ from raxnet.config import section, stage_dir, with_flags
 from raxnet.errors import ConfigError, InputError, RaxnetError, StageInputError
 from raxnet.io import atomic_path, clean_temp_files, make_dirs, save_csv, save_figure, save_json
 from raxnet.log import get_logger, progress
-from raxnet.planes import from_slices, parse_planes
+from raxnet.planes import channels_for, from_slices, parse_planes
 from raxnet.runs import DEFAULT_LOSS, read_subject_folds, run_dir, run_name
 from raxnet.stage import stage_run
 
@@ -503,7 +503,7 @@ def _precise_bn_class() -> type:
 def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int, epoch: int | None = None) -> int:
     """Set each BatchNormalization's moving mean/variance to their average over ``n_batches`` batches.
 
-    Batches are read without augmentation (``read_items``) when the dataset offers it, from ``epoch``'s
+    Batches are read without augmentation (``inputs``) when the dataset offers it, from ``epoch``'s
     plan when given (else the dataset's current epoch). Returns the number of batches used (0: no
     batch-norm layer or no batch).
     """
@@ -516,9 +516,9 @@ def recalibrate_batch_norm(model: Any, train_ds: Any, n_batches: int, epoch: int
     momenta = [layer.momentum for layer in bns]
     try:
         for i in range(n):
-            if hasattr(train_ds, "read_items"):
+            if hasattr(train_ds, "inputs"):
                 items = train_ds.batch_items(i) if epoch is None else train_ds.batch_items(i, epoch)
-                x = train_ds.read_items(items)[0][..., None]
+                x = train_ds.inputs(items)
             else:
                 x = train_ds[i][0]
             for layer in bns:
@@ -609,7 +609,7 @@ def evaluate_fold(
 ) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, str]]]:
     """Outer-fold metrics of a plane model: (summary, per-subject 3D Dice table, errors)."""
     from raxnet import batches
-    from raxnet.inference import model_slice_shape, predict_probabilities
+    from raxnet.inference import model_context, model_slice_shape, predict_probabilities
     from raxnet.metrics import dice, slice_dice
     from raxnet.postprocess import binarise
     from raxnet.slices import open_stack
@@ -628,7 +628,8 @@ def evaluate_fold(
 
     bs = int(train["predict_batch_size"])
     h, w = model_slice_shape(model)
-    model.predict_on_batch(np.zeros((bs, h, w, 1), np.float32))  # builds the predict graph; not timed
+    channels = channels_for(model_context(model))
+    model.predict_on_batch(np.zeros((bs, h, w, channels), np.float32))  # builds the predict graph; not timed
     rows, errors = [], []
     seconds, n_pred = 0.0, 0
     for subject in progress(list(val_subjects), desc=f"{plane} fold {fold} 3D", leave=False):

@@ -114,6 +114,28 @@ def test_apply_keeps_image_and_mask_together() -> None:
         assert 0.5 * msk.sum() < m.sum() < 1.6 * msk.sum()
 
 
+def test_apply_channels_same_change_per_slice_and_fresh_noise() -> None:
+    img = np.zeros((32, 32), np.float32)
+    img[8:24, 8:24] = 0.8
+    msk = np.zeros_like(img)
+    msk[12:20, 12:20] = 1.0
+    stack = np.stack([img, img, img])
+    d = A.draw(np.random.default_rng(5), "axial", replace(A.AugmentParams(), elastic_prob=1.0, noise=0.0))
+    out, m = A.apply_channels(stack, msk, d, "axial")
+    a, m2 = A.apply(img, msk, d, "axial")
+    assert out.shape == (3, 32, 32)
+    for c in range(3):  # no noise: three equal slices stay equal, each as a 2D slice would be changed
+        np.testing.assert_array_equal(out[c], a)
+    np.testing.assert_array_equal(m, m2)
+    noisy = replace(d, noise_sd=0.05, noise_seed=11)
+    out, _ = A.apply_channels(stack, msk, noisy, "axial")
+    np.testing.assert_array_equal(out[1], A.apply(img, msk, noisy, "axial")[0])  # centre as in 2D
+    assert not np.array_equal(out[0], out[1]) and not np.array_equal(out[0], out[2])  # noise drawn per slice
+    np.testing.assert_array_equal(out[0], A.apply(img, msk, replace(noisy, noise_seed=10), "axial")[0])
+    with pytest.raises(ValueError, match="odd C"):
+        A.apply_channels(stack[:2], msk, d, "axial")
+
+
 # --- intensity --------------------------------------------------------------------------------------------
 def test_gamma_gain_offset_bias_hand_values() -> None:
     x = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)

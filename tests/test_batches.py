@@ -574,8 +574,9 @@ def test_cycle_empty_draws_are_integer_indices():
 def test_dataset_settings_reach_both_datasets(work):
     from raxnet.batches import _dataset_kwargs
 
-    assert _dataset_kwargs({"max_open_stacks": "3", "workers": "2", "use_multiprocessing": 1, "max_queue_size": 5.0}) \
-        == {"max_open": 3, "workers": 2, "use_multiprocessing": True, "max_queue_size": 5}
+    assert _dataset_kwargs({"context": 0, "max_open_stacks": "3", "workers": "2", "use_multiprocessing": 1,
+                            "max_queue_size": 5.0}) \
+        == {"context": 0, "max_open": 3, "workers": 2, "use_multiprocessing": True, "max_queue_size": 5}
     sets = build_training_sets(_cfg(max_open_stacks=3, workers=2, max_queue_size=4), _run_cfg(work), "axial", 1, 2)
     for ds in (sets.train, sets.inner_val):
         assert (ds.max_open, ds.workers, ds.max_queue_size, ds.use_multiprocessing) == (3, 2, 4, False)
@@ -917,3 +918,41 @@ def test_fit_reads_as_tf_data_epoch_after_epoch(work, folds, monkeypatch):
     # tf.data may run the (stateless) loads concurrently: the served order is checked above, here that
     # each (epoch, batch) was read exactly once -- a per-epoch restart would read epoch 0 twice
     assert sorted(seen) == [(e, i) for e in range(2) for i in range(len(ds))]
+
+
+def test_context_serves_neighbour_slices_as_channels(work, tmp_path):
+    """[arrays] context = 1: channel 1 is the 2D run's slice, channels 0 / 2 the slices before / after it
+    (the stack's edge repeats), the masks are the centre slice's; augmentation changes all three alike."""
+    flat = build_training_sets(_cfg(), _run_cfg(work), "axial", 1, 2)
+    deep = build_training_sets(_cfg(context=1), _run_cfg(work), "axial", 1, 2)
+    assert deep.input_shape == (*flat.input_shape[:2], 3)
+    for ds2d, ds3 in ((flat.train, deep.train), (flat.inner_val, deep.inner_val)):
+        x, y = ds2d[0]
+        x3, y3 = ds3[0]
+        assert x3.shape == (*x.shape[:3], 3)
+        np.testing.assert_array_equal(x3[..., 1:2], x)
+        np.testing.assert_array_equal(y3, y)
+        r, c = x.shape[1] // 2, x.shape[2] // 2  # the pixel _decode reads
+        for k, (_, s) in enumerate(_decode(x)):
+            assert x3[k, r, c, 0] == x[k, r, c, 0] - (s > 0)  # the previous slice encodes one less
+            assert x3[k, r, c, 2] == x[k, r, c, 0] + (s < N_SLICES - 1)
+    flat_aug = build_training_sets(_cfg(augment=True), _run_cfg(work), "axial", 1, 2)
+    deep_aug = build_training_sets(_cfg(augment=True, context=1), _run_cfg(work), "axial", 1, 2)
+    x, y = flat_aug.train[0]
+    x3, y3 = deep_aug.train[0]
+    np.testing.assert_array_equal(x3[..., 1:2], x)  # the centre slice gets exactly the 2D augmentation
+    np.testing.assert_array_equal(y3, y)
+    import shutil
+
+    from raxnet.batches import run_one
+
+    w = tmp_path / "w"
+    shutil.copytree(work, w)
+    shutil.rmtree(w / "05_prepare_arrays", ignore_errors=True)  # what other tests wrote into the shared work
+    report = run_one(_cfg(context=1), _run_cfg(w), "axial", 1, depth=2, materialise=True)
+    assert report["input_shape"][-1] == 3
+    assert np.load(Path(report["dir"]) / "x_epoch0.npy", mmap_mode="r").shape[-1] == 3
+    assert np.load(Path(report["dir"]) / "y_epoch0.npy", mmap_mode="r").shape[-1] == 1
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ConfigError, match="arrays.context"):
+            build_training_sets(_cfg(context=bad), _run_cfg(work), "axial", 1, 2)

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from raxnet.inference import model_slice_shape, predict_plane  # noqa: E402
+from raxnet.inference import model_context, model_slice_shape, predict_plane  # noqa: E402
 from raxnet.planes import padded_shape, slice_shape  # noqa: E402
 
 VOLUME_SHAPE = (5, 6, 7)
@@ -43,6 +43,22 @@ def test_flip_tta_is_identity_for_flip_equivariant_model():
     np.testing.assert_allclose(
         predict_plane(model, volume, "axial", flip_tta=True), predict_plane(model, volume, "axial"), atol=1e-6
     )
+
+
+def test_predict_plane_2p5d_feeds_the_neighbour_slices_as_channels():
+    """A 1x1 convolution that reads only channel 0 (the previous slice) of a 3-channel model: its output at
+    slice k is sigmoid(slice k - 1), and sigmoid(slice 0) at the first slice (the stack's edge repeats)."""
+    volume = np.random.default_rng(2).uniform(0.1, 1.0, VOLUME_SHAPE).astype(np.float32)
+    shape2d = padded_shape(slice_shape(VOLUME_SHAPE, "axial"), 2)
+    inputs = keras.Input((*shape2d, 3))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 1, 3, 1), np.zeros(1, np.float32)])
+    assert model_context(model) == 1
+    probs = predict_plane(model, volume, "axial", batch_size=2)
+    previous = np.concatenate([volume[..., :1], volume[..., :-1]], axis=2)  # axial slices run along axis 2
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-previous)), atol=1e-6)
+    assert model_context(sigmoid_model((8, 8))) == 0
 
 
 def test_model_slice_shape_requires_fixed_input():
@@ -143,7 +159,7 @@ def test_model_slice_shape_of_multi_input_and_half_fixed_models():
     assert model_slice_shape(two) == (8, 16)  # the first input is the slice
     for shape in ((8, None, 1), (None, 16, 1)):
         inputs = keras.Input(shape)
-        with pytest.raises(ValueError, match=r"^plane models must have a fixed input size \(H, W, 1\)$"):
+        with pytest.raises(ValueError, match=r"^plane models must have a fixed input size \(H, W, C\)$"):
             model_slice_shape(keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs)))
 
 

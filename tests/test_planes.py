@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from raxnet.planes import (
+    channels_for,
     check_plane,
+    context_indices,
+    context_of,
     crop_slices,
     from_slices,
     pad_slices,
@@ -70,3 +73,19 @@ def test_pad_to_the_same_shape_and_pad_value():
         pad_slices(stack, (4, 6))
     with pytest.raises(ValueError, match=r"^unknown plane 'oblique'; expected one of axial, sagittal, coronal$"):
         check_plane("oblique")
+
+
+def test_context_indices_clip_at_the_stack_edges():
+    np.testing.assert_array_equal(context_indices(5, [0, 2, 4], 1), [[0, 0, 1], [1, 2, 3], [3, 4, 4]])
+    np.testing.assert_array_equal(context_indices(5, 3, 2), [[1, 2, 3, 4, 4]])
+    np.testing.assert_array_equal(context_indices(5, [1, 4], 0), [[1], [4]])  # 2D: the slice alone
+    with pytest.raises(ValueError, match="context"):
+        context_indices(5, [1], -1)
+
+
+def test_channels_and_context_are_inverse():
+    assert [channels_for(c) for c in (0, 1, 2)] == [1, 3, 5]
+    assert [context_of(c) for c in (1, 3, 5)] == [0, 1, 2]
+    for bad in (0, 2, 4):
+        with pytest.raises(ValueError, match="odd number"):
+            context_of(bad)

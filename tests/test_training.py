@@ -500,6 +500,35 @@ def test_init_weights_starts_from_the_weight_set_and_records_it(trained: dict, t
                            "tversky_focal")
 
 
+def test_context_trains_and_evaluates_a_2p5d_model(trained: dict, tmp_path: Path) -> None:
+    """[arrays] context = 1: a 3-channel model is trained, evaluated in 3D on its fold (metrics.csv) and
+    saved; a 2D weight set cannot start it."""
+    import keras
+
+    from raxnet.inference import model_context, predict_probabilities
+
+    work = make_work_dir(tmp_path / "w")
+    run = {"work_dir": str(work), "seed": 7, "jobs": 1}
+    cfg = _cfg(1)
+    cfg["arrays"] = {**cfg["arrays"], "context": 1}
+    info = training.train_one(cfg, run, PLANE, 1, MODEL, "tversky_focal")
+    assert info["input_shape"] == [16, 16, 3]
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == 1 and 0.0 <= float(metrics["dice_3d_mean"].iloc[0]) <= 1.0
+    model = keras.saving.load_model(str(out / "model.keras"), compile=False)
+    assert model_context(model) == 1
+    volume = np.zeros(SHAPE, np.float32)
+    volume[2:14, 2:14, 1:11] = 0.5
+    probs = predict_probabilities(volume, {PLANE: [model]}, normalised=True)[PLANE]
+    assert probs.shape == SHAPE and np.isfinite(probs).all()
+
+    source = _weight_set(tmp_path / "ws", trained["out"] / "model.keras", seed=99)  # a 2D model
+    with pytest.raises(ConfigError, match=r"init_weights model does not match"):
+        training.train_one(_cfg(1, init_weights=str(source)) | {"arrays": cfg["arrays"]},
+                           {**run, "work_dir": str(make_work_dir(tmp_path / "x"))}, PLANE, 1, MODEL, "tversky_focal")
+
+
 def test_init_weights_must_have_seen_inputs_prepared_like_this_runs(tmp_path: Path) -> None:
     """Fine-tuning weights trained with the brain mask / N4 on stacks made otherwise is refused with the
     difference named; matching settings (or stacks without a stage-03 record) pass."""
