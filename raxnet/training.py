@@ -275,17 +275,39 @@ def check_init_inputs(weights_dir: str | Path, work_dir: str | Path) -> None:
 def initialise_from(model: Any, init: Mapping[str, Any]) -> None:
     """Copy the weights of ``init['file']`` (a plane model of a weight set) into ``model``, layer for layer.
 
-    ConfigError naming the file when its architecture differs ([model] width/depth/options, or the grid).
+    A 2D model can start a 2.5D one (``[arrays] context``): a kernel that reads the input image gets the 2D
+    kernel on its centre-slice channel and zeros on the neighbour channels, so the new model starts out
+    predicting exactly what the 2D one does and learns from there what the neighbours add. ConfigError
+    naming the file when the architectures differ otherwise ([model] width/depth/options, or the grid).
     """
     from raxnet.inference import load_model
 
     src = load_model(init["file"]).get_weights()
     dst = model.get_weights()
+    if len(src) == len(dst):
+        inflated = [inflate_input_kernel(a, b.shape) for a, b in zip(src, dst)]
+        if any(a is not b for a, b in zip(src, inflated)):
+            log.info("%s: 2D model -> %d input channels (neighbour slices start at weight 0)", init["file"],
+                     int(model.input_shape[-1]))
+        src = inflated
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
         shapes = next(((a.shape, b.shape) for a, b in zip(src, dst) if a.shape != b.shape), (len(src), len(dst)))
         raise ConfigError(f"{init['file']}: [train].init_weights model does not match the [model] being trained "
-                          f"(first difference: {shapes[0]} vs {shapes[1]}; same name, width, depth, options and grid?)")
+                          f"(first difference: {shapes[0]} vs {shapes[1]}; same name, width, depth, options, grid "
+                          "and input channels?)")
     model.set_weights(src)
+
+
+def inflate_input_kernel(kernel: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A 2D model's convolution kernel ``(kh, kw, 1, F)`` as a ``(kh, kw, C, F)`` kernel of a 2.5D model (C odd):
+    the 2D kernel on the centre channel, zeros elsewhere. Any other weight is returned unchanged."""
+    shape = tuple(int(s) for s in shape)
+    if (kernel.ndim != 4 or len(shape) != 4 or kernel.shape[2] != 1 or shape[2] % 2 == 0 or shape[2] == 1
+            or kernel.shape[:2] + kernel.shape[3:] != shape[:2] + shape[3:]):
+        return kernel
+    out = np.zeros(shape, dtype=kernel.dtype)
+    out[:, :, shape[2] // 2] = kernel[:, :, 0]
+    return out
 
 
 # ------------------------------------------------------------------------------------ keras bits

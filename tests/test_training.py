@@ -523,10 +523,34 @@ def test_context_trains_and_evaluates_a_2p5d_model(trained: dict, tmp_path: Path
     probs = predict_probabilities(volume, {PLANE: [model]}, normalised=True)[PLANE]
     assert probs.shape == SHAPE and np.isfinite(probs).all()
 
-    source = _weight_set(tmp_path / "ws", trained["out"] / "model.keras", seed=99)  # a 2D model
-    with pytest.raises(ConfigError, match=r"init_weights model does not match"):
-        training.train_one(_cfg(1, init_weights=str(source)) | {"arrays": cfg["arrays"]},
-                           {**run, "work_dir": str(make_work_dir(tmp_path / "x"))}, PLANE, 1, MODEL, "tversky_focal")
+    # a 2D weight set starts it: the 2D kernel on the centre channel, zeros on the neighbours (learning rate ~0)
+    source = _weight_set(tmp_path / "ws", trained["out"] / "model.keras", seed=99)
+    flat = keras.saving.load_model(str(source / "axial.keras"), compile=False)
+    training.train_one(_cfg(1, init_weights=str(source), learning_rate=1e-12, bn_recalibration_batches=0)
+                       | {"arrays": cfg["arrays"]}, {**run, "work_dir": str(make_work_dir(tmp_path / "x"))},
+                       PLANE, 1, MODEL, "tversky_focal")
+    deep = keras.saving.load_model(str(runs.run_dir(tmp_path / "x", MODEL, "tversky_focal", PLANE, 1) / "model.keras"),
+                                   compile=False)
+    assert model_context(deep) == 1
+    pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(flat.trainable_weights, deep.trainable_weights)]
+    grown = [(a, b) for a, b in pairs if a.shape != b.shape]
+    assert len(grown) == 1 and grown[0][1].shape == (*grown[0][0].shape[:2], 3, grown[0][0].shape[3])
+    np.testing.assert_allclose(grown[0][1][:, :, 1], grown[0][0][:, :, 0], atol=1e-6)
+    assert np.abs(grown[0][1][:, :, [0, 2]]).max() < 1e-6
+    for a, b in pairs:
+        if a.shape == b.shape:
+            np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_inflate_input_kernel_by_hand() -> None:
+    k = np.arange(8, dtype=np.float32).reshape(2, 2, 1, 2)
+    out = training.inflate_input_kernel(k, (2, 2, 3, 2))
+    np.testing.assert_array_equal(out[:, :, 1], k[:, :, 0])
+    assert (out[:, :, 0] == 0).all() and (out[:, :, 2] == 0).all()
+    for shape in ((2, 2, 1, 2), (2, 2, 2, 2), (3, 2, 3, 2), (2, 2, 3, 4)):  # same, even, other kernel, other width
+        assert training.inflate_input_kernel(k, shape) is k
+    bias = np.ones(2, np.float32)
+    assert training.inflate_input_kernel(bias, (2,)) is bias
 
 
 def test_init_weights_must_have_seen_inputs_prepared_like_this_runs(tmp_path: Path) -> None:
