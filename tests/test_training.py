@@ -413,10 +413,10 @@ class _EpochPlans(_ConstantBatches):
     def batch_items(self, index: int, epoch: int | None = None) -> np.ndarray:
         return np.array([self.epoch if epoch is None else epoch])
 
-    def read_items(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.full((2, 4, 4), float(items[0] + 1), np.float32)
+    def inputs(self, items: np.ndarray) -> np.ndarray:
+        x = np.full((2, 4, 4, 1), float(items[0] + 1), np.float32)
         x[1] = -x[0]
-        return x, np.zeros_like(x)
+        return x
 
 
 def test_recalibrate_batch_norm_reads_the_epoch_it_is_given() -> None:
