@@ -36,8 +36,9 @@ weights: $(STAMP)
 	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo --out work/weights_demo/export \
 	    --note "configs/weights_demo.toml: phase 1 of make weights (3,000 steps per plane)"
 	$(BIN)/python -m raxnet demo --config configs/weights_demo_restart.toml
-	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo_restart --out weights/demo \
-	    --note "configs/weights_demo.toml then configs/weights_demo_restart.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane + a 1,500-step warm restart (bias augmentation 0.2); demo weights, not for clinical use"
+	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo_restart --model raxnet-tversky_focal_slice \
+	    --out weights/demo \
+	    --note "configs/weights_demo.toml then configs/weights_demo_restart.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane + a 1,500-step warm restart with the per-lesion-slice Tversky loss (tversky_focal_slice, bias augmentation 0.2); demo weights, not for clinical use"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

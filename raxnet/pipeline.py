@@ -50,6 +50,15 @@ def _timed(title: str, fn: Callable[[], Any], timings: list[tuple[str, float]]) 
     return result
 
 
+def trained_run_name(train_cfg: dict[str, Any]) -> str:
+    """Stage 07's run folder of the first ``[train]`` model and loss (``raxnet``, ``raxnet-tversky_focal_slice``):
+    the networks the demo exports."""
+    from raxnet.runs import run_name
+
+    first = [v.split(",")[0].strip() if isinstance(v, str) else v[0] for v in (train_cfg["model"], train_cfg["loss"])]
+    return run_name(first[0], first[1])
+
+
 def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Run the whole pipeline; returns the timings, the results table and output locations."""
     from raxnet.predict import Predictor, predict_batch
@@ -70,8 +79,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 
     weights_dir = work / "weights"
     train_cfg = section(cfg, "train", importlib.import_module("raxnet.training").DEFAULTS)
-    train_model = train_cfg["model"]
-    model_name = train_model.split(",")[0] if isinstance(train_model, str) else train_model[0]
+    model_name = trained_run_name(train_cfg)
     _timed("export weights", lambda: export_weights(work, weights_dir, model=model_name,
                                                     note="demo run on the synthetic ATLAS"), timings)
 

@@ -134,3 +134,11 @@ def test_run_report_and_logs(demo):
     batch = pd.read_csv(work / "09_predict" / "summary.csv")
     assert len(batch) == 1 and batch.loc[0, "status"] == "ok"
     check_html(work / "09_predict" / "report.html")
+
+
+def test_trained_run_name_follows_the_first_model_and_loss():
+    from raxnet.pipeline import trained_run_name
+
+    assert trained_run_name({"model": "raxnet", "loss": "tversky_focal"}) == "raxnet"
+    assert trained_run_name({"model": "raxnet", "loss": "tversky_focal_slice"}) == "raxnet-tversky_focal_slice"
+    assert trained_run_name({"model": "unet, raxnet", "loss": ["dice", "tversky_focal"]}) == "unet-dice"
