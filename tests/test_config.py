@@ -124,8 +124,14 @@ def test_weights_restart_config_matches_phase_1():
     configs = Path(__file__).resolve().parents[1] / "configs"
     phase1 = load_config(configs / "weights_demo.toml")
     phase2 = load_config(configs / "weights_demo_restart.toml")
-    for name in ("synthetic", "split", "folds", "model", "arrays", "fusion"):
+    for name in ("synthetic", "split", "folds", "model", "arrays"):
         assert phase2[name] == phase1[name], name
+    # stage 08 fuses the run folder of phase 2's own loss; otherwise the same fusion settings
+    from raxnet.runs import run_name
+
+    assert {k: v for k, v in phase2["fusion"].items() if k != "model"} == \
+        {k: v for k, v in phase1["fusion"].items() if k != "model"}
+    assert phase2["fusion"]["model"] == run_name("raxnet", phase2["train"].get("loss", "tversky_focal"))
     assert (phase2["run"]["seed"], phase2["run"]["data_root"]) == (phase1["run"]["seed"], phase1["run"]["data_root"])
     assert phase2["train"]["folds"] == phase1["train"]["folds"]
     assert phase2["train"]["init_weights"] == phase1["run"]["work_dir"] + "/export"
