@@ -29,11 +29,15 @@ from raxnet.planes import (LR_AXIS, context_indices, context_of, crop_slices, fr
 log = get_logger(__name__)
 
 
+def _image_input_shape(model: Any) -> tuple:
+    """``(batch, H, W, C)`` of the model's (first) input: the slice."""
+    shape = model.input_shape
+    return tuple(shape[0] if isinstance(shape, list) else shape)
+
+
 def model_slice_shape(model: Any) -> tuple[int, int]:
     """The (H, W) a plane model was built for (models are built with a fixed input size)."""
-    shape = model.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
+    shape = _image_input_shape(model)
     if shape[1] is None or shape[2] is None:
         raise ValueError("plane models must have a fixed input size (H, W, C)")
     return int(shape[1]), int(shape[2])
@@ -41,10 +45,7 @@ def model_slice_shape(model: Any) -> tuple[int, int]:
 
 def model_context(model: Any) -> int:
     """Neighbour slices on each side a plane model takes as input channels (0: a 2D model)."""
-    shape = model.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
-    return context_of(int(shape[-1]))
+    return context_of(int(_image_input_shape(model)[-1]))
 
 
 def context_batch(stack: np.ndarray, index: np.ndarray, context: int, target: tuple[int, int]) -> np.ndarray:
