@@ -183,17 +183,39 @@ def draw(rng: np.random.Generator, plane: str, p: AugmentParams) -> AugmentDraw:
 
 
 def flip_lr(image: np.ndarray, mask: np.ndarray, plane: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror along the plane's left-right axis (unchanged for sagittal slices)."""
+    """Mirror an (H, W) slice or a (C, H, W) stack and its mask along the plane's left-right axis
+    (unchanged for sagittal slices)."""
     axis = LR_AXIS[plane]
     if axis is None:
         return image, mask
-    return np.flip(image, axis=axis), np.flip(mask, axis=axis)
+    # counted from the end, so a (C, H, W) stack of slices flips like one (H, W) slice
+    return np.flip(image, axis=axis - 2), np.flip(mask, axis=axis - 2)
 
 
 def smooth_2d(ctrl: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Control points (n, n) interpolated smoothly to ``shape`` (:mod:`raxnet.random_fields` weights)."""
     return interpolate(np.asarray(ctrl, dtype=np.float32),
                        [interp_matrix(s, c) for s, c in zip(shape, ctrl.shape)]).astype(np.float32)
+
+
+def warp_coords(
+    shape: tuple[int, int],
+    angle_deg: float = 0.0,
+    zoom: float = 1.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+    displacement: np.ndarray | None = None,
+) -> np.ndarray:
+    """The (2, H, W) input coordinates each output pixel of :func:`warp` samples."""
+    h, w = shape
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    t = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) / zoom
+    grid = np.indices((h, w), dtype=np.float32)
+    rel = grid - (centre + np.asarray(shift, dtype=float))[:, None, None].astype(np.float32)
+    coords = np.einsum("ij,jhw->ihw", rot.astype(np.float32), rel) + centre[:, None, None].astype(np.float32)
+    if displacement is not None:
+        coords += displacement
+    return coords
 
 
 def warp(
@@ -210,15 +232,7 @@ def warp(
     Output pixel ``o`` samples the input at ``R(-angle) (o - c - shift) / zoom + c + d(o)``: content moves
     by +shift, grows with zoom > 1.
     """
-    h, w = image.shape
-    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
-    t = np.deg2rad(angle_deg)
-    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) / zoom
-    grid = np.indices((h, w), dtype=np.float32)
-    rel = grid - (centre + np.asarray(shift, dtype=float))[:, None, None].astype(np.float32)
-    coords = np.einsum("ij,jhw->ihw", rot.astype(np.float32), rel) + centre[:, None, None].astype(np.float32)
-    if displacement is not None:
-        coords += displacement
+    coords = warp_coords(image.shape, angle_deg, zoom, shift, displacement)
     out_img = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
     out_msk = ndimage.map_coordinates(mask, coords, order=0, mode="constant", cval=0.0)
     return out_img.astype(np.float32), out_msk.astype(np.float32)
@@ -284,21 +298,33 @@ def add_noise(image: np.ndarray, sd: float, seed: int) -> np.ndarray:
     return (image + np.float32(sd) * noise).astype(np.float32)
 
 
-def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
-    """The deterministic augmentation of one (H, W) slice and its mask by draw ``d``; new float32 arrays."""
-    img = np.asarray(image, dtype=np.float32)
+def geometry(images: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
+    """The draw's flip, affine and elastic warp of a stack ``(C, H, W)`` of slices and their (H, W) mask:
+    one set of sampling coordinates for every channel, as the slices of one scan move together."""
+    imgs = np.asarray(images, dtype=np.float32)
     msk = np.asarray(mask, dtype=np.float32)
     if d.flip:
-        img, msk = flip_lr(img, msk, plane)
+        imgs, msk = flip_lr(imgs, msk, plane)
     disp = None
     if d.elastic is not None:
         ctrl = np.asarray(d.elastic, dtype=np.float32).reshape(2, _ELASTIC_CTRL, _ELASTIC_CTRL)
-        disp = np.stack([smooth_2d(c, img.shape) for c in ctrl])
-    if d.angle_deg or d.zoom != 1.0 or any(d.shift) or disp is not None:
-        img, msk = warp(img, msk, d.angle_deg, d.zoom, d.shift, disp)
+        disp = np.stack([smooth_2d(c, msk.shape) for c in ctrl])
+    if not (d.angle_deg or d.zoom != 1.0 or any(d.shift) or disp is not None):
+        return imgs, msk
+    coords = warp_coords(msk.shape, d.angle_deg, d.zoom, d.shift, disp)
+    out = np.empty(imgs.shape, dtype=np.float32)
+    for c in range(imgs.shape[0]):
+        out[c] = ndimage.map_coordinates(imgs[c], coords, order=1, mode="constant", cval=0.0)
+    return out, ndimage.map_coordinates(msk, coords, order=0, mode="constant", cval=0.0).astype(np.float32)
+
+
+def intensity(image: np.ndarray, d: AugmentDraw) -> np.ndarray:
+    """The draw's intensity change of one (H, W) slice (blur, resolution loss, contrast curve, gamma,
+    gain/offset, bias field, noise), clipped to [0, CLIP_MAX]; the background (zero) stays zero."""
+    img = np.asarray(image, dtype=np.float32)
     fg = img > 0
     if not fg.any():
-        return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+        return np.ascontiguousarray(img)
     out = img
     if d.blur_px > 0:
         out = blur(out, d.blur_px)
@@ -316,26 +342,30 @@ def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tu
         out = add_noise(out, d.noise_sd, d.noise_seed)
     out = np.clip(out, 0.0, CLIP_MAX)
     out[~fg] = 0.0
-    return np.ascontiguousarray(out, dtype=np.float32), np.ascontiguousarray(msk, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic augmentation of one (H, W) slice and its mask by draw ``d``; new float32 arrays."""
+    imgs, msk = geometry(np.asarray(image, dtype=np.float32)[None], mask, d, plane)
+    return intensity(imgs[0], d), np.ascontiguousarray(msk, dtype=np.float32)
 
 
 def apply_channels(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`apply` to a 2.5D input ``(C, H, W)`` (neighbour slices, centre in the middle) and the centre
-    slice's mask: every channel gets the same geometry and intensity change, as neighbouring slices of one
-    scan would; the noise is drawn anew per channel (seed shifted by the channel's offset from the centre,
-    so the centre slice is augmented exactly as a 2D input is)."""
+    slice's mask: every channel gets the same geometry (warped once, :func:`geometry`) and intensity change,
+    as neighbouring slices of one scan would; the noise is drawn anew per channel (seed shifted by the
+    channel's offset from the centre, so the centre slice is augmented exactly as a 2D input is)."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 3 or img.shape[0] % 2 == 0:
         raise ValueError(f"expected (C, H, W) with an odd C, got {img.shape}")
     centre = img.shape[0] // 2
+    imgs, msk = geometry(img, mask, d, plane)
     out = np.empty_like(img)
-    msk_out = None
     for c in range(img.shape[0]):
         dc = d if c == centre or d.noise_sd <= 0 else replace(d, noise_seed=(d.noise_seed + c - centre) % 2**31)
-        out[c], m = apply(img[c], mask, dc, plane)
-        if c == centre:
-            msk_out = m
-    return out, msk_out
+        out[c] = intensity(imgs[c], dc)
+    return out, np.ascontiguousarray(msk, dtype=np.float32)
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, plane: str, params: AugmentParams,

@@ -136,6 +136,20 @@ def test_apply_channels_same_change_per_slice_and_fresh_noise() -> None:
         A.apply_channels(stack[:2], msk, d, "axial")
 
 
+def test_geometry_moves_every_channel_by_the_same_warp() -> None:
+    img = np.arange(1, 26, dtype=np.float32).reshape(5, 5)
+    stack = np.stack([img, 2 * img, 3 * img])  # different content per channel
+    msk = (img > 12).astype(np.float32)
+    np.testing.assert_array_equal(A.flip_lr(stack, msk, "axial")[0], stack[:, ::-1])  # the slice axis stays put
+    d = A.AugmentDraw(angle_deg=90.0, shift=(1.0, 0.0))
+    out, m = A.geometry(stack, msk, d, "axial")
+    for c in range(3):  # each channel as if warped alone
+        np.testing.assert_array_equal(out[c], A.warp(stack[c], msk, 90.0, 1.0, (1.0, 0.0))[0])
+    np.testing.assert_array_equal(m, A.warp(img, msk, 90.0, 1.0, (1.0, 0.0))[1])
+    out, _ = A.apply_channels(stack / 4.0, msk, A.AugmentDraw(flip=True, gamma=2.0), "axial")
+    np.testing.assert_allclose(out[2], np.clip((stack[2, ::-1] / 4.0) ** 2, 0, A.CLIP_MAX), rtol=1e-6)
+
+
 # --- intensity --------------------------------------------------------------------------------------------
 def test_gamma_gain_offset_bias_hand_values() -> None:
     x = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
