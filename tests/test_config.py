@@ -135,3 +135,19 @@ def test_weights_restart_config_matches_phase_1():
     assert (phase2["run"]["seed"], phase2["run"]["data_root"]) == (phase1["run"]["seed"], phase1["run"]["data_root"])
     assert phase2["train"]["folds"] == phase1["train"]["folds"]
     assert phase2["train"]["init_weights"] == phase1["run"]["work_dir"] + "/export"
+
+
+def test_demo_config_fits_the_weights_it_starts_from():
+    """`make demo` fine-tunes weights/demo: its slices must reach the networks with the channels they take
+    (``2 * [arrays] context + 1``), or stage 07 stops at the warm start."""
+    import json
+    from pathlib import Path
+
+    from raxnet.batches import context_setting
+
+    root = Path(__file__).resolve().parents[1]
+    demo = load_config(root / "configs" / "demo.toml")
+    start = root / demo["train"]["init_weights"]
+    planes = json.loads((start / "weights.json").read_text())["planes"]
+    context = context_setting(section(demo, "arrays", defaults_of("arrays")))
+    assert {p["input_shape"][-1] for p in planes.values()} == {2 * context + 1}
