@@ -50,13 +50,13 @@ def _timed(title: str, fn: Callable[[], Any], timings: list[tuple[str, float]]) 
     return result
 
 
-def trained_run_name(train_cfg: dict[str, Any]) -> str:
+def trained_run_name(cfg: dict[str, Any]) -> str:
     """Stage 07's run folder of the first ``[train]`` model and loss (``raxnet``, ``raxnet-tversky_focal_slice``):
     the networks the demo exports."""
     from raxnet.runs import run_name
+    from raxnet.training import loss_names, model_names
 
-    first = [v.split(",")[0].strip() if isinstance(v, str) else v[0] for v in (train_cfg["model"], train_cfg["loss"])]
-    return run_name(first[0], first[1])
+    return run_name(model_names(cfg)[0], loss_names(cfg)[0])
 
 
 def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 
     weights_dir = work / "weights"
     train_cfg = section(cfg, "train", importlib.import_module("raxnet.training").DEFAULTS)
-    model_name = trained_run_name(train_cfg)
+    model_name = trained_run_name(cfg)
     _timed("export weights", lambda: export_weights(work, weights_dir, model=model_name,
                                                     note="demo run on the synthetic ATLAS"), timings)
 

@@ -139,6 +139,6 @@ def test_run_report_and_logs(demo):
 def test_trained_run_name_follows_the_first_model_and_loss():
     from raxnet.pipeline import trained_run_name
 
-    assert trained_run_name({"model": "raxnet", "loss": "tversky_focal"}) == "raxnet"
-    assert trained_run_name({"model": "raxnet", "loss": "tversky_focal_slice"}) == "raxnet-tversky_focal_slice"
-    assert trained_run_name({"model": "unet, raxnet", "loss": ["dice", "tversky_focal"]}) == "unet-dice"
+    assert trained_run_name({"train": {"model": "raxnet", "loss": "tversky_focal"}}) == "raxnet"
+    assert trained_run_name({"train": {"model": "raxnet", "loss": "tversky_focal_slice"}}) == "raxnet-tversky_focal_slice"
+    assert trained_run_name({"train": {"model": "unet, raxnet", "loss": ["dice", "tversky_focal"]}}) == "unet-dice"
