@@ -58,7 +58,19 @@ DEFAULTS: dict[str, Any] = {
     "intensity_shift": 0.05,  # offset b in [-s, s]
     "bias": 0.15,  # SD of the log bias field (0.15: about +-30 % across the slice)
     "noise": 0.05,  # Gaussian noise SD drawn in [0, noise] (normalised units; WM ~0.8)
+    # lesion look (off by default): with this probability a slice's lesion is repainted -- see repaint_lesion
+    "lesion_prob": 0.0,
+    "lesion_texture": 0.08,  # SD of the repainted lesion's texture drawn in [0, lesion_texture] (normalised)
+    "lesion_edge_px": 1.5,  # SD of its soft edge (partial volume) drawn in [0, lesion_edge_px] pixels
 }
+
+#: Range of the repainted lesion's level (normalised units; after :func:`raxnet.intensity.normalise` CSF,
+#: grey and white matter sit near 0.2, 0.55 and 0.75): from darker than CSF to a little above grey matter.
+LESION_LEVELS = (0.0, 0.65)
+#: Range of the repainting's strength: 1 replaces the lesion's intensities, 0.5 keeps half of their texture.
+LESION_MIX = (0.5, 1.0)
+#: Correlation length (pixels) of the repainted lesion's texture.
+LESION_TEXTURE_PX = 1.5
 
 _ELASTIC_CTRL = 5
 _BIAS_CTRL = 4
@@ -88,6 +100,9 @@ class AugmentParams:
     intensity_shift: float = DEFAULTS["intensity_shift"]
     bias: float = DEFAULTS["bias"]
     noise: float = DEFAULTS["noise"]
+    lesion_prob: float = DEFAULTS["lesion_prob"]
+    lesion_texture: float = DEFAULTS["lesion_texture"]
+    lesion_edge_px: float = DEFAULTS["lesion_edge_px"]
 
     @classmethod
     def from_section(cls, values: Mapping[str, Any]) -> "AugmentParams":
@@ -119,6 +134,11 @@ class AugmentDraw:
     bias: tuple[float, ...] | None = None  # (n * n) control points of the log bias field
     noise_sd: float = 0.0
     noise_seed: int = 0
+    lesion_level: float | None = None  # the repainted lesion's level; None = lesion left as it is
+    lesion_mix: float = 1.0
+    lesion_texture: float = 0.0
+    lesion_edge_px: float = 0.0
+    lesion_seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for logs and reports."""
@@ -134,7 +154,7 @@ def settings(cfg: Mapping[str, Any]) -> AugmentParams:
     for key, value in values.items():
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"[augment] {key} must be a number >= 0, got {value!r}")
-    for key in ("flip_prob", "elastic_prob", "blur_prob", "lowres_prob", "curve_prob"):
+    for key in ("flip_prob", "elastic_prob", "blur_prob", "lowres_prob", "curve_prob", "lesion_prob"):
         if values[key] > 1:
             raise ConfigError(f"[augment] {key} is a probability, got {values[key]}")
     if values["lowres_factor"] and values["lowres_factor"] < 1.25:
@@ -176,6 +196,13 @@ def draw(rng: np.random.Generator, plane: str, p: AugmentParams) -> AugmentDraw:
     # drawn last, so the other steps' draws are those of a run without the curve
     if p.curve_sd > 0 and p.curve_prob > 0 and rng.random() < p.curve_prob:
         values["curve"] = tuple(float(v) for v in rng.standard_normal(len(CURVE_KNOTS) - 1) * p.curve_sd)
+    # last again: a run with lesion_prob 0 draws exactly what it drew before the option existed
+    if p.lesion_prob > 0 and rng.random() < p.lesion_prob:
+        values["lesion_level"] = float(u(*LESION_LEVELS))
+        values["lesion_mix"] = float(u(*LESION_MIX))
+        values["lesion_texture"] = float(u(0.0, p.lesion_texture)) if p.lesion_texture > 0 else 0.0
+        values["lesion_edge_px"] = float(u(0.0, p.lesion_edge_px)) if p.lesion_edge_px > 0 else 0.0
+        values["lesion_seed"] = int(rng.integers(2**31))
     return AugmentDraw(**values)
 
 
@@ -298,6 +325,39 @@ def add_noise(image: np.ndarray, sd: float, seed: int) -> np.ndarray:
     return (image + np.float32(sd) * noise).astype(np.float32)
 
 
+def repaint_lesion(images: np.ndarray, mask: np.ndarray, level: float, mix: float = 1.0, texture: float = 0.0,
+                   edge_px: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Repaint the lesion of a (C, H, W) stack: ``(1 - w) * image + w * (level + texture field)`` with
+    ``w = mix x`` the mask softened by a Gaussian of SD ``edge_px``, on the foreground only.
+
+    Domain randomisation of the lesion's own look, as SynthStroke paints lesions with random intensities:
+    the networks see lesions darker than CSF, near grey matter, smooth or mottled, sharp or soft-edged, so
+    they learn the lesion's shape and place rather than one generator's lesion intensity. The texture is
+    Gaussian noise smoothed over :data:`LESION_TEXTURE_PX` pixels, scaled to SD ``texture``, from ``seed``.
+    Every channel gets the same repainting (the centre slice's mask: neighbouring slices of a 2.5D input
+    mostly share the lesion)."""
+    imgs = np.asarray(images, dtype=np.float32)
+    w = np.asarray(mask, dtype=np.float32)
+    if edge_px > 0:
+        w = np.maximum(w, ndimage.gaussian_filter(w, edge_px))  # soft outside the border, solid inside
+    w = np.float32(mix) * np.clip(w, 0.0, 1.0)
+    paint = np.full(w.shape, level, dtype=np.float32)
+    if texture > 0:
+        field = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(w.shape, dtype=np.float32),
+                                        LESION_TEXTURE_PX)
+        paint += np.float32(texture) * field / max(float(field.std()), 1e-6)
+    out = (1.0 - w) * imgs + w * paint
+    out = np.where(imgs > 0, np.clip(out, 0.0, CLIP_MAX), 0.0)  # background (padding, outside the brain) stays 0
+    return out.astype(np.float32)
+
+
+def _repaint(imgs: np.ndarray, msk: np.ndarray, d: AugmentDraw) -> np.ndarray:
+    if d.lesion_level is None or not msk.any():
+        return imgs
+    return repaint_lesion(imgs, msk, d.lesion_level, d.lesion_mix, d.lesion_texture, d.lesion_edge_px,
+                          d.lesion_seed)
+
+
 def geometry(images: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
     """The draw's flip, affine and elastic warp of a stack ``(C, H, W)`` of slices and their (H, W) mask:
     one set of sampling coordinates for every channel, as the slices of one scan move together."""
@@ -348,6 +408,7 @@ def intensity(image: np.ndarray, d: AugmentDraw) -> np.ndarray:
 def apply(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: str) -> tuple[np.ndarray, np.ndarray]:
     """The deterministic augmentation of one (H, W) slice and its mask by draw ``d``; new float32 arrays."""
     imgs, msk = geometry(np.asarray(image, dtype=np.float32)[None], mask, d, plane)
+    imgs = _repaint(imgs, msk, d)
     return intensity(imgs[0], d), np.ascontiguousarray(msk, dtype=np.float32)
 
 
@@ -361,6 +422,7 @@ def apply_channels(image: np.ndarray, mask: np.ndarray, d: AugmentDraw, plane: s
         raise ValueError(f"expected (C, H, W) with an odd C, got {img.shape}")
     centre = img.shape[0] // 2
     imgs, msk = geometry(img, mask, d, plane)
+    imgs = _repaint(imgs, msk, d)
     out = np.empty_like(img)
     for c in range(img.shape[0]):
         dc = d if c == centre or d.noise_sd <= 0 else replace(d, noise_seed=(d.noise_seed + c - centre) % 2**31)

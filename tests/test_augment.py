@@ -215,3 +215,64 @@ def test_intensity_steps_leave_background_zero_and_clip() -> None:
     d = A.AugmentDraw(gamma=2.0, gain=2.0, offset=0.1, bias=tuple([np.log(1.5)] * 16))
     a, _ = A.apply(one, one > 0, d, "axial")
     assert a[4, 4] == pytest.approx((0.5**2 * 2.0 + 0.1) * 1.5, rel=1e-5)
+
+
+# --- lesion look --------------------------------------------------------------------------------------------
+def test_lesion_draw_is_off_by_default_and_last() -> None:
+    p = A.AugmentParams()
+    off = [A.draw(np.random.default_rng(s), "axial", p) for s in range(20)]
+    assert all(d.lesion_level is None for d in off)
+    on = [A.draw(np.random.default_rng(s), "axial", replace(p, lesion_prob=1.0)) for s in range(20)]
+    # drawn after every other step: switching it on leaves the other values as they were
+    assert [replace(d, lesion_level=None, lesion_mix=1.0, lesion_texture=0.0, lesion_edge_px=0.0,
+                    lesion_seed=0) for d in on] == off
+    assert all(A.LESION_LEVELS[0] <= d.lesion_level <= A.LESION_LEVELS[1] for d in on)
+    assert all(0.5 <= d.lesion_mix <= 1 and 0 <= d.lesion_texture <= 0.08 and 0 <= d.lesion_edge_px <= 1.5
+               for d in on)
+    half = [A.draw(np.random.default_rng(s), "axial", replace(p, lesion_prob=0.5)) for s in range(400)]
+    assert abs(np.mean([d.lesion_level is not None for d in half]) - 0.5) < 0.08
+    with pytest.raises(ConfigError, match="lesion_prob"):
+        A.settings({"augment": {"lesion_prob": 1.5}})
+
+
+def test_repaint_lesion_hand_values() -> None:
+    img = np.array([[[0.0, 0.6, 0.6], [0.8, 0.4, 0.8], [0.8, 0.8, 0.8]]], np.float32)  # (1, 3, 3)
+    msk = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
+    out = A.repaint_lesion(img, msk, level=0.1)
+    expected = img.copy()
+    expected[0, 1, 1] = 0.1  # the lesion pixel takes the level
+    np.testing.assert_allclose(out, expected)  # the masked background pixel (0) stays 0
+    half = A.repaint_lesion(img, msk, level=0.0, mix=0.5)
+    assert half[0, 1, 1] == pytest.approx(0.2)  # half-way from 0.4 to 0.0
+    soft = A.repaint_lesion(img, msk, level=0.0, edge_px=1.0)
+    assert soft[0, 1, 1] == pytest.approx(0.0) and 0.6 > soft[0, 0, 1] > 0.0  # neighbours partly painted
+    assert soft[0, 2, 2] < 0.8 and soft[0, 2, 2] > soft[0, 1, 2]  # farther from the lesion: less paint
+    stack = np.concatenate([img, img * 0.5])
+    both = A.repaint_lesion(stack, msk, level=0.1)
+    np.testing.assert_allclose(both[1, 1, 1], 0.1)  # every channel repainted with the centre's mask
+
+
+def test_repaint_texture_is_seeded_and_scaled() -> None:
+    img = np.full((1, 40, 40), 0.7, np.float32)
+    msk = np.zeros((40, 40), np.float32)
+    msk[5:35, 5:35] = 1
+    a = A.repaint_lesion(img, msk, level=0.3, texture=0.05, seed=3)
+    np.testing.assert_array_equal(a, A.repaint_lesion(img, msk, level=0.3, texture=0.05, seed=3))
+    inside = a[0][msk > 0]
+    assert inside.mean() == pytest.approx(0.3, abs=0.02) and inside.std() == pytest.approx(0.05, rel=0.25)
+    assert not np.array_equal(a, A.repaint_lesion(img, msk, level=0.3, texture=0.05, seed=4))
+
+
+def test_apply_repaints_only_slices_with_a_lesion() -> None:
+    img = np.full((8, 8), 0.7, np.float32)
+    d = A.AugmentDraw(lesion_level=0.2)
+    a, _ = A.apply(img, np.zeros((8, 8), np.float32), d, "axial")
+    np.testing.assert_array_equal(a, img)  # no lesion: nothing to repaint
+    msk = np.zeros((8, 8), np.float32)
+    msk[2:4, 2:4] = 1
+    a, m = A.apply(img, msk, d, "axial")
+    np.testing.assert_allclose(a[msk > 0], 0.2)
+    np.testing.assert_allclose(a[msk == 0], 0.7)
+    np.testing.assert_array_equal(m, msk)
+    c, _ = A.apply_channels(np.stack([img, img, img]), msk, d, "axial")
+    np.testing.assert_array_equal(c[1], a)  # the centre slice as a 2D input
