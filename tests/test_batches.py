@@ -338,6 +338,9 @@ def test_augmentation_seeded_and_paired(work):
     # the [augment] section sets the strengths; an unknown key or a bad value is an error
     weak = build_training_sets({**_cfg(augment=True), "augment": {"rotate_deg": 0.0}}, _run_cfg(work), "axial", 1, 2)
     assert weak.train.augment.rotate_deg == 0.0 and all(d.angle_deg == 0.0 for d in weak.train.batch_draws(0))
+    assert all(d.lesion_level is None for d in draws)  # the lesion look is off by default
+    painted = build_training_sets({**_cfg(augment=True), "augment": {"lesion_prob": 1.0}}, _run_cfg(work), "axial", 1, 2)
+    assert all(d.lesion_level is not None for d in painted.train.batch_draws(0))
     with pytest.raises(ConfigError, match="unknown setting"):
         build_training_sets({**_cfg(augment=True), "augment": {"rotate": 5}}, _run_cfg(work), "axial", 1, 2)
     with pytest.raises(ConfigError, match="probability"):
