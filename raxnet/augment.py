@@ -15,7 +15,9 @@ intensity (foreground only: background 0 -- padding, outside the brain mask -- s
     :func:`blur` (Gaussian), :func:`lower_resolution` (down- and up-sampling along one axis: thick
     slices), :func:`contrast_curve` (a random monotone intensity curve: tissue-specific contrast),
     :func:`gamma`, :func:`gain_offset`, :func:`bias_field` (smooth multiplicative field),
-    :func:`add_noise` (Gaussian), then the result is clipped to the normalised range [0, CLIP_MAX].
+    :func:`add_noise` (Gaussian), then the result is clipped to the normalised range [0, CLIP_MAX];
+lesion look (optional, off by default; between geometry and intensity, as it needs the warped mask)
+    :func:`repaint_lesion`: the labelled lesion at a random level, texture and edge.
 
 The intensity part is domain randomisation in the spirit of SynthSeg: contrast, gamma, bias, noise and
 resolution vary far more than between real scanners, so the networks learn the lesion, not the
