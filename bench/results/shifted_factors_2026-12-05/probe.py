@@ -6,6 +6,14 @@ same code path) bracket them. Same subjects (the generator's testing stream, see
 every variant; fused mask as ``raxnet predict`` makes it (bench_quality.predict_masks).
 
     .venv/bin/python bench/results/shifted_factors_2026-12-05/probe.py --subjects 10 --weights weights/demo
+
+Aligned random streams (the default since 2026-12-07): the generator draws every subject from one random stream,
+so a variant that consumes a different number of draws changes every later draw too -- the lesion look's soft edge
+widens the box the lesion's texture is drawn over, and the training profile's blur range (0, 0) draws nothing --
+and such a row would compare another bias field, gamma and noise as well. :func:`align_streams` makes the rendering
+and every range draw take a fixed number of draws, so each variant changes only its own factors.
+``--unaligned`` reproduces the tables of 2026-12-05 and the first re-run of 2026-12-07 (``probe.log``,
+``probe_2026-12-07.log``), whose "lesion look" and "blur" rows carry that confound.
 """
 import argparse
 import sys
@@ -34,13 +42,37 @@ def variants() -> dict[str, dict]:
     return out
 
 
+def align_streams() -> None:
+    """Patch the generator (this process only) so that a variant's ranges do not move later random draws:
+    the lesion is rendered from its own child stream (one draw from the subject's stream, whatever the box size)
+    and every range draw takes a choice and a uniform, also from an empty interval."""
+    render = synthetic.render_lesion
+
+    def render_own_stream(t1, lesion, brain, look, spacing, rng):
+        render(t1, lesion, brain, look, spacing, np.random.default_rng(int(rng.integers(2**63))))
+
+    def draw_aligned(rng: np.random.Generator, intervals) -> float:
+        lengths = np.array([hi - lo for lo, hi in intervals], dtype=float)
+        weights = lengths / lengths.sum() if lengths.sum() > 0 else np.full(len(lengths), 1.0 / len(lengths))
+        lo, hi = intervals[int(rng.choice(len(intervals), p=weights))]
+        return float(rng.uniform(lo, hi))
+
+    synthetic.render_lesion = render_own_stream
+    synthetic.draw_from = draw_aligned
+
+
 def parse_args(doc: str) -> argparse.Namespace:
-    """The probes' shared flags: subjects per variant, weight set, generator seed."""
+    """The probes' shared flags: subjects per variant, weight set, generator seed; aligns the random streams
+    (:func:`align_streams`) unless ``--unaligned``."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--weights", default="weights/demo")
     ap.add_argument("--seed", type=int, default=8080)
-    return ap.parse_args()
+    ap.add_argument("--unaligned", action="store_true", help="the generator's own streams (the confounded tables)")
+    args = ap.parse_args()
+    if not args.unaligned:
+        align_streams()
+    return args
 
 
 def subject(variant: str, j: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
