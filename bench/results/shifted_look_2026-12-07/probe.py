@@ -6,6 +6,8 @@ to its ``training`` range, plus the shifted core split into its two intervals (d
 way to grey matter). Same subjects in every variant (generator testing stream, 1 mm whole-head, a seed never
 trained or selected on); fused mask as ``raxnet predict`` makes it. With ``--add-one`` the variants are the
 other way round: every range the training one, with one part of the look (or one core interval) shifted.
+The generator's random streams are aligned as in the factor probe (``align_streams``; ``--unaligned`` turns it
+off), so that a variant changes only its own factors.
 
     .venv/bin/python bench/results/shifted_look_2026-12-07/probe.py --subjects 12 --seed 6262 --weights weights/demo
     .venv/bin/python bench/results/shifted_look_2026-12-07/probe.py --subjects 12 --seed 6262 --weights weights/demo --add-one
