@@ -61,10 +61,12 @@ def align_streams() -> None:
     synthetic.draw_from = draw_aligned
 
 
-def parse_args(doc: str) -> argparse.Namespace:
-    """The probes' shared flags: subjects per variant, weight set, generator seed; aligns the random streams
-    (:func:`align_streams`) unless ``--unaligned``."""
+def parse_args(doc: str, switches: dict[str, str] | None = None) -> argparse.Namespace:
+    """The probes' shared flags: subjects per variant, weight set, generator seed, plus a caller's on/off
+    ``switches`` (flag -> help); aligns the random streams (:func:`align_streams`) unless ``--unaligned``."""
     ap = argparse.ArgumentParser(description=doc)
+    for flag, text in (switches or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--weights", default="weights/demo")
     ap.add_argument("--seed", type=int, default=8080)
@@ -77,10 +79,16 @@ def parse_args(doc: str) -> argparse.Namespace:
 
 def subject(variant: str, j: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(t1, truth, affine)`` of subject ``j`` (testing stream, 1 mm whole-head) drawn with ``variant``'s ranges."""
-    synthetic.PROFILES["probe"] = variants()[variant]
-    t1, truth, affine, _ = synthetic.generate_subject(j, seed, 1, testing=True, n_sites=BQ.N_SITES,
-                                                      params={"whole_head": True, "profile": "probe"})
+    t1, truth, affine, _ = subject_from(variants()[variant], j, seed)
     return t1, truth, affine
+
+
+def subject_from(ranges: dict, j: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(t1, truth, affine, info)`` of subject ``j`` (testing stream, 1 mm whole-head) drawn with ``ranges``
+    (a profile: :data:`raxnet.synthetic.PROFILES`' keys)."""
+    synthetic.PROFILES["probe"] = ranges
+    return synthetic.generate_subject(j, seed, 1, testing=True, n_sites=BQ.N_SITES,
+                                      params={"whole_head": True, "profile": "probe"})
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from scipy import ndimage  # noqa: E402
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 import probe  # noqa: E402  (this folder's probe: its variants and, through it, bench_quality)
-from raxnet import synthetic  # noqa: E402
 from raxnet.metrics import evaluate  # noqa: E402
 from raxnet.predict import Predictor  # noqa: E402
 
@@ -39,10 +38,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(VARIANTS), figsize=(5.2 * len(VARIANTS), 5.6))
     variants = {**probe.variants(), **probe.add_one_variants()}
     for ax, name in zip(axes, VARIANTS):
-        synthetic.PROFILES["probe"] = variants[name]
-        t1, truth, affine, info = synthetic.generate_subject(
-            args.subject, args.seed, 1, testing=True, n_sites=probe.BQ.N_SITES,
-            params={"whole_head": True, "profile": "probe"})
+        t1, truth, affine, info = probe.factors.subject_from(variants[name], args.subject, args.seed)
         mask = probe.BQ.predict_masks(pred, t1, affine, name)[probe.BQ.FUSED]
         dice = evaluate(mask, truth, spacing=(1.0, 1.0, 1.0))["dice"]
         z = int(round(ndimage.center_of_mass(truth)[2]))

@@ -18,7 +18,6 @@ import numpy as np
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 import probe  # noqa: E402  (this folder's probe: variants, flags, bench_quality)
-from raxnet import synthetic  # noqa: E402
 from raxnet.metrics import evaluate  # noqa: E402
 from raxnet.predict import Predictor, to_model_grid  # noqa: E402
 from raxnet.postprocess import fused_probability  # noqa: E402
@@ -34,14 +33,12 @@ def main() -> None:
     pred = Predictor(args.weights)
     shipped = dict(pred.settings)
     for name in VARIANTS:
-        synthetic.PROFILES["probe"] = probe.variants()[name]
         dice = {label: [] for label, _, _ in RULES}
         f1 = {label: [] for label, _, _ in RULES}
         prec, rec = [], []
         peaks = []
         for j in range(args.subjects):
-            t1, truth, affine, _ = synthetic.generate_subject(
-                j, args.seed, 1, testing=True, n_sites=probe.BQ.N_SITES, params={"whole_head": True, "profile": "probe"})
+            t1, truth, affine, _ = probe.factors.subject_from(probe.variants()[name], j, args.seed)
             img = nib.Nifti1Image(t1, affine)
             on_grid, resampled = to_model_grid(t1, img, pred.manifest, Path(f"{name}-{j}"))
             probs, spacing = pred.scan_probabilities(on_grid, resampled, img, f"{name}-{j}")

@@ -60,17 +60,12 @@ def add_one_variants() -> dict[str, dict]:
 
 
 def main() -> None:
-    add_one = "--add-one" in sys.argv
-    if add_one:
-        sys.argv.remove("--add-one")
-    args = factors.parse_args(__doc__)
+    args = factors.parse_args(__doc__, {"--add-one": "training ranges with one part of the look shifted"})
     pred = Predictor(args.weights)
-    for name, ranges in (add_one_variants() if add_one else variants()).items():
-        synthetic.PROFILES["probe"] = ranges
+    for name, ranges in (add_one_variants() if args.add_one else variants()).items():
         rows = []
         for j in range(args.subjects):
-            t1, truth, affine, info = synthetic.generate_subject(
-                j, args.seed, 1, testing=True, n_sites=BQ.N_SITES, params={"whole_head": True, "profile": "probe"})
+            t1, truth, affine, info = factors.subject_from(ranges, j, args.seed)
             mask = BQ.predict_masks(pred, t1, affine, f"{name}-{j}")[BQ.FUSED]
             r = evaluate(mask, truth, spacing=(1.0, 1.0, 1.0))
             rows.append((r["dice"], r["lesion_f1"], info["lesion_mm3"] / 1000, info["lesion_core"]))
