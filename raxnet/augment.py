@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "lesion_prob": 0.0,
     "lesion_texture": 0.08,  # SD of the repainted lesion's texture drawn in [0, lesion_texture] (normalised)
     "lesion_edge_px": 1.5,  # SD of its soft edge (partial volume) drawn in [0, lesion_edge_px] pixels
+    # brain-scaled bias field (off by default): SD of the log field *over the slice's foreground* drawn in
+    # [0, bias_brain] -- see brain_bias_field. ``bias`` above is the SD of control points spread over the whole
+    # slice, so inside the brain it varies far less (bias 0.2: in-brain SD ~0.06 at 2 mm)
+    "bias_brain": 0.0,
 }
 
 #: Range of the repainted lesion's level (normalised units; after :func:`raxnet.intensity.normalise` CSF,
@@ -105,6 +109,7 @@ class AugmentParams:
     lesion_prob: float = DEFAULTS["lesion_prob"]
     lesion_texture: float = DEFAULTS["lesion_texture"]
     lesion_edge_px: float = DEFAULTS["lesion_edge_px"]
+    bias_brain: float = DEFAULTS["bias_brain"]
 
     @classmethod
     def from_section(cls, values: Mapping[str, Any]) -> "AugmentParams":
@@ -141,6 +146,7 @@ class AugmentDraw:
     lesion_texture: float = 0.0
     lesion_edge_px: float = 0.0
     lesion_seed: int = 0
+    brain_bias: tuple[float, ...] | None = None  # (SD, mean, n * n control points) of the brain-scaled field
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values for logs and reports."""
@@ -205,6 +211,11 @@ def draw(rng: np.random.Generator, plane: str, p: AugmentParams) -> AugmentDraw:
         values["lesion_texture"] = float(u(0.0, p.lesion_texture)) if p.lesion_texture > 0 else 0.0
         values["lesion_edge_px"] = float(u(0.0, p.lesion_edge_px)) if p.lesion_edge_px > 0 else 0.0
         values["lesion_seed"] = int(rng.integers(2**31))
+    # last as well: bias_brain 0 draws exactly what was drawn before the option existed
+    if p.bias_brain > 0:
+        sd = float(u(0.0, p.bias_brain))
+        values["brain_bias"] = (sd, float(rng.standard_normal()) * sd,
+                                *(float(v) for v in rng.standard_normal(_BIAS_CTRL * _BIAS_CTRL)))
     return AugmentDraw(**values)
 
 
@@ -316,6 +327,28 @@ def gain_offset(image: np.ndarray, gain: float, offset: float) -> np.ndarray:
     return (image * np.float32(gain) + np.float32(offset)).astype(np.float32)
 
 
+def brain_bias_field(foreground: np.ndarray, ctrl: np.ndarray, sd: float, mean: float = 0.0) -> np.ndarray:
+    """Log bias field of an (H, W) slice whose (n, n) control points span the foreground's bounding box,
+    rescaled to mean ``mean`` and SD ``sd`` over the foreground.
+
+    The generator's 3D field is defined over the brain's box, so a slice of it varies as much inside the brain
+    as its SD says; a field spread over the whole slice (:func:`smooth_2d`) is nearly flat over the brain in
+    the middle. Scaling on the foreground makes ``sd`` the variation the networks actually see."""
+    fg = np.asarray(foreground, dtype=bool)
+    ctrl = np.asarray(ctrl, dtype=np.float32)
+    if not fg.any():
+        return np.zeros(fg.shape, np.float32)
+    idx = np.nonzero(fg)
+    mats = [interp_matrix(n, c, (np.arange(n) - lo) * (c - 1.0) / max(hi - lo, 1.0))
+            for n, c, lo, hi in zip(fg.shape, ctrl.shape, (i.min() for i in idx), (i.max() for i in idx))]
+    field = interpolate(ctrl, mats)
+    inside = field[fg]
+    spread = float(inside.std())
+    # float32 rounding leaves a flat field a spread of ~1e-8; it must stay flat, not be blown up to sd
+    field = (field - float(inside.mean())) * (sd / spread if spread > 1e-6 else 0.0) + mean
+    return field.astype(np.float32)
+
+
 def bias_field(image: np.ndarray, log_field: np.ndarray) -> np.ndarray:
     """Multiplicative field: ``x * exp(log_field)``."""
     return (image * np.exp(log_field)).astype(np.float32)
@@ -400,6 +433,9 @@ def intensity(image: np.ndarray, d: AugmentDraw) -> np.ndarray:
         out = gain_offset(out, d.gain, d.offset)
     if d.bias is not None:
         out = bias_field(out, smooth_2d(np.asarray(d.bias).reshape(_BIAS_CTRL, _BIAS_CTRL), out.shape))
+    if d.brain_bias is not None:
+        sd, mean, *ctrl = d.brain_bias
+        out = bias_field(out, brain_bias_field(fg, np.reshape(ctrl, (_BIAS_CTRL, _BIAS_CTRL)), sd, mean))
     if d.noise_sd > 0:
         out = add_noise(out, d.noise_sd, d.noise_seed)
     out = np.clip(out, 0.0, CLIP_MAX)

@@ -276,3 +276,48 @@ def test_apply_repaints_only_slices_with_a_lesion() -> None:
     np.testing.assert_array_equal(m, msk)
     c, _ = A.apply_channels(np.stack([img, img, img]), msk, d, "axial")
     np.testing.assert_array_equal(c[1], a)  # the centre slice as a 2D input
+
+
+# --- brain-scaled bias field ----------------------------------------------------------------------------------
+def test_brain_bias_field_has_the_drawn_sd_over_the_foreground() -> None:
+    fg = np.zeros((30, 40), bool)
+    fg[10:20, 12:30] = True
+    ctrl = np.random.default_rng(1).standard_normal((4, 4))
+    f = A.brain_bias_field(fg, ctrl, sd=0.25, mean=0.1)
+    assert float(f[fg].mean()) == pytest.approx(0.1, abs=1e-6)
+    assert float(f[fg].std()) == pytest.approx(0.25, rel=1e-5)
+    # the control points span the foreground's box: one raised corner point makes that corner of the box brightest
+    corner = np.zeros((4, 4))
+    corner[0, 0] = 1.0
+    g = A.brain_bias_field(fg, corner, sd=0.2)
+    inside = np.where(fg, g, -np.inf)
+    assert np.unravel_index(np.argmax(inside), fg.shape) == (10, 12)
+    # a flat field has no spread to scale: the mean alone; no foreground: zeros
+    np.testing.assert_allclose(A.brain_bias_field(fg, np.ones((4, 4)), sd=0.3, mean=-0.2)[fg], -0.2, atol=1e-7)
+    assert not A.brain_bias_field(np.zeros((5, 5), bool), ctrl, sd=0.3).any()
+
+
+def test_brain_bias_draw_is_off_by_default_and_last() -> None:
+    p = A.AugmentParams()
+    off = [A.draw(np.random.default_rng(s), "axial", p) for s in range(20)]
+    assert all(d.brain_bias is None for d in off)
+    on = [A.draw(np.random.default_rng(s), "axial", replace(p, bias_brain=0.35)) for s in range(20)]
+    assert [replace(d, brain_bias=None) for d in on] == off  # the other steps' values are unchanged
+    assert all(0.0 <= d.brain_bias[0] <= 0.35 and len(d.brain_bias) == 18 for d in on)
+    assert A.settings({"augment": {"bias_brain": 0.35}}).bias_brain == 0.35
+
+
+def test_brain_bias_applied_after_gain_on_the_foreground_only() -> None:
+    one = np.zeros((9, 9), np.float32)
+    one[4, 4] = 0.5
+    # a single foreground pixel: no spread, so the field there is exactly the drawn mean
+    d = A.AugmentDraw(gain=2.0, brain_bias=(0.3, np.log(1.2), *([0.5] * 16)))
+    a, _ = A.apply(one, one > 0, d, "axial")
+    assert a[4, 4] == pytest.approx(0.5 * 2.0 * 1.2, rel=1e-5)
+    assert not a[one == 0].any()
+    img = np.zeros((40, 40), np.float32)
+    img[8:32, 6:34] = 0.6
+    d = A.AugmentDraw(brain_bias=(0.2, 0.0, *np.random.default_rng(3).standard_normal(16)))
+    b, _ = A.apply(img, img > 0, d, "axial")
+    assert float(np.log(b[img > 0] / 0.6).std()) == pytest.approx(0.2, rel=1e-3)
+    assert not b[img == 0].any()
