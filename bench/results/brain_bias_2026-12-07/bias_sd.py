@@ -33,3 +33,14 @@ for b in (0.15, 0.2, 0.3, 0.45):
             f = smooth_2d(rng.standard_normal((4, 4)) * b, shp)
             within.append(f[m].std()); means.append(f[m].mean())
     print(f"augment per-slice {b}: in-slice SD median {np.median(within):.3f} p90 {np.percentile(within,90):.3f}  SD of slice means {np.std(means):.3f}")
+# the brain-scaled field of raxnet.augment (bias_brain), applied through augment.intensity to a flat brain slice
+from raxnet import augment as A
+only = A.AugmentParams(**{**{f.name: 0.0 for f in A.fields(A.AugmentParams)}, "bias_brain": 0.35})
+within = []
+for ax in range(3):
+    for k in range(20, full[ax] - 20, 4):
+        m = np.take(brain, k, axis=ax)
+        if m.sum() < 200: continue
+        out = A.intensity(np.where(m, 0.6, 0.0).astype(np.float32), A.draw(rng, "sagittal", only))
+        within.append(np.log(out[m] / 0.6).std())
+print(f"augment bias_brain 0.35: in-slice SD median {np.median(within):.3f} p90 {np.percentile(within, 90):.3f}")
