@@ -341,6 +341,10 @@ def test_augmentation_seeded_and_paired(work):
     assert all(d.lesion_level is None for d in draws)  # the lesion look is off by default
     painted = build_training_sets({**_cfg(augment=True), "augment": {"lesion_prob": 1.0}}, _run_cfg(work), "axial", 1, 2)
     assert all(d.lesion_level is not None for d in painted.train.batch_draws(0))
+    assert all(d.brain_bias is None for d in draws)  # so is the brain-scaled bias field
+    shaded = build_training_sets({**_cfg(augment=True), "augment": {"bias_brain": 0.3}}, _run_cfg(work), "axial", 1, 2)
+    assert all(0 <= d.brain_bias[0] <= 0.3 for d in shaded.train.batch_draws(0))
+    assert not np.array_equal(shaded.train[0][0], x)
     with pytest.raises(ConfigError, match="unknown setting"):
         build_training_sets({**_cfg(augment=True), "augment": {"rotate": 5}}, _run_cfg(work), "axial", 1, 2)
     with pytest.raises(ConfigError, match="probability"):
