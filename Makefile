@@ -38,7 +38,7 @@ weights: $(STAMP)
 	$(BIN)/python -m raxnet demo --config configs/weights_demo_restart.toml
 	$(BIN)/python -m raxnet export-weights --work-dir work/weights_demo_restart --model raxnet-tversky_focal_slice \
 	    --out weights/demo \
-	    --note "configs/weights_demo.toml then configs/weights_demo_restart.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane + a 1,500-step warm restart with the per-lesion-slice Tversky loss (tversky_focal_slice, bias augmentation 0.2); demo weights, not for clinical use"
+	    --note "configs/weights_demo.toml then configs/weights_demo_restart.toml (make weights): synthetic ATLAS, 600 whole-head subjects, seed 20262, 2 mm, 3,000 steps per plane + a 1,500-step warm restart with the per-lesion-slice Tversky loss (tversky_focal_slice, bias augmentation 0.2 and a brain-scaled bias field bias_brain 0.35); demo weights, not for clinical use"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
