@@ -15,7 +15,8 @@ intensity (foreground only: background 0 -- padding, outside the brain mask -- s
     :func:`blur` (Gaussian), :func:`lower_resolution` (down- and up-sampling along one axis: thick
     slices), :func:`contrast_curve` (a random monotone intensity curve: tissue-specific contrast),
     :func:`gamma`, :func:`gain_offset`, :func:`bias_field` (smooth multiplicative field; optionally a
-    second one scaled over the foreground, :func:`brain_bias_field`), :func:`add_noise` (Gaussian), then the result is clipped to the normalised range [0, CLIP_MAX];
+    second one scaled over the foreground, :func:`brain_bias_field`), :func:`add_noise` (Gaussian), then the
+    result is clipped to the normalised range [0, CLIP_MAX];
 lesion look (optional, off by default; between geometry and intensity, as it needs the warped mask)
     :func:`repaint_lesion`: the labelled lesion at a random level, texture and edge.
 
