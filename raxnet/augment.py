@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from raxnet.intensity import CLIP_MAX
 from raxnet.planes import LR_AXIS
-from raxnet.random_fields import interp_matrix, interpolate
+from raxnet.random_fields import box_matrices, interp_matrix, interpolate
 
 #: ``[augment]`` section: strengths (each 0 disables that part). Pixel units are the slices' own.
 DEFAULTS: dict[str, Any] = {
@@ -340,9 +340,9 @@ def brain_bias_field(foreground: np.ndarray, ctrl: np.ndarray, sd: float, mean: 
     if not fg.any():
         return np.zeros(fg.shape, np.float32)
     idx = np.nonzero(fg)
-    mats = [interp_matrix(n, c, (np.arange(n) - lo) * (c - 1.0) / max(hi - lo, 1.0))
-            for n, c, lo, hi in zip(fg.shape, ctrl.shape, (i.min() for i in idx), (i.max() for i in idx))]
-    field = interpolate(ctrl, mats)
+    lo = [int(i.min()) for i in idx]
+    box = [int(i.max()) - l + 1 for i, l in zip(idx, lo)]
+    field = interpolate(ctrl, box_matrices(fg.shape, ctrl.shape, lo, box))
     inside = field[fg]
     spread = float(inside.std())
     # float32 rounding leaves a flat field a spread of ~1e-8; it must stay flat, not be blown up to sd

@@ -28,6 +28,14 @@ def interp_matrix(n_out: int, n_ctrl: int, pos: np.ndarray | None = None) -> np.
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def box_matrices(full: Sequence[int], n_ctrl: Sequence[int], lo: Sequence[int], box: Sequence[int]) -> list[np.ndarray]:
+    """One :func:`interp_matrix` per axis onto the grid ``full`` whose control points span the box of size
+    ``box`` at offset ``lo`` (first point on the box's first voxel, last on its last); past the box the
+    weights continue and level off."""
+    return [interp_matrix(n, c, (np.arange(n) - l) * (c - 1.0) / max(b - 1.0, 1.0))
+            for n, c, l, b in zip(full, n_ctrl, lo, box)]
+
+
 def interpolate(ctrl: np.ndarray, mats: Sequence[np.ndarray]) -> np.ndarray:
     """Apply one interpolation matrix per axis of ``ctrl`` (any number of axes)."""
     letters = "abcdef"[: ctrl.ndim]
@@ -55,11 +63,7 @@ def smooth_field(
     if extend is None:
         return (out / sd).astype(np.float32)
     lo, full = extend
-    mats = [
-        interp_matrix(n, c, (np.arange(n) - l) * (c - 1.0) / max(b - 1.0, 1.0))
-        for n, c, l, b in zip(full, n_ctrl, lo, shape)
-    ]
-    whole = interpolate(ctrl, mats)
+    whole = interpolate(ctrl, box_matrices(full, n_ctrl, lo, shape))
     whole[tuple(slice(int(l), int(l) + int(b)) for l, b in zip(lo, shape))] = out
     return (whole / sd).astype(np.float32)
 
