@@ -66,7 +66,16 @@ from raxnet.metrics import evaluate
 from raxnet.log import get_logger, progress
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, CLEAN_SUFFIX, FUSED_METHODS, fuse_all, method_names, postprocess
-from raxnet.postprocess_selection import check_grid, choose, score_candidates, summarise_candidates
+from raxnet.postprocess_selection import (
+    LARGE_KEYS,
+    check_grid,
+    choose,
+    choose_large,
+    lesion_box,
+    score_candidates,
+    score_large_candidates,
+    summarise_candidates,
+)
 from raxnet.runs import FoldModel, fold_models, plane_weights, run_name, select_models, train_dir
 from raxnet.stage import stage_run
 
@@ -95,6 +104,11 @@ DEFAULTS: dict[str, Any] = {
     "select_min_lesion_mm3": [0, 20, 50, 100, 200, 500],  # smaller lesions removed (0 = keep all)
     "select_min_peak": [0, 0.5, 0.6, 0.7, 0.8, 0.9],  # lesions whose peak probability is lower removed (0 = keep all)
     "select_min_gain": 0.005,  # lesion removal kept only if it raises the mean metric by more than this
+    # then, given that choice, the large-lesion outline (raxnet.postprocess.outline_large; [] = not tried): lesions
+    # of at least large_mm3 redrawn at large_threshold, their pieces under large_fragment_mm3 dropped
+    "select_large_mm3": [2000, 5000, 10000],
+    "select_large_threshold": [0.4, 0.5, 0.6],
+    "select_large_fragment_mm3": [200, 500, 1000],
 }
 
 #: Name of the hold-out method that applies the post-processing chosen on validation data.
@@ -115,8 +129,13 @@ def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
             f[key] = [m.strip() for m in f[key].split(",") if m.strip()]
     if f["select"]:
         check_grid(f["select_methods"], f["select_thresholds"], f["select_min_lesion_mm3"], f["select_metric"],
-                   f["select_min_gain"], f["select_min_peak"])
+                   f["select_min_gain"], f["select_min_peak"], large_grid(f))
     return f
+
+
+def large_grid(f: Mapping[str, Any]) -> dict[str, list[float]]:
+    """The large-lesion outline grid of a ``[fusion]`` section, by :data:`LARGE_KEYS`."""
+    return {k: [float(v) for v in f[f"select_{k}"]] for k in LARGE_KEYS}
 
 
 def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], methods: Sequence[str],
@@ -134,15 +153,20 @@ def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]],
 
 
 def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list[dict[str, Any]],
-                           subjects: Sequence[str], weights: Mapping[str, float]) -> dict[str, Any]:
-    """Choose on the out-of-fold candidate scores; write ``postprocessing.json`` and its candidates CSV."""
+                           subjects: Sequence[str], weights: Mapping[str, float],
+                           kept: Sequence[tuple[dict[str, np.ndarray], np.ndarray, tuple[float, ...]]] = ()
+                           ) -> dict[str, Any]:
+    """Choose on the out-of-fold candidate scores; write ``postprocessing.json`` and its candidates CSV.
+
+    ``kept``: each out-of-fold subject's plane probabilities and truth, cropped (:func:`lesion_box`), with its
+    voxel spacing, for the large-lesion outline step."""
     record: dict[str, Any] = {
         "source": "out-of-fold predictions of the train subjects (fold_<k> models on fold k); hold-out never read",
         "model": f["model"],
         "metric": f["select_metric"],
         "grid": {"methods": list(f["select_methods"]), "thresholds": [float(t) for t in f["select_thresholds"]],
                  "min_lesion_mm3": [float(v) for v in f["select_min_lesion_mm3"]],
-                 "min_peak": [float(v) for v in f["select_min_peak"]]},
+                 "min_peak": [float(v) for v in f["select_min_peak"]], **large_grid(f)},
         "subjects": list(subjects),
     }
     if not candidate_rows:
@@ -159,16 +183,33 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
                  & (candidates["min_lesion_mm3"] == chosen["min_lesion_mm3"])
                  & (candidates["min_peak"] == chosen["min_peak"]))
     save_csv(candidates.assign(chosen=is_chosen), out / "postprocessing_candidates.csv", float_format="%.6g")
+    large = {k: 0.0 for k in LARGE_KEYS}
+    grid = large_grid(f)
+    if kept and all(grid.values()):
+        rows = [r for probs, truth, spacing in kept
+                for r in score_large_candidates(probs, truth, spacing, chosen, large_mm3=grid["large_mm3"],
+                                                large_thresholds=grid["large_threshold"],
+                                                fragments_mm3=grid["large_fragment_mm3"],
+                                                connectivity=int(f["connectivity"]), weights=weights or None)]
+        step = choose_large(rows, metric=f["select_metric"], min_gain=float(f["select_min_gain"]))
+        table = step.pop("candidates")
+        is_chosen = np.logical_and.reduce([table[k] == step[k] for k in LARGE_KEYS])
+        save_csv(table.assign(chosen=is_chosen), out / "postprocessing_large_candidates.csv", float_format="%.6g")
+        large = {k: step[k] for k in LARGE_KEYS}
+        chosen.update(large, score_without_large=step["score_without"], score=step["score"])
     record["chosen"] = chosen
     record["inference"] = {
         "fusion": chosen["fusion"], "threshold": chosen["threshold"], "min_lesion_mm3": chosen["min_lesion_mm3"],
-        "min_peak": chosen["min_peak"], "connectivity": int(f["connectivity"]), "tta": bool(f["tta"]),
+        "min_peak": chosen["min_peak"], **large, "connectivity": int(f["connectivity"]), "tta": bool(f["tta"]),
         "weights": dict(weights) if chosen["fusion"] == "weighted" else {},
     }
     save_json(record, out / "postprocessing.json")
     log.info("post-processing chosen on %d out-of-fold subject(s): %s, threshold %.2f, lesions >= %g mm³ "
-             "with peak probability >= %g (validation %s %.3f)", chosen["n_subjects"], chosen["fusion"],
-             chosen["threshold"], chosen["min_lesion_mm3"], chosen["min_peak"], chosen["metric"], chosen["score"])
+             "with peak probability >= %g%s (validation %s %.3f)", chosen["n_subjects"], chosen["fusion"],
+             chosen["threshold"], chosen["min_lesion_mm3"], chosen["min_peak"],
+             f", lesions >= {large['large_mm3']:g} mm³ redrawn at {large['large_threshold']:g} (pieces under "
+             f"{large['large_fragment_mm3']:g} mm³ dropped)" if large["large_mm3"] else "",
+             chosen["metric"], chosen["score"])
     return record
 
 
@@ -260,6 +301,8 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     cache = ModelCache()
     candidate_rows: list[dict[str, Any]] = []
     oof_scored: list[str] = []
+    oof_kept: list[tuple[dict[str, np.ndarray], np.ndarray, tuple[float, ...]]] = []  # for the outline step
+    keep_crops = select and all(large_grid(f).values())
     postprocessing: dict[str, Any] | None = None
     grid = dict(methods=f["select_methods"], thresholds=f["select_thresholds"],
                 sizes_mm3=f["select_min_lesion_mm3"], peaks=f["select_min_peak"], connectivity=int(f["connectivity"]),
@@ -267,7 +310,8 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     for s, models in progress(todo, desc="08 fusion", unit="subject"):
         holdout = s.set == "holdout"
         if holdout and select and postprocessing is None:
-            postprocessing = _choose_postprocessing(f, out, candidate_rows, oof_scored, weights)
+            postprocessing = _choose_postprocessing(f, out, candidate_rows, oof_scored, weights, oof_kept)
+            oof_kept.clear()
             if postprocessing["inference"] is not None:
                 methods = methods + [SELECTED]
         report = holdout or bool(f["oof"])
@@ -285,6 +329,9 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         if not holdout and select:
             candidate_rows += score_candidates(probs, truth, spacing, **grid)
             oof_scored.append(s.subject)
+            if keep_crops:  # cropped copies: the step runs after the first choice, on every subject at once
+                box = lesion_box(probs, truth, min(float(t) for t in f["select_thresholds"]))
+                oof_kept.append(({p: np.array(v[box]) for p, v in probs.items()}, np.array(truth[box]), spacing))
         if not report:
             continue
         masks = fuse_all(probs, [m for m in methods if m != SELECTED], threshold=float(f["threshold"]),
@@ -293,7 +340,9 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
             chosen = postprocessing["inference"]
             masks[SELECTED] = postprocess(probs, fusion=chosen["fusion"], threshold=chosen["threshold"],
                                           min_lesion_mm3=chosen["min_lesion_mm3"], spacing=spacing,
-                                          min_peak=chosen["min_peak"],
+                                          min_peak=chosen["min_peak"], large_mm3=chosen["large_mm3"],
+                                          large_threshold=chosen["large_threshold"],
+                                          large_fragment_mm3=chosen["large_fragment_mm3"],
                                           connectivity=chosen["connectivity"], weights=chosen["weights"] or None)
         # where every predicted plane alone says lesion (at the threshold each mask was made with): the share
         # of a mask inside it is its plane agreement

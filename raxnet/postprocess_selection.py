@@ -22,7 +22,13 @@ per-subject mean -- voxel overlap and lesion detection weighed equally, as the A
 (measured on the 2026-12-04 demo weights' 72 out-of-fold subjects: Dice alone keeps every speck, lesion F1 0.32; the
 mean removes lesions under 200 mm³ for 0.0009 Dice and lesion F1 0.49).
 
-The hold-out subjects are never passed to either function: stage 08 applies the choice to them afterwards
+3. the large-lesion outline (:func:`raxnet.postprocess.outline_large`), given the choice of 1-2: every
+   (``large_mm3``, ``large_threshold``, ``large_fragment_mm3``) of its grid is scored on the same subjects
+   (:func:`score_large_candidates`, from probabilities kept cropped around each subject's possible lesions,
+   :func:`lesion_box`) and the best wins only if it beats the choice without it by more than ``min_gain``
+   (:func:`choose_large`).
+
+The hold-out subjects are never passed to any of these functions: stage 08 applies the choice to them afterwards
 (method ``selected``) and ``raxnet export-weights`` stores it in ``weights.json`` for ``raxnet predict``.
 """
 
@@ -36,18 +42,36 @@ import pandas as pd
 from raxnet.components import LESION_CONNECTIVITY, label
 from raxnet.errors import ConfigError
 from raxnet.metrics import crop_to_union, dice, lesion_f1
-from raxnet.postprocess import ALL_METHODS, component_peaks, fuse, fused_probability, kept_labels, min_voxels
+from raxnet.postprocess import (
+    ALL_METHODS,
+    component_peaks,
+    fuse,
+    fused_probability,
+    kept_labels,
+    min_voxels,
+    postprocess,
+)
 
 #: Validation metrics a choice can be made on (higher is better for both).
 METRICS: tuple[str, ...] = ("dice", "lesion_f1", "dice_lesion_f1")
 KEYS = ["method", "threshold", "min_lesion_mm3", "min_peak"]
+LARGE_KEYS = ["large_mm3", "large_threshold", "large_fragment_mm3"]
 CANDIDATE_COLUMNS = [*KEYS, "n_subjects", "dice_mean", "lesion_f1_mean",
                      "dice_lesion_f1_mean"]
 
 
 def check_grid(methods: Sequence[str], thresholds: Sequence[float], sizes_mm3: Sequence[float],
-               metric: str, min_gain: float = 0.0, peaks: Sequence[float] = ()) -> None:
-    """ConfigError for an empty or out-of-range candidate grid."""
+               metric: str, min_gain: float = 0.0, peaks: Sequence[float] = (),
+               large: Mapping[str, Sequence[float]] | None = None) -> None:
+    """ConfigError for an empty or out-of-range candidate grid (``large``: the outline grid by
+    :data:`LARGE_KEYS`)."""
+    for key, values in (large or {}).items():
+        if key not in LARGE_KEYS:
+            raise ConfigError(f"unknown large-lesion grid key {key!r}; expected {', '.join(LARGE_KEYS)}")
+        bad_v = [v for v in values if not (0.0 < float(v) < 1.0 if key == "large_threshold" else float(v) >= 0)]
+        if bad_v:
+            raise ConfigError(f"fusion.select_{key}: {bad_v} out of range "
+                              f"({'(0, 1)' if key == 'large_threshold' else '>= 0'})")
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad or not methods:
         raise ConfigError(f"fusion.select_methods: {bad or 'empty'}; expected some of {', '.join(ALL_METHODS)}")
@@ -149,3 +173,75 @@ def choose(candidates: pd.DataFrame, *, metric: str = "dice", default_threshold:
         "score_without_removal": float(best[col]),
         "n_subjects": int(chosen["n_subjects"]),
     }
+
+
+def lesion_box(probs: Mapping[str, np.ndarray], truth: np.ndarray, min_threshold: float) -> tuple[slice, ...]:
+    """Bounding box of ``truth`` and of every voxel where some plane's probability is ``>= min_threshold``.
+
+    No fused mask of a threshold ``>= min_threshold`` reaches outside it (a mean, a weighted mean or a vote
+    of the planes is never above their maximum), so candidates scored on the box equal those scored on the
+    volume. An empty box (nothing predicted, empty truth) is one voxel at the corner.
+    """
+    planes = [np.asarray(p) for p in probs.values()]
+    any_on = np.asarray(truth) != 0
+    for p in planes:
+        any_on = any_on | (p >= min_threshold)
+    if not any_on.any():
+        return tuple(slice(0, 1) for _ in any_on.shape)
+    idx = np.nonzero(any_on)
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+
+
+def score_large_candidates(
+    probs: Mapping[str, np.ndarray],
+    truth: np.ndarray,
+    spacing: Sequence[float],
+    base: Mapping[str, Any],
+    *,
+    large_mm3: Sequence[float],
+    large_thresholds: Sequence[float],
+    fragments_mm3: Sequence[float],
+    connectivity: int = LESION_CONNECTIVITY,
+    weights: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per large-lesion outline candidate on top of ``base`` (a :func:`choose` result), plus the
+    base itself (``large_mm3`` 0), with this subject's Dice and lesion F1. Outline thresholds at or below the
+    base threshold redraw nothing and are not candidates."""
+    common = dict(fusion=base["fusion"], threshold=float(base["threshold"]),
+                  min_lesion_mm3=float(base["min_lesion_mm3"]), min_peak=float(base["min_peak"]),
+                  spacing=spacing, connectivity=connectivity, weights=weights)
+    truth = np.asarray(truth) != 0
+    cands = [(0.0, 0.0, 0.0)] + [(float(v), float(t), float(f)) for v in large_mm3 if float(v) > 0
+                                 for t in large_thresholds if float(t) > common["threshold"]
+                                 for f in fragments_mm3]
+    rows = []
+    for v, t, f in cands:
+        m = postprocess(probs, large_mm3=v, large_threshold=t, large_fragment_mm3=f, **common) != 0
+        rows.append({"large_mm3": v, "large_threshold": t, "large_fragment_mm3": f, "dice": dice(m, truth),
+                     "lesion_f1": lesion_f1(m, truth, connectivity=connectivity)})
+    return rows
+
+
+def choose_large(rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, metric: str = "dice",
+                 min_gain: float = 0.0) -> dict[str, Any]:
+    """The large-lesion outline from :func:`score_large_candidates` rows of all subjects (module doc, step 3).
+
+    Returns ``large_mm3``, ``large_threshold``, ``large_fragment_mm3`` (all 0: no outline), the candidate's
+    mean ``score`` and ``score_without`` (the base's), and the per-candidate means as ``candidates``.
+    """
+    df = pd.DataFrame(rows)
+    g = df.groupby(LARGE_KEYS, sort=False)
+    cand = g.agg(n_subjects=("dice", "size"), dice_mean=("dice", "mean"), lesion_f1_mean=("lesion_f1", "mean"))
+    cand["dice_lesion_f1_mean"] = (cand["dice_mean"] + cand["lesion_f1_mean"]) / 2.0
+    cand = cand.reset_index()
+    col = f"{metric}_mean"
+    base = cand[cand["large_mm3"] == 0].iloc[0]
+    # best first; ties: the largest lesions only, then the lowest outline threshold, the smallest fragment floor
+    ranked = cand[cand["large_mm3"] > 0].sort_values(
+        [col, "large_mm3", "large_threshold", "large_fragment_mm3"], ascending=[False, False, True, True],
+        kind="stable")
+    chosen = base
+    if len(ranked) and ranked.iloc[0][col] > float(base[col]) + float(min_gain):
+        chosen = ranked.iloc[0]
+    return {**{k: float(chosen[k]) for k in LARGE_KEYS}, "score": float(chosen[col]),
+            "score_without": float(base[col]), "candidates": cand}

@@ -238,6 +238,8 @@ class Predictor:
         s = self.settings
         return postprocess(probs, fusion=fusion or s["fusion"], threshold=float(s["threshold"]),
                            min_lesion_mm3=float(s["min_lesion_mm3"]), min_peak=float(s["min_peak"]),
+                           large_mm3=float(s["large_mm3"]), large_threshold=float(s["large_threshold"]),
+                           large_fragment_mm3=float(s["large_fragment_mm3"]),
                            spacing=self.manifest["spacing_mm"] if spacing is None else spacing,
                            connectivity=int(s["connectivity"]), weights=s["weights"] or None)
 
@@ -312,8 +314,9 @@ def predict_file(predictor: Predictor, path: Path, out_dir: Path, opts: dict[str
         "n_lesions": int(len(lesions)),
         "lowest_plane_agreement": float(confidence["plane_agreement"].min()) if len(confidence) else np.nan,
         "resampled": resampled,
-        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "min_peak", "connectivity",
-                                              "tta", "brain_mask_mm", "bias_correct")},
+        **{k: predictor.settings[k] for k in ("fusion", "threshold", "min_lesion_mm3", "min_peak", "large_mm3",
+                                              "large_threshold", "large_fragment_mm3", "connectivity", "tta",
+                                              "brain_mask_mm", "bias_correct")},
         **extra,
         "seconds": round(seconds, 2),
     }
@@ -359,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-peak", type=float,
                         help="remove lesions whose highest probability is below this, 0 keeps all "
                              "(default: the weight set's)")
+    parser.add_argument("--large-mm3", type=float,
+                        help="redraw lesions of at least this many mm³ at --large-threshold, 0 = never "
+                             "(default: the weight set's)")
+    parser.add_argument("--large-threshold", type=float,
+                        help="probability a large lesion is redrawn at (default: the weight set's)")
+    parser.add_argument("--large-fragment-mm3", type=float,
+                        help="drop pieces of a redrawn lesion smaller than this many mm³ (default: the weight set's)")
     parser.add_argument("--connectivity", type=int, choices=(6, 18, 26),
                         help="3D connectivity of a lesion, for clean-up and lesions.csv (default: the weight set's)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -455,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"[predict] registration must be affine or syn, got {opts['registration']!r}")
     inputs = find_inputs(args.input)
     overrides = dict(fusion=args.fusion, threshold=args.threshold, min_lesion_mm3=args.min_lesion_mm3,
-                     min_peak=args.min_peak, connectivity=args.connectivity, tta=args.tta,
+                     min_peak=args.min_peak, large_mm3=args.large_mm3, large_threshold=args.large_threshold,
+                     large_fragment_mm3=args.large_fragment_mm3, connectivity=args.connectivity, tta=args.tta,
                      brain_mask_mm=opts["brain_mask_mm"], bias_correct=opts["bias_correct"])
     predictor = Predictor(opts["weights"] or None, batch_size=opts["batch_size"], overrides=overrides)
     out_dir = Path(args.output)

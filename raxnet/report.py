@@ -432,6 +432,9 @@ def _fusion(work: Path) -> str:
             f"subject(s), never on the hold-out: fusion <b>{esc(chosen.get('fusion'))}</b>, threshold "
             f"{fmt(chosen.get('threshold'), 2)}, lesions ≥ {fmt(chosen.get('min_lesion_mm3'), 0)} mm³"
             + (f" with a peak probability ≥ {fmt(chosen['min_peak'], 2)}" if chosen.get("min_peak") else "")
+            + (f"; lesions ≥ {fmt(chosen['large_mm3'], 0)} mm³ redrawn at probability "
+               f"{fmt(chosen.get('large_threshold'), 2)} (their pieces under "
+               f"{fmt(chosen.get('large_fragment_mm3'), 0)} mm³ dropped)" if chosen.get("large_mm3") else "")
             + " (validation "
             f"{esc(chosen.get('metric'))} {fmt(chosen.get('score'))}); scored on the hold-out as method "
             f"<code>selected</code> — <a href=\"{href(folder / 'postprocessing.json', work)}\">postprocessing.json</a>.</p>")

@@ -44,6 +44,9 @@ INFERENCE_KEYS: dict[str, Any] = {
     "threshold": 0.5,  # lesion where probability >= threshold
     "min_lesion_mm3": 0.0,  # lesions (connected components) smaller than this are removed; 0 = keep all
     "min_peak": 0.0,  # lesions whose highest (fused) probability is below this are removed; 0 = keep all
+    "large_mm3": 0.0,  # lesions of at least this volume are redrawn at large_threshold; 0 = never
+    "large_threshold": 0.0,  # probability a large lesion is redrawn at (raxnet.postprocess.outline_large)
+    "large_fragment_mm3": 0.0,  # pieces of a redrawn lesion smaller than this are dropped
     "connectivity": LESION_CONNECTIVITY,  # 3D connectivity of a lesion (clean-up and lesions.csv)
     "tta": False,  # left-right flip test-time augmentation
     "weights": {},  # per-plane weights of the "weighted" fusion ({} = not used)
@@ -110,6 +113,12 @@ def check_inference(settings: dict[str, Any], where: str | Path) -> None:
         raise InputError(f"{where}: min_lesion_mm3 must be >= 0, got {settings['min_lesion_mm3']}")
     if not 0.0 <= float(settings["min_peak"]) < 1.0:
         raise InputError(f"{where}: min_peak must be in [0, 1), got {settings['min_peak']}")
+    if float(settings["large_mm3"]) < 0 or float(settings["large_fragment_mm3"]) < 0:
+        raise InputError(f"{where}: large_mm3 and large_fragment_mm3 must be >= 0, got "
+                         f"{settings['large_mm3']} / {settings['large_fragment_mm3']}")
+    if float(settings["large_mm3"]) > 0 and not float(settings["threshold"]) < float(settings["large_threshold"]) < 1:
+        raise InputError(f"{where}: large_threshold must be above threshold ({settings['threshold']}) and below 1, "
+                         f"got {settings['large_threshold']}")
     if int(settings["connectivity"]) not in (6, 18, 26):
         raise InputError(f"{where}: connectivity must be 6, 18 or 26, got {settings['connectivity']}")
     if settings["fusion"] == "weighted" and set(settings["weights"]) != set(PLANES):

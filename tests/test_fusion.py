@@ -244,11 +244,16 @@ def test_postprocessing_chosen_out_of_fold_before_any_holdout_subject_is_read(ti
     record = json.loads((out / "postprocessing.json").read_text())
     assert record["subjects"] == ["sub-t1", "sub-t2"] and record == res["postprocessing"]
     assert record["inference"] == {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0,
+                                   "large_mm3": 0.0, "large_threshold": 0.0, "large_fragment_mm3": 0.0,
                                    "connectivity": 26, "tta": False, "weights": {}}
     assert record["chosen"]["score"] == pytest.approx(0.5) and record["chosen"]["n_subjects"] == 2
     cand = pd.read_csv(out / "postprocessing_candidates.csv")
     # methods x sizes x (0.3 and 0.5: peaks 0 and 0.6; 0.7: peak 0 only)
     assert len(cand) == 3 * 2 * (2 + 2 + 1) and cand["chosen"].sum() == 1 and (cand["dice_mean"] == 0.5).all()
+    # the large-lesion outline, on top of that choice: none plus 3 sizes x (0.6, the one outline threshold above
+    # 0.5) x 3 fragment floors; nothing to gain here, so none is chosen
+    large = pd.read_csv(out / "postprocessing_large_candidates.csv")
+    assert len(large) == 1 + 3 * 1 * 3 and large.loc[large["chosen"], "large_mm3"].tolist() == [0.0]
     df = pd.read_csv(out / "subject_metrics.csv")
     assert set(df["set"]) == {"holdout"}  # oof off: the train subjects chose, they are not reported
     assert df[(df["method"] == "selected") & (df["subject"] == "sub-h1")]["dice"].item() == pytest.approx(1.0)

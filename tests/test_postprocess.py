@@ -266,3 +266,31 @@ def test_peak_of_weighted_fusion_uses_the_weights():
     assert P.postprocess(probs, min_peak=0.62, **kw).sum() == 0
     assert P.postprocess(probs, min_peak=0.55, **kw).sum() == 1
     assert P.fuse_weighted(probs, w, 0.59).sum() == 1 and P.fuse_weighted(probs, w, 0.61).sum() == 0
+
+
+def test_outline_large_redraws_only_large_lesions_and_drops_their_small_pieces():
+    # 1D, 1 mm: a 9-voxel lesion (wide at 0.35, core 0.7 and a 1-voxel 0.7 shoulder) and a 3-voxel lesion at 0.35
+    prob = np.array([[0.35, 0.7, 0.7, 0.7, 0.35, 0.35, 0.7, 0.35, 0.35, 0.0, 0.35, 0.35, 0.35]])
+    mask = (prob >= 0.3).astype(np.uint8)
+    kw = dict(spacing=(1.0, 1.0), connectivity=8)
+    # lesions >= 5 mm³ redrawn at 0.5: the large one becomes [1..3] and [6]; the small one stays whole
+    got = P.outline_large(mask, prob, large_mm3=5, large_threshold=0.5, **kw)
+    assert got.dtype == np.uint8 and np.flatnonzero(got[0]).tolist() == [1, 2, 3, 6, 10, 11, 12]
+    # pieces of the redrawn lesion under 2 mm³ go (the shoulder), not the small lesion (3 voxels, not redrawn)
+    got = P.outline_large(mask, prob, large_mm3=5, large_threshold=0.5, fragment_mm3=2, **kw)
+    assert np.flatnonzero(got[0]).tolist() == [1, 2, 3, 10, 11, 12]
+    assert (P.outline_large(mask, prob, large_mm3=0, large_threshold=0.5, **kw) == mask).all()  # off
+    assert (P.outline_large(mask, prob, large_mm3=10, large_threshold=0.5, **kw) == mask).all()  # none that large
+
+
+def test_postprocess_applies_the_outline_after_removal_and_only_above_the_threshold():
+    prob = np.array([[0.35, 0.7, 0.7, 0.7, 0.35, 0.0, 0.35, 0.35]])
+    probs = {p: prob for p in ("axial", "sagittal", "coronal")}
+    kw = dict(fusion="mean", threshold=0.3, spacing=(1.0, 1.0), connectivity=8)
+    assert np.flatnonzero(P.postprocess(probs, min_lesion_mm3=0, **kw)[0]).tolist() == [0, 1, 2, 3, 4, 6, 7]
+    # the faint 2-voxel lesion fails the peak rule; the other is redrawn at 0.5
+    out = P.postprocess(probs, min_lesion_mm3=0, min_peak=0.6, large_mm3=4, large_threshold=0.5, **kw)
+    assert np.flatnonzero(out[0]).tolist() == [1, 2, 3]
+    # an outline threshold at or below the threshold changes nothing
+    same = P.postprocess(probs, min_lesion_mm3=0, large_mm3=4, large_threshold=0.3, **kw)
+    assert np.flatnonzero(same[0]).tolist() == [0, 1, 2, 3, 4, 6, 7]

@@ -229,3 +229,47 @@ def test_scoring_uses_the_weights_connectivity_and_both_removal_rules():
     assert got[(0.0, 0.5)] == (1.0, 1.0)  # the speck (0.375) goes; the lesion voxels at exactly 0.5 stay
     assert got[(2.0, 0.5)] == (0.0, 0.0)  # size 2 also removes the 1-voxel lesions (6-connected), peak or not
     assert got[(2.0, 0.0)] == (0.0, 0.0)
+
+
+def large_case():
+    """A 4x4x4 true lesion predicted at 0.9 with a one-voxel rim of 0.35 around it (6x6x6 at threshold 0.3),
+    and a true 1-voxel lesion at 0.35 far from it."""
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    truth[10, 10, 10] = 1
+    prob = np.zeros(truth.shape, np.float32)
+    prob[1:7, 1:7, 1:7] = 0.35
+    prob[2:6, 2:6, 2:6] = 0.9
+    prob[10, 10, 10] = 0.35
+    return {p: prob for p in ("axial", "sagittal", "coronal")}, truth
+
+
+def test_large_outline_is_scored_and_chosen_only_when_it_helps():
+    probs, truth = large_case()
+    base = {"fusion": "mean", "threshold": 0.3, "min_lesion_mm3": 0.0, "min_peak": 0.0}
+    rows = S.score_large_candidates(probs, truth, (1.0, 1.0, 1.0), base, large_mm3=[10, 1000], large_thresholds=[0.3, 0.5],
+                                    fragments_mm3=[0], connectivity=26)
+    # the base, then 10 and 1000 mm³ at 0.5 (0.3 is not above the threshold: no candidate)
+    assert [(r["large_mm3"], r["large_threshold"]) for r in rows] == [(0.0, 0.0), (10.0, 0.5), (1000.0, 0.5)]
+    # base: 216 + 1 predicted voxels, 65 true, 65 overlap: Dice 130 / 282; both lesions found, F1 1
+    assert rows[0]["dice"] == pytest.approx(130 / 282) and rows[0]["lesion_f1"] == 1.0
+    # redrawn (the 216-voxel lesion is >= 10 mm³): the cube exactly, the small lesion untouched: Dice 1
+    assert rows[1]["dice"] == pytest.approx(1.0) and rows[1]["lesion_f1"] == 1.0
+    assert rows[2] == {**rows[0], "large_mm3": 1000.0, "large_threshold": 0.5, "large_fragment_mm3": 0.0}
+    chosen = S.choose_large(rows, metric="dice")
+    assert (chosen["large_mm3"], chosen["large_threshold"]) == (10.0, 0.5)
+    assert chosen["score"] == pytest.approx(1.0) and chosen["score_without"] == pytest.approx(130 / 282)
+    assert len(chosen["candidates"]) == 3
+    # a gain below min_gain buys nothing
+    assert S.choose_large(rows, metric="dice", min_gain=0.6)["large_mm3"] == 0.0
+
+
+def test_lesion_box_holds_every_possible_mask_and_the_truth():
+    probs, truth = large_case()
+    box = S.lesion_box(probs, truth, 0.3)
+    assert box == (slice(1, 11), slice(1, 11), slice(1, 11))
+    assert S.lesion_box(probs, truth, 0.95) == (slice(2, 11), slice(2, 11), slice(2, 11))  # the truth alone
+    empty = {p: np.zeros((3, 3)) for p in probs}
+    assert S.lesion_box(empty, np.zeros((3, 3)), 0.5) == (slice(0, 1), slice(0, 1))
+    with pytest.raises(ConfigError, match="select_large_threshold"):
+        S.check_grid(["mean"], [0.5], [0], "dice", large={"large_threshold": [1.0]})

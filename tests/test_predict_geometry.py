@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from raxnet.errors import InputError
+from raxnet.weights import INFERENCE_KEYS
 from raxnet.predict import Predictor, _fov_coverage, _is_oblique, back_to_input_grid, predict_file, to_model_grid
 
 GRID_SHAPE = (10, 12, 8)
@@ -38,8 +39,7 @@ class StandInPredictor:
 
     def __init__(self) -> None:
         self.manifest = manifest()
-        self.settings = {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 0.0, "min_peak": 0.0, "connectivity": 26,
-                         "tta": False, "brain_mask_mm": None, "bias_correct": False, "weights": None}
+        self.settings = {**INFERENCE_KEYS, "fusion": "mean", "threshold": 0.5, "connectivity": 26, "weights": None}
         self.seen: list[np.ndarray] = []
         self.sources: list[str] = []
         self.spacings: list = []

@@ -79,6 +79,12 @@ def test_manifest_carries_inference_decisions(tmp_path):
         export_weights(work, tmp_path / "w3", inference={"threshold": 1.5})
     with pytest.raises(ValueError, match="unknown inference setting"):
         export_weights(work, tmp_path / "w3", inference={"brain_mask": True})
+    large = {"threshold": 0.3, "large_mm3": 5000.0, "large_threshold": 0.6, "large_fragment_mm3": 500.0}
+    assert read_manifest(export_weights(work, tmp_path / "w4", inference=large))["inference"]["large_mm3"] == 5000.0
+    with pytest.raises(InputError, match="large_threshold must be above threshold"):  # would redraw nothing
+        export_weights(work, tmp_path / "w3", inference={**large, "large_threshold": 0.3})
+    with pytest.raises(InputError, match="large_mm3 and large_fragment_mm3 must be >= 0"):
+        export_weights(work, tmp_path / "w3", inference={**large, "large_fragment_mm3": -1})
 
 
 def test_manifest_records_stage_03_brain_mask(tmp_path):
@@ -149,8 +155,10 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     assert main(["--work-dir", str(work), "--out", str(tmp_path / "w")]) == 0
     assert "fusion vote, threshold 0.4, min_lesion_mm3 50.0" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "w")
-    # no stage-03 record: neither step; a stage-08 record from before the peak rule: min_peak 0 (keep all)
-    assert manifest["inference"] == {**chosen, "min_peak": 0.0, "brain_mask_mm": None, "bias_correct": False}
+    # no stage-03 record: neither step; a stage-08 record from before the peak rule and the large-lesion
+    # outline: min_peak 0 (keep all), large_mm3 0 (redraw none)
+    assert manifest["inference"] == {**chosen, "min_peak": 0.0, "large_mm3": 0.0, "large_threshold": 0.0,
+                                     "large_fragment_mm3": 0.0, "brain_mask_mm": None, "bias_correct": False}
     assert manifest["inference_source"]["validation_score"] == 0.7 and manifest["inference_source"]["n_subjects"] == 12
     # chosen for another model, or nothing chosen: the defaults, with the reason
     for other in ({**record, "model": "unet"}, {**record, "inference": None, "reason": "no out-of-fold subject"}):
