@@ -259,6 +259,10 @@ def test_predict_uses_the_manifest_decisions_and_flags_override(tmp_path, monkey
     assert lesion_voxels("--min-lesion-mm3", "16")[0] == E  # 8 mm³ single voxels removed, the 16 mm³ blob kept
     # vote's lesions whose peak (the planes' mean) is under 0.5 removed: B (.367) goes, A (.533) and E stay
     assert lesion_voxels("--min-peak", "0.5")[0] == {A} | E
+    # the large-lesion outline: lesions of >= 16 mm³ (E alone) redrawn where the planes' mean is >= 0.95: E goes
+    got, summary = lesion_voxels("--large-mm3", "16", "--large-threshold", "0.95")
+    assert got == {A, B} and summary["large_mm3"] == 16.0 and summary["large_threshold"] == 0.95
+    assert lesion_voxels("--large-mm3", "16", "--large-threshold", "0.85")[0] == {A, B} | E  # E's .9 stays
     # the clean-up size comes from the manifest as well
     (tmp_path / "w2").mkdir()
     weights = _fixed_weight_set(tmp_path / "w2" / "set", {"fusion": "mean", "threshold": 0.5, "min_lesion_mm3": 9.0})
