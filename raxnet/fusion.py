@@ -71,10 +71,12 @@ from raxnet.postprocess_selection import (
     check_grid,
     choose,
     choose_large,
-    lesion_box,
+    Kept,
+    keep,
     score_candidates,
     score_large_candidates,
     summarise_candidates,
+    unkeep,
 )
 from raxnet.runs import FoldModel, fold_models, plane_weights, run_name, select_models, train_dir
 from raxnet.stage import stage_run
@@ -154,12 +156,11 @@ def _finish(out: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]],
 
 def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list[dict[str, Any]],
                            subjects: Sequence[str], weights: Mapping[str, float],
-                           kept: Sequence[tuple[dict[str, np.ndarray], np.ndarray, tuple[float, ...]]] = ()
-                           ) -> dict[str, Any]:
+                           kept: Sequence[Kept] = ()) -> dict[str, Any]:
     """Choose on the out-of-fold candidate scores; write ``postprocessing.json`` and its candidates CSV.
 
-    ``kept``: each out-of-fold subject's plane probabilities and truth, cropped (:func:`lesion_box`), with its
-    voxel spacing, for the large-lesion outline step."""
+    ``kept``: each out-of-fold subject's plane probabilities and truth where they could make a lesion
+    (:func:`raxnet.postprocess_selection.keep`), for the large-lesion outline step."""
     record: dict[str, Any] = {
         "source": "out-of-fold predictions of the train subjects (fold_<k> models on fold k); hold-out never read",
         "model": f["model"],
@@ -186,8 +187,8 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
     large = {k: 0.0 for k in LARGE_KEYS}
     grid = large_grid(f)
     if kept and all(grid.values()):
-        rows = [r for probs, truth, spacing in kept
-                for r in score_large_candidates(probs, truth, spacing, chosen, large_mm3=grid["large_mm3"],
+        rows = [r for k in kept
+                for r in score_large_candidates(*unkeep(k), k.spacing, chosen, large_mm3=grid["large_mm3"],
                                                 large_thresholds=grid["large_threshold"],
                                                 fragments_mm3=grid["large_fragment_mm3"],
                                                 connectivity=int(f["connectivity"]), weights=weights or None)]
@@ -301,7 +302,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     cache = ModelCache()
     candidate_rows: list[dict[str, Any]] = []
     oof_scored: list[str] = []
-    oof_kept: list[tuple[dict[str, np.ndarray], np.ndarray, tuple[float, ...]]] = []  # for the outline step
+    oof_kept: list[Kept] = []  # for the outline step
     keep_crops = select and all(large_grid(f).values())
     postprocessing: dict[str, Any] | None = None
     grid = dict(methods=f["select_methods"], thresholds=f["select_thresholds"],
@@ -329,9 +330,8 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         if not holdout and select:
             candidate_rows += score_candidates(probs, truth, spacing, **grid)
             oof_scored.append(s.subject)
-            if keep_crops:  # cropped copies: the step runs after the first choice, on every subject at once
-                box = lesion_box(probs, truth, min(float(t) for t in f["select_thresholds"]))
-                oof_kept.append(({p: np.array(v[box]) for p, v in probs.items()}, np.array(truth[box]), spacing))
+            if keep_crops:  # the step runs after the first choice, on every subject at once
+                oof_kept.append(keep(probs, truth, spacing, min(float(t) for t in f["select_thresholds"])))
         if not report:
             continue
         masks = fuse_all(probs, [m for m in methods if m != SELECTED], threshold=float(f["threshold"]),

@@ -264,12 +264,22 @@ def test_large_outline_is_scored_and_chosen_only_when_it_helps():
     assert S.choose_large(rows, metric="dice", min_gain=0.6)["large_mm3"] == 0.0
 
 
-def test_lesion_box_holds_every_possible_mask_and_the_truth():
+def test_kept_voxels_score_every_candidate_as_the_whole_volume_does():
     probs, truth = large_case()
-    box = S.lesion_box(probs, truth, 0.3)
-    assert box == (slice(1, 11), slice(1, 11), slice(1, 11))
-    assert S.lesion_box(probs, truth, 0.95) == (slice(2, 11), slice(2, 11), slice(2, 11))  # the truth alone
-    empty = {p: np.zeros((3, 3)) for p in probs}
-    assert S.lesion_box(empty, np.zeros((3, 3)), 0.5) == (slice(0, 1), slice(0, 1))
+    probs = {p: v.copy() for p, v in probs.items()}
+    probs["axial"][0, 11, 0] = 0.25  # one plane alone under the lowest threshold: not kept
+    probs["coronal"][11, 0, 0] = 0.31  # a faint speck in one plane: kept
+    kept = S.keep(probs, truth, (1.0, 1.0, 1.0), 0.3)
+    assert kept.index.size == 216 + 1 + 1 and kept.truth.size == 65 and kept.spacing == (1.0, 1.0, 1.0)
+    small, small_truth = S.unkeep(kept)
+    assert small_truth.shape == (11, 11, 11) and small_truth.sum() == 65  # rows 1..11 (cube to speck), cols 0..10
+    assert small["coronal"].max() == pytest.approx(0.9) and small["axial"].dtype == np.float32
+    base = {"fusion": "vote", "threshold": 0.3, "min_lesion_mm3": 0.0, "min_peak": 0.0}
+    grid = dict(large_mm3=[10], large_thresholds=[0.5], fragments_mm3=[0, 100], connectivity=26)
+    full = S.score_large_candidates(probs, truth, (1.0, 1.0, 1.0), base, **grid)
+    assert S.score_large_candidates(small, small_truth, kept.spacing, base, **grid) == full
+    empty = S.keep({p: np.zeros((3, 3)) for p in probs}, np.zeros((3, 3)), (1.0, 1.0), 0.5)
+    p0, t0 = S.unkeep(empty)
+    assert t0.shape == (1, 1) and not t0.any() and p0["axial"].shape == (1, 1)
     with pytest.raises(ConfigError, match="select_large_threshold"):
         S.check_grid(["mean"], [0.5], [0], "dice", large={"large_threshold": [1.0]})
