@@ -230,15 +230,19 @@ def outline_large(mask: np.ndarray, prob: np.ndarray, spacing: Sequence[float], 
     m = np.asarray(mask) != 0
     if large_mm3 <= 0 or not m.any():
         return m.astype(np.uint8)
-    labels, n = label(m, connectivity)
+    # on the mask's bounding box only: a 1 mm volume has ~7 M voxels, its lesions a few thousand
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(m))
+    sub, p = m[box], np.asarray(prob)[box]
+    labels, n = label(sub, connectivity)
     large = np.bincount(labels.ravel(), minlength=n + 1) >= min_voxels(large_mm3, spacing)
     large[0] = False
     inside = large[labels]
-    redrawn = inside & (np.asarray(prob) >= large_threshold)
-    out = m & ~inside
+    redrawn = inside & (p >= large_threshold)
     if fragment_mm3 > 0:
         redrawn = remove_small_lesions(redrawn, fragment_mm3, spacing, connectivity) != 0
-    return (out | redrawn).astype(np.uint8)
+    out = m.copy()
+    out[box] = (sub & ~inside) | redrawn
+    return out.astype(np.uint8)
 
 
 def postprocess(probs: Mapping[str, np.ndarray], *, fusion: str, threshold: float, min_lesion_mm3: float,
@@ -249,13 +253,15 @@ def postprocess(probs: Mapping[str, np.ndarray], *, fusion: str, threshold: floa
     with ``min_peak`` > 0, lesions whose peak probability is below it; with ``large_mm3`` > 0, redraw the
     lesions of at least that volume at ``large_threshold`` (:func:`outline_large`; module doc)."""
     mask = fuse(probs, fusion, threshold, weights)
+    prob = None
     if min_peak <= 0 or not mask.any():
         mask = remove_small_lesions(mask, min_lesion_mm3, spacing, connectivity)
     else:
         labels, n = label(mask, connectivity)
-        peaks = component_peaks(labels, n, fused_probability(probs, fusion, weights))
+        prob = fused_probability(probs, fusion, weights)
+        peaks = component_peaks(labels, n, prob)
         mask = keep_large_components(labels, n, min_voxels(min_lesion_mm3, spacing), peaks, float(min_peak))
     if large_mm3 <= 0 or large_threshold <= threshold or not mask.any():
         return mask
-    return outline_large(mask, fused_probability(probs, fusion, weights), spacing, large_mm3, large_threshold,
-                         large_fragment_mm3, connectivity)
+    prob = fused_probability(probs, fusion, weights) if prob is None else prob
+    return outline_large(mask, prob, spacing, large_mm3, large_threshold, large_fragment_mm3, connectivity)

@@ -130,6 +130,9 @@ def test_shipped_demo_manifest_is_format_2():
     inference = manifest["inference"]
     assert (inference["fusion"], inference["threshold"], inference["min_lesion_mm3"], inference["min_peak"]) == (
         "weighted", 0.3, 50.0, 0.7)
+    # lesions of >= 10 mL redrawn at 0.5 (bench/results/size_rule_2026-12-07)
+    assert (inference["large_mm3"], inference["large_threshold"], inference["large_fragment_mm3"]) == (
+        10000.0, 0.5, 500.0)
     assert manifest["model"] == "raxnet-tversky_focal_slice"  # phase 2's loss (configs/weights_demo_restart.toml)
     assert inference["brain_mask_mm"] == 6.0
     assert "out-of-fold" in manifest["inference_source"]["on"]
