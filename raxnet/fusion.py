@@ -303,7 +303,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     candidate_rows: list[dict[str, Any]] = []
     oof_scored: list[str] = []
     oof_kept: list[Kept] = []  # for the outline step
-    keep_crops = select and all(large_grid(f).values())
+    keep_voxels = select and all(large_grid(f).values())
     postprocessing: dict[str, Any] | None = None
     grid = dict(methods=f["select_methods"], thresholds=f["select_thresholds"],
                 sizes_mm3=f["select_min_lesion_mm3"], peaks=f["select_min_peak"], connectivity=int(f["connectivity"]),
@@ -330,7 +330,7 @@ def run(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         if not holdout and select:
             candidate_rows += score_candidates(probs, truth, spacing, **grid)
             oof_scored.append(s.subject)
-            if keep_crops:  # the step runs after the first choice, on every subject at once
+            if keep_voxels:  # the step runs after the first choice, on every subject at once
                 oof_kept.append(keep(probs, truth, spacing, min(float(t) for t in f["select_thresholds"])))
         if not report:
             continue
