@@ -161,13 +161,14 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
 
     ``kept``: each out-of-fold subject's plane probabilities and truth where they could make a lesion
     (:func:`raxnet.postprocess_selection.keep`), for the large-lesion outline step."""
+    grid = large_grid(f)
     record: dict[str, Any] = {
         "source": "out-of-fold predictions of the train subjects (fold_<k> models on fold k); hold-out never read",
         "model": f["model"],
         "metric": f["select_metric"],
         "grid": {"methods": list(f["select_methods"]), "thresholds": [float(t) for t in f["select_thresholds"]],
                  "min_lesion_mm3": [float(v) for v in f["select_min_lesion_mm3"]],
-                 "min_peak": [float(v) for v in f["select_min_peak"]], **large_grid(f)},
+                 "min_peak": [float(v) for v in f["select_min_peak"]], **grid},
         "subjects": list(subjects),
     }
     if not candidate_rows:
@@ -185,7 +186,6 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
                  & (candidates["min_peak"] == chosen["min_peak"]))
     save_csv(candidates.assign(chosen=is_chosen), out / "postprocessing_candidates.csv", float_format="%.6g")
     large = {k: 0.0 for k in LARGE_KEYS}
-    grid = large_grid(f)
     if kept and all(grid.values()):
         rows = [r for k in kept
                 for r in score_large_candidates(*unkeep(k), k.spacing, chosen, large_mm3=grid["large_mm3"],

@@ -49,6 +49,7 @@ from raxnet.postprocess import (
     fused_probability,
     kept_labels,
     min_voxels,
+    outline_large,
     postprocess,
 )
 
@@ -182,7 +183,7 @@ class Kept(NamedTuple):
     shape: tuple[int, ...]
     index: np.ndarray  # flat indices into ``shape`` of the kept voxels
     values: dict[str, np.ndarray]  # per plane, its probabilities there
-    truth: np.ndarray  # flat indices of the truth voxels
+    truth: np.ndarray  # per kept voxel, whether it is a truth voxel
     spacing: tuple[float, ...]
 
 
@@ -201,27 +202,25 @@ def keep(probs: Mapping[str, np.ndarray], truth: np.ndarray, spacing: Sequence[f
         on |= np.asarray(p) >= min_threshold
     index = np.flatnonzero(on)
     return Kept(truth.shape, index, {k: np.asarray(v).ravel()[index].astype(np.float32) for k, v in probs.items()},
-                np.flatnonzero(truth), tuple(float(v) for v in spacing))
+                truth.ravel()[index], tuple(float(v) for v in spacing))
 
 
 def unkeep(kept: Kept) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Plane probabilities and truth of :func:`keep`, cropped to the kept voxels' bounding box."""
-    size = int(np.prod(kept.shape))
-    truth = np.zeros(size, bool)
-    truth[kept.truth] = True
-    if not kept.index.size:
-        return {k: np.zeros((1,) * len(kept.shape), np.float32) for k in kept.values}, truth[:1].reshape(
-            (1,) * len(kept.shape))
+    if not kept.index.size:  # nothing predicted, no truth: one background voxel
+        one = (1,) * len(kept.shape)
+        return {k: np.zeros(one, np.float32) for k in kept.values}, np.zeros(one, bool)
     coords = np.unravel_index(kept.index, kept.shape)
     box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
     local = tuple(c - b.start for c, b in zip(coords, box))
     shape = tuple(b.stop - b.start for b in box)
     probs = {}
     for k, v in kept.values.items():
-        a = np.zeros(shape, np.float32)
-        a[local] = v
-        probs[k] = a
-    return probs, truth.reshape(kept.shape)[box]
+        probs[k] = np.zeros(shape, np.float32)
+        probs[k][local] = v
+    truth = np.zeros(shape, bool)
+    truth[local] = kept.truth
+    return probs, truth
 
 
 def score_large_candidates(
@@ -239,16 +238,19 @@ def score_large_candidates(
     """One row per large-lesion outline candidate on top of ``base`` (a :func:`choose` result), plus the
     base itself (``large_mm3`` 0), with this subject's Dice and lesion F1. Outline thresholds at or below the
     base threshold redraw nothing and are not candidates."""
-    common = dict(fusion=base["fusion"], threshold=float(base["threshold"]),
-                  min_lesion_mm3=float(base["min_lesion_mm3"]), min_peak=float(base["min_peak"]),
-                  spacing=spacing, connectivity=connectivity, weights=weights)
+    threshold = float(base["threshold"])
+    # the base mask and its fused map are the same for every candidate: made once, then only redrawn
+    mask = postprocess(probs, fusion=base["fusion"], threshold=threshold, spacing=spacing,
+                       min_lesion_mm3=float(base["min_lesion_mm3"]), min_peak=float(base["min_peak"]),
+                       connectivity=connectivity, weights=weights)
+    prob = fused_probability(probs, base["fusion"], weights)
     truth = np.asarray(truth) != 0
     cands = [(0.0, 0.0, 0.0)] + [(float(v), float(t), float(f)) for v in large_mm3 if float(v) > 0
-                                 for t in large_thresholds if float(t) > common["threshold"]
+                                 for t in large_thresholds if float(t) > threshold
                                  for f in fragments_mm3]
     rows = []
     for v, t, f in cands:
-        m = postprocess(probs, large_mm3=v, large_threshold=t, large_fragment_mm3=f, **common) != 0
+        m = outline_large(mask, prob, spacing, v, t, f, connectivity) != 0
         rows.append({"large_mm3": v, "large_threshold": t, "large_fragment_mm3": f, "dice": dice(m, truth),
                      "lesion_f1": lesion_f1(m, truth, connectivity=connectivity)})
     return rows

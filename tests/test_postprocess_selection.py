@@ -270,7 +270,7 @@ def test_kept_voxels_score_every_candidate_as_the_whole_volume_does():
     probs["axial"][0, 11, 0] = 0.25  # one plane alone under the lowest threshold: not kept
     probs["coronal"][11, 0, 0] = 0.31  # a faint speck in one plane: kept
     kept = S.keep(probs, truth, (1.0, 1.0, 1.0), 0.3)
-    assert kept.index.size == 216 + 1 + 1 and kept.truth.size == 65 and kept.spacing == (1.0, 1.0, 1.0)
+    assert kept.index.size == 216 + 1 + 1 and kept.truth.sum() == 65 and kept.spacing == (1.0, 1.0, 1.0)
     small, small_truth = S.unkeep(kept)
     assert small_truth.shape == (11, 11, 11) and small_truth.sum() == 65  # rows 1..11 (cube to speck), cols 0..10
     assert small["coronal"].max() == pytest.approx(0.9) and small["axial"].dtype == np.float32
