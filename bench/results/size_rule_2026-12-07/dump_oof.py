@@ -2,7 +2,8 @@
 rules can be compared without predicting again.
 
 Same subjects, models, weights and input preparation as stage 08's selection (raxnet.fusion.run); writes one
-npz per subject (weighted-mean probability as float16, truth as uint8, spacing) under --out.
+npz per subject (weighted-mean probability as float16, truth as uint8, spacing) under --out; with --per-plane
+also each plane's probability (``prob_axial`` ...), for rules that read the planes' agreement.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--model", default="raxnet-tversky_focal_slice")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--per-plane", action="store_true", help="also store each plane's probability")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     models_dir = train_dir(a.work_dir, a.model)
@@ -49,8 +51,9 @@ def main() -> None:
                                       brain_mask_mm=steps["brain_mask_mm"], bias_correct=steps["bias_correct"])
         prob = fused_probability(probs, "weighted", weights)
         tmp = a.out / f"{s.subject}.tmp.npz"
+        planes = {f"prob_{p}": probs[p].astype(np.float16) for p in PLANES} if a.per_plane else {}
         np.savez_compressed(tmp, prob=prob.astype(np.float16), truth=truth.astype(np.uint8),
-                            spacing=np.array(voxel_spacing(img.affine)), fold=s.fold)
+                            spacing=np.array(voxel_spacing(img.affine)), fold=s.fold, **planes)
         tmp.rename(target)
 
 
