@@ -78,12 +78,29 @@ def predict_plane(
     for start in range(0, busy.size, batch_size):
         idx = busy[start : start + batch_size]
         x = context_batch(stack, idx, context, target)
-        p = _predict_batch(model, x)
+        p = _predict_padded(model, x, batch_size)
         if lr_axis is not None:
             flipped = np.flip(x, axis=1 + lr_axis)
-            p = 0.5 * (p + np.flip(_predict_batch(model, flipped), axis=1 + lr_axis))
+            p = 0.5 * (p + np.flip(_predict_padded(model, flipped, batch_size), axis=1 + lr_axis))
         probs[idx] = crop_slices(p[..., 0], (h, w))
     return from_slices(probs, plane)
+
+
+def padded_batch_size(n: int, batch_size: int) -> int:
+    """The batch size a batch of ``n`` (<= ``batch_size``) slices is predicted at: the next power of two
+    (1, 2, 4, ...) or ``batch_size``, whichever is smaller."""
+    return min(1 << max(int(n) - 1, 0).bit_length(), max(int(batch_size), int(n)))
+
+
+def _predict_padded(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    # Each new batch shape traces the model's predict function again (TensorFlow warns after five), and a scan's
+    # last batch has any size; padded to a power of two, a model sees at most log2(batch_size) + 2 shapes over
+    # any number of scans. The network treats slices independently in inference: the zeros change no real slice.
+    n = x.shape[0]
+    size = padded_batch_size(n, batch_size)
+    if size != n:
+        x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), dtype=x.dtype)])
+    return _predict_batch(model, x)[:n]
 
 
 def _predict_batch(model: Any, x: np.ndarray) -> np.ndarray:

@@ -276,3 +276,35 @@ def test_model_cache_loads_once_without_compiling_and_forgets(tmp_path):
     bad.write_bytes(b"not a keras file")
     with pytest.raises(StageInputError, match=rf"^{re.escape(str(bad))}: cannot load model \(\w+Error: "):
         cache.get(bad)
+
+
+@pytest.mark.parametrize(("n", "batch_size", "expected"), [(1, 32, 1), (3, 32, 4), (4, 32, 4), (17, 32, 32),
+                                                           (32, 32, 32), (20, 24, 24), (24, 24, 24), (5, 24, 8)])
+def test_padded_batch_size_is_the_next_power_of_two_up_to_the_batch_size(n, batch_size, expected):
+    from raxnet.inference import padded_batch_size
+
+    assert padded_batch_size(n, batch_size) == expected
+
+
+def test_last_batches_are_padded_so_the_model_sees_few_shapes():
+    """Volumes with 1..9 busy slices at batch size 8 reach the model only as batches of 1, 2, 4 or 8 slices (one
+    predict trace each), and every real slice still gets its own prediction."""
+    model = sigmoid_model(padded_shape(slice_shape(VOLUME_SHAPE, "sagittal"), 2))
+    seen = []
+
+    class Recording:
+        def __init__(self, m):
+            self.m, self.inputs, self.outputs, self.input_shape = m, m.inputs, m.outputs, m.input_shape
+
+        def predict_on_batch(self, x):
+            seen.append(x.shape[0])
+            return self.m.predict_on_batch(x)
+
+    rng = np.random.default_rng(3)
+    for busy in range(1, 10):
+        volume = np.zeros((9, 6, 7), np.float32)
+        volume[:busy] = rng.uniform(0.1, 1.0, (busy, 6, 7))
+        probs = predict_plane(Recording(model), volume, "sagittal", batch_size=8)
+        np.testing.assert_allclose(probs[:busy], 1 / (1 + np.exp(-volume[:busy])), atol=1e-6)
+        assert (probs[busy:] == 0).all()
+    assert set(seen) == {1, 2, 4, 8}
