@@ -15,28 +15,20 @@ import pandas as pd
 
 from raxnet.components import label
 from raxnet.metrics import dice, lesion_f1
-from raxnet.postprocess import component_peaks, kept_labels, min_voxels
+from raxnet.postprocess import component_peaks, keep_large_components, min_voxels, outline_large
 
 BINS = [(0, 1000, "<1 mL"), (1000, 10000, "1-10 mL"), (10000, np.inf, ">10 mL")]
 
 
 def rule(prob: np.ndarray, spacing, t: float, big_mm3: float | None = None, t_big: float | None = None,
          min_mm3: float = 50.0, min_peak: float = 0.7, frag_mm3: float = 0.0) -> np.ndarray:
+    """Threshold t, lesions >= min_mm3 with peak >= min_peak; then, with big_mm3 and t_big > t, the library's
+    large-lesion outline (``raxnet.postprocess.outline_large``, which this probe's first version led to)."""
     labels, n = label(prob >= t, 26)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = kept_labels(sizes, min_voxels(min_mm3, spacing), component_peaks(labels, n, prob), min_peak)
-    mask = keep[labels]
+    mask = keep_large_components(labels, n, min_voxels(min_mm3, spacing), component_peaks(labels, n, prob), min_peak)
     if big_mm3 is not None and t_big is not None and t_big > t:
-        big = keep & (sizes >= min_voxels(big_mm3, spacing))
-        inside = big[labels]
-        mask = mask & (~inside | (prob >= t_big))
-        if frag_mm3 > 0:  # fragments under frag_mm3 left by the re-thresholding go (other lesions untouched)
-            lab2, n2 = label(mask & inside, 26)
-            sizes2 = np.bincount(lab2.ravel(), minlength=n2 + 1)
-            small = sizes2 < min_voxels(frag_mm3, spacing)
-            small[0] = False
-            mask = mask & ~small[lab2]
-    return mask
+        mask = outline_large(mask, prob, spacing, big_mm3, t_big, frag_mm3, 26)
+    return mask != 0
 
 
 def main() -> None:
