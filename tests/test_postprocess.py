@@ -294,3 +294,16 @@ def test_postprocess_applies_the_outline_after_removal_and_only_above_the_thresh
     # an outline threshold at or below the threshold changes nothing
     same = P.postprocess(probs, min_lesion_mm3=0, large_mm3=4, large_threshold=0.3, **kw)
     assert np.flatnonzero(same[0]).tolist() == [0, 1, 2, 3, 4, 6, 7]
+
+
+def test_vote_fusion_redraws_large_lesions_on_the_planes_mean():
+    # 1D, 1 mm. Votes at 0.3 give lesions [0, 1] and [3, 4]; the outline at 0.5 reads the planes' mean
+    # (0.267, 0.6 | 0.267, 0.533), so it keeps voxels 1 and 4 -- voxel 4 has one vote at 0.5 (1.0, 0.3, 0.3),
+    # so redrawing on votes would have dropped it.
+    probs = {"axial": np.array([[0.4, 0.9, 0.9, 0.4, 1.0]]),
+             "sagittal": np.array([[0.4, 0.9, 0.2, 0.4, 0.3]]),
+             "coronal": np.array([[0.0, 0.0, 0.2, 0.0, 0.3]])}
+    kw = dict(fusion="vote", threshold=0.3, min_lesion_mm3=0, spacing=(1.0, 1.0), connectivity=8)
+    assert np.flatnonzero(P.postprocess(probs, **kw)[0]).tolist() == [0, 1, 3, 4]
+    out = P.postprocess(probs, large_mm3=2, large_threshold=0.5, **kw)
+    assert np.flatnonzero(out[0]).tolist() == [1, 4]
