@@ -99,12 +99,19 @@ def scans(n_fresh: int, n_shifted: int, seed: int, spacing: int) -> Iterator[tup
         yield "shifted", f"shifted-{j:03d}", {"t1": t1, "truth": truth, "affine": affine, "info": info}
 
 
-def predict_masks(predictor: Predictor, t1: np.ndarray, affine: np.ndarray, name: str) -> dict[str, np.ndarray]:
-    """Each plane's mask and the fused mask on the scan's own grid, as ``raxnet predict`` makes them."""
+def scan_probabilities(predictor: Predictor, t1: np.ndarray, affine: np.ndarray, name: str,
+                       ) -> tuple[dict[str, np.ndarray], tuple[float, float, float] | None]:
+    """Each plane's probabilities of a scan as ``raxnet predict`` makes them: on the scan's own grid when it was
+    resampled (with its spacing), else on the weights' grid (spacing ``None``)."""
     img = nib.Nifti1Image(t1, affine)
     on_grid, resampled = to_model_grid(t1, img, predictor.manifest, Path(name))
+    return predictor.scan_probabilities(on_grid, resampled, img, name)
+
+
+def predict_masks(predictor: Predictor, t1: np.ndarray, affine: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """Each plane's mask and the fused mask on the scan's own grid, as ``raxnet predict`` makes them."""
     # probabilities back on the scan's grid when resampled, thresholded there (Predictor.on_scan_grid)
-    probs, spacing = predictor.scan_probabilities(on_grid, resampled, img, name)
+    probs, spacing = scan_probabilities(predictor, t1, affine, name)
     return {method: predictor.mask(probs, spacing=spacing, fusion=None if method == FUSED else method)
             for method in (*PLANES, FUSED)}
 

@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/ for bench_quality
-from bench_quality import scans  # noqa: E402
-
-import nibabel as nib  # noqa: E402
+from bench_quality import scan_probabilities, scans  # noqa: E402
 
 from raxnet.log import progress  # noqa: E402
 from raxnet.postprocess import fused_probability  # noqa: E402
-from raxnet.predict import Predictor, to_model_grid  # noqa: E402
+from raxnet.predict import Predictor  # noqa: E402
 
 
 def main() -> None:
@@ -40,9 +38,7 @@ def main() -> None:
         target = a.out / f"{name}.npz"
         if target.exists():
             continue
-        img = nib.Nifti1Image(subj["t1"], subj["affine"])
-        on_grid, resampled = to_model_grid(subj["t1"], img, pred.manifest, Path(name))
-        probs, spacing = pred.scan_probabilities(on_grid, resampled, img, name)
+        probs, spacing = scan_probabilities(pred, subj["t1"], subj["affine"], name)
         prob = fused_probability(probs, s["fusion"], s["weights"] or None)
         tmp = a.out / f"{name}.tmp.npz"
         np.savez_compressed(tmp, prob=prob.astype(np.float16), truth=subj["truth"].astype(np.uint8),
