@@ -19,6 +19,8 @@ mask. Printed and written under ``--out`` (default ``work/bench/quality/``):
 * ``subject_metrics.csv``: one row per scan x weight set x method (Dice, lesion-wise F1, HD95, ...);
 * ``summary.csv``: mean, SD and median per set x weight set x method (``raxnet.evaluation.summarise``);
 * ``dice_by_volume.csv``: fused Dice by the subject's total lesion volume (< 1 mL, 1-10 mL, > 10 mL);
+* ``dice_by_location.csv``: fused Dice and subjects missed (Dice 0) by the generator's lesion location
+  (cortical, subcortical, both: deep lesions are the ones the networks miss most);
 * ``lesions.csv`` / ``lesion_detection.csv``: every true lesion (26-connected) with its volume and
   whether the fused mask touches it; the share detected per lesion-volume bin (< 1 mL, 1-10, > 10 mL);
 * ``small_lesion_detection.csv``: the lesions under 1 mL split into < 0.01 mL (about one 2 mm model voxel),
@@ -147,6 +149,7 @@ def run(weights: dict[str, Predictor], n_fresh: int, n_shifted: int, seed: int, 
             for method, mask in masks.items():
                 rows.append({"set": set_name, "weights": label_, "subject": name, "method": method, "error": "",
                              "spacing_mm": sp, "lesion_ml": round(subject_ml, 4), "volume_bin": _volume_bin(subject_ml),
+                             "location": subj["info"].get("location", ""),
                              "cpu_s": round(seconds, 2),
                              **evaluate(mask, truth, spacing=(sp, sp, sp), connectivity=conn)})
             for r in lesion_rows(masks[FUSED], truth, voxel_ml, conn):
@@ -171,6 +174,17 @@ def _detection(les: pd.DataFrame) -> pd.DataFrame:
             .agg(lesions="count", detected="sum", share_detected="mean").reset_index())
 
 
+def _by_location(fused: pd.DataFrame) -> pd.DataFrame:
+    """Fused Dice and missed subjects (Dice 0) per set x weight set x the generator's lesion ``location``
+    (cortical / subcortical / both); empty for rows without one (runs written before the column existed)."""
+    if "location" not in fused or not fused["location"].fillna("").astype(str).str.len().any():
+        return pd.DataFrame()
+    with_loc = fused[fused["location"].fillna("").astype(str) != ""].assign(missed=lambda d: d["dice"] == 0)
+    return (with_loc.groupby(["set", "weights", "location"], sort=True)
+            .agg(n=("dice", "count"), dice_mean=("dice", "mean"), dice_median=("dice", "median"),
+                 missed=("missed", "sum"), share_missed=("missed", "mean")).reset_index())
+
+
 def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) -> dict[str, pd.DataFrame]:
     """The benchmark's tables from its per-scan rows (``subject_metrics``) and per-lesion rows (``lesions``);
     ``weight_names`` in display order, the evaluated set first and, if two, the baseline second."""
@@ -182,6 +196,7 @@ def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) ->
     by_volume = (fused.groupby(["set", "weights", "volume_bin"], sort=False)["dice"]
                  .agg(n="count", dice_mean="mean", dice_sd="std", dice_median="median").reset_index())
     detection = _detection(les)
+    by_location = _by_location(fused)
     small = les[les["volume_ml"] < 1.0] if not les.empty else les
     small_detection = _detection(small.assign(volume_bin=small["volume_ml"].map(
         lambda v: _volume_bin(v, SMALL_BINS_ML))) if not small.empty else small)
@@ -191,7 +206,8 @@ def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) ->
         if not t.empty:
             t.sort_values(["set", "volume_bin", "weights"], key=lambda c: c.map(order) if c.name == "volume_bin"
                           else c.map(wrank) if c.name == "weights" else c, inplace=True, kind="stable")
-    tables = {"subject_metrics": df, "summary": summary, "dice_by_volume": by_volume, "lesions": les,
+    tables = {"subject_metrics": df, "summary": summary, "dice_by_volume": by_volume, "dice_by_location": by_location,
+              "lesions": les,
               "lesion_detection": detection, "small_lesion_detection": small_detection}
     if len(weight_names) == 2:  # the first is the evaluated set, the second the baseline
         tables["paired"] = paired_gain(df, *weight_names)
@@ -222,7 +238,7 @@ def paired_gain(df: pd.DataFrame, new: str, base: str, n_boot: int = 10_000, see
 
 def report(tables: dict[str, pd.DataFrame]) -> str:
     """The printed tables: per set and weight set, methods (Dice mean ± sd, median, lesion F1, HD95),
-    then fused Dice by subject-volume bin and lesion detection by lesion-volume bin."""
+    then fused Dice by subject-volume bin and by lesion location, and lesion detection by lesion-volume bin."""
     summary = tables["summary"]
     lines = [format_table(summary.assign(set=summary["set"] + " [" + summary["weights"] + "]"))]
     lines.append("\nfused Dice by the subject's lesion volume (mean ± sd, median, n):")
@@ -230,6 +246,12 @@ def report(tables: dict[str, pd.DataFrame]) -> str:
         sd = "" if not np.isfinite(r["dice_sd"]) else f" ± {r['dice_sd']:.3f}"
         lines.append(f"  {r['set']:<8} [{r['weights']}] {r['volume_bin']:>8}: {r['dice_mean']:.3f}{sd}, "
                      f"median {r['dice_median']:.3f}, n {int(r['n'])}")
+    by_location = tables.get("dice_by_location")
+    if by_location is not None and not by_location.empty:
+        lines.append("\nfused Dice by the lesion's location (generator's label; missed = Dice 0):")
+        for _, r in by_location.iterrows():
+            lines.append(f"  {r['set']:<8} [{r['weights']}] {r['location']:>11}: {r['dice_mean']:.3f}, median "
+                         f"{r['dice_median']:.3f}, missed {int(r['missed'])}/{int(r['n'])}")
     for key, title, width in (
             ("lesion_detection", "lesions detected by the fused mask, by lesion volume (26-connected components):", 8),
             ("small_lesion_detection", "  of which under 1 mL, by size (< 0.01 mL is about one 2 mm model voxel):", 11)):

@@ -114,3 +114,22 @@ def test_small_lesions_are_split_by_size_and_larger_ones_left_out(bench):
     det = tables["lesion_detection"].set_index("volume_bin")
     assert det.loc["<1 mL", "lesions"] == 5 and det.loc["<1 mL", "detected"] == 2  # the target's bin, unchanged
     assert "0.01-0.1 mL: 0/1" in bench.report(tables)
+
+
+def test_dice_by_location_counts_missed_subjects_per_location(bench):
+    rows = _rows("fresh", "new", [0.0, 0.8, 0.0, 0.6, 0.4], [0, 1, 0, 1, 1])
+    for r, loc in zip(rows, ["subcortical", "cortical", "subcortical", "subcortical", "both"]):
+        r["location"] = loc
+    df = pd.DataFrame(rows + _rows("fresh", "new", [0.0], [0], method="axial")).assign(volume_bin="<1 mL", error="")
+    for metric in SUMMARY_METRICS:
+        if metric not in df:
+            df[metric] = np.nan
+    tables = bench.tables_from(df, pd.DataFrame(), ["new"])
+    loc = tables["dice_by_location"].set_index("location")
+    assert loc.loc["subcortical", "n"] == 3 and loc.loc["subcortical", "missed"] == 2  # the axial row is ignored
+    assert loc.loc["subcortical", "dice_mean"] == pytest.approx(0.2)
+    assert loc.loc["subcortical", "share_missed"] == pytest.approx(2 / 3)
+    assert loc.loc["cortical", "missed"] == 0 and loc.loc["both", "dice_median"] == pytest.approx(0.4)
+    assert "subcortical: 0.200, median 0.000, missed 2/3" in bench.report(tables)
+    # runs written before the column existed: no table, no line
+    assert bench.tables_from(df.drop(columns="location"), pd.DataFrame(), ["new"])["dice_by_location"].empty
