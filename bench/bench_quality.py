@@ -207,8 +207,7 @@ def tables_from(df: pd.DataFrame, les: pd.DataFrame, weight_names: list[str]) ->
             t.sort_values(["set", "volume_bin", "weights"], key=lambda c: c.map(order) if c.name == "volume_bin"
                           else c.map(wrank) if c.name == "weights" else c, inplace=True, kind="stable")
     tables = {"subject_metrics": df, "summary": summary, "dice_by_volume": by_volume, "dice_by_location": by_location,
-              "lesions": les,
-              "lesion_detection": detection, "small_lesion_detection": small_detection}
+              "lesions": les, "lesion_detection": detection, "small_lesion_detection": small_detection}
     if len(weight_names) == 2:  # the first is the evaluated set, the second the baseline
         tables["paired"] = paired_gain(df, *weight_names)
     return tables
