@@ -215,8 +215,9 @@ def _choose_postprocessing(f: Mapping[str, Any], out: Path, candidate_rows: list
 
 
 def check_trained_current(work: Path, models: Sequence[FoldModel]) -> None:
-    """Refuse a stage-07 model trained from stage-03/04 tables that have changed since (its run.json
-    records their SHA-256; models without that record, e.g. made by hand, are not checked)."""
+    """Refuse a stage-07 model trained from stage-03/04 tables that have changed since, or a ``model.keras``
+    that is not the one stage 07 wrote (its run.json records the tables' and the model's SHA-256; models
+    without that record, e.g. made by hand, are not checked)."""
     from raxnet.training import input_digests
 
     seen: set[Path] = set()
@@ -225,7 +226,14 @@ def check_trained_current(work: Path, models: Sequence[FoldModel]) -> None:
         if run_json in seen or not run_json.is_file():
             continue
         seen.add(run_json)
-        made = json.loads(run_json.read_text()).get("inputs")
+        info = json.loads(run_json.read_text())
+        wrote = info.get("model_sha256")
+        if wrote is not None and record.sha256_file(m.path) != wrote:
+            raise StageInputError(
+                f"{m.path}: not the model stage 07 wrote (SHA-256 differs from its run.json: replaced or "
+                f"copied from another run); re-train it: 07_train/train.py --work-dir {work} --plane {m.plane} "
+                f"--fold {m.fold} --force")
+        made = info.get("inputs")
         if made is None:
             continue
         now = input_digests(work, m.plane)

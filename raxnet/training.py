@@ -858,6 +858,8 @@ def train_one(
         "params": int(infer.count_params()), "flops_per_slice": flops,
         "input_shape": list(input_shape), "slice_shape": [int(s) for s in sets.slice_shape],
         "seed": seed, "fingerprint": fp, "inputs": inputs, "init_weights": init,
+        # stage 08 refuses a model.keras that is not this one (copied in from another run, say)
+        "model_sha256": record.sha256_file(out / "model.keras"),
         "subjects": {r: int((roles["role"] == r).sum()) for r in ("train", "inner_val", "val")},
         "metrics": metrics, "errors": len(errors),
         "keras_version": keras.__version__, "backend": keras.backend.backend(), "versions": record.versions(),

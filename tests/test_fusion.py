@@ -368,3 +368,22 @@ def test_stage_08_uses_the_run_name_of_stage_07s_settings(tiny_work, tmp_path):
     res = F.run(cfg, {"work_dir": str(copy), "data_root": str(root)})
     assert json.loads((copy / "08_fusion" / "fusion.json").read_text())["model"] == "raxnet-dice"
     assert res["n_subjects"] == 4
+
+
+def test_a_model_keras_swapped_in_after_stage_07_is_refused(tiny_work, tmp_path):
+    """A model.keras that is not the one its run.json records (copied in from another run) must not be fused
+    silently; the recorded one passes."""
+    from raxnet import record
+    from raxnet.errors import StageInputError
+
+    root, work = tiny_work
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("08_fusion"))
+    d = copy / "07_train" / "raxnet" / "axial" / "fold_1"
+    info = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**info, "model_sha256": record.sha256_file(d / "model.keras")}))
+    res = _run(root, copy, qc=False, select=False, methods=["mean"])
+    assert res["n_subjects"] == 4  # recorded model: fused as before
+    shutil.copy(copy / "07_train" / "raxnet" / "axial" / "fold_2" / "model.keras", d / "model.keras")
+    with pytest.raises(StageInputError, match=r"axial/fold_1/model.keras: not the model stage 07 wrote"):
+        _run(root, copy, qc=False, select=False, methods=["mean"])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raxnet import runs, training
+from raxnet import record, runs, training
 from raxnet.errors import ConfigError, StageInputError
 from raxnet.planes import to_slices
 
@@ -122,6 +122,7 @@ def test_outputs_exist(trained: dict) -> None:
     assert 1 <= info["best_epoch"] <= info["epochs_run"] == 3
     assert 0 < info["time_to_best_s"] <= info["train_time_s"]
     assert info["params"] > 0 and info["subjects"]["val"] == 2
+    assert info["model_sha256"] == record.sha256_file(out / "model.keras")  # what stage 08 checks
 
 
 def test_history_has_epochs_and_loss_goes_down(trained: dict) -> None:
