@@ -227,12 +227,7 @@ def check_trained_current(work: Path, models: Sequence[FoldModel]) -> None:
             continue
         seen.add(run_json)
         info = json.loads(run_json.read_text())
-        wrote = info.get("model_sha256")
-        if wrote is not None and record.sha256_file(m.path) != wrote:
-            raise StageInputError(
-                f"{m.path}: not the model stage 07 wrote (SHA-256 differs from its run.json: replaced or "
-                f"copied from another run); re-train it: 07_train/train.py --work-dir {work} --plane {m.plane} "
-                f"--fold {m.fold} --force")
+        m.check_file(work, info)
         made = info.get("inputs")
         if made is None:
             continue

@@ -87,6 +87,18 @@ class FoldModel:
         path = self.folder / "run.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def check_file(self, work: Path, info: dict[str, Any] | None = None) -> None:
+        """StageInputError if ``model.keras`` is not the file stage 07 wrote (``run.json``'s ``model_sha256``;
+        not checked without one, e.g. runs from before it was recorded or models made by hand)."""
+        from raxnet.record import sha256_file
+
+        wrote = (self.run_info() if info is None else info).get("model_sha256")
+        if wrote is not None and sha256_file(self.path) != wrote:
+            raise StageInputError(
+                f"{self.path}: not the model stage 07 wrote (SHA-256 differs from its run.json: replaced or "
+                f"copied from another run); re-train it: 07_train/train.py --work-dir {work} --plane {self.plane} "
+                f"--fold {self.fold} --force")
+
 
 def find_plane_models(run_folder: Path, plane: str) -> list[FoldModel]:
     """All ``fold_<k>/model.keras`` of one plane, sorted by fold, with their inner-validation loss."""

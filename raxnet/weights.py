@@ -209,6 +209,8 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     planes: dict[str, Any] = {}
     # The same choice stage 08 makes: lowest inner-validation loss, never the reported outer fold.
     chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=False)
+    for plane in PLANES:  # every plane's file checked before any is copied
+        chosen[plane][0].check_file(work_dir)
     for plane in PLANES:
         best = chosen[plane][0]
         info = best.run_info()

@@ -42,6 +42,20 @@ def test_export_picks_lowest_inner_validation_loss(tmp_path):
     assert manifest["training_data"] == {"seed": 20261}  # no stage-04 fold table: only the seed
 
 
+def test_export_refuses_a_model_that_is_not_the_one_stage_07_wrote(tmp_path):
+    from raxnet.record import sha256_file
+
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25})
+    d = work / "07_train" / "raxnet" / "sagittal" / "fold_2"
+    info = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**info, "model_sha256": sha256_file(d / "model.keras")}))
+    assert (export_weights(work, tmp_path / "ok") / "sagittal.keras").read_bytes() == b"sagittal-2"
+    (d / "model.keras").write_bytes(b"sagittal-1")  # another run's model copied in
+    with pytest.raises(StageInputError, match=r"sagittal/fold_2/model.keras: not the model stage 07 wrote"):
+        export_weights(work, tmp_path / "swapped")
+    assert not list((tmp_path / "swapped").glob("*.keras"))  # refused before any plane was copied
+
+
 def test_manifest_records_the_subjects_the_models_trained_on(tmp_path):
     work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
     (work / "04_cross_validation").mkdir()
