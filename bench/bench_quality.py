@@ -177,9 +177,11 @@ def _detection(les: pd.DataFrame) -> pd.DataFrame:
 def _by_location(fused: pd.DataFrame) -> pd.DataFrame:
     """Fused Dice and missed subjects (Dice 0) per set x weight set x the generator's lesion ``location``
     (cortical / subcortical / both); empty for rows without one (runs written before the column existed)."""
-    if "location" not in fused or not fused["location"].fillna("").astype(str).str.len().any():
+    if "location" not in fused:
         return pd.DataFrame()
     with_loc = fused[fused["location"].fillna("").astype(str) != ""].assign(missed=lambda d: d["dice"] == 0)
+    if with_loc.empty:
+        return pd.DataFrame()
     return (with_loc.groupby(["set", "weights", "location"], sort=True)
             .agg(n=("dice", "count"), dice_mean=("dice", "mean"), dice_median=("dice", "median"),
                  missed=("missed", "sum"), share_missed=("missed", "mean")).reset_index())

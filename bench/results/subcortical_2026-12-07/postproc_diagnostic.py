@@ -15,47 +15,40 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from bench_quality import _by_location, paired_gain  # noqa: E402
+
+CANDIDATE, SHIPPED = "candidate networks, shipped post-processing", "shipped"
 
 
 def fused(folder: Path, seed: str, label: str | None = None) -> pd.DataFrame:
+    """The fused-mask rows of a bench_quality run, subjects named ``<seed>/<subject>`` (pooled like bench_pool)."""
     df = pd.read_csv(folder / "subject_metrics.csv")
-    df = df[df["method"] == "fused"].assign(seed=seed)
-    if label:
-        df = df.assign(weights=label)
-    return df
+    df = df[df["method"] == "fused"].assign(subject=seed + "/" + df["subject"].astype(str))
+    return df.assign(weights=label) if label else df
 
 
 def main(diag: list[str]) -> None:
     rows = []
     for seed, d in zip(("6363", "7474"), diag):
         bench = fused(HERE / f"seed{seed}", seed)
-        bench["weights"] = bench["weights"].map({"demo": "candidate (stage 08 choice)",
-                                                 "demo (baseline)": "shipped"})
-        rows += [bench, fused(Path(d), seed, "candidate networks, shipped post-processing")]
+        bench["weights"] = bench["weights"].map({"demo": "candidate (stage 08 choice)", "demo (baseline)": SHIPPED})
+        rows += [bench, fused(Path(d), seed, CANDIDATE)]
     df = pd.concat(rows, ignore_index=True)
-    loc = pd.concat([fused(HERE / f"seed{s}", s)[["subject", "seed", "location"]] for s in ("6363", "7474")])
-    df = df.drop(columns="location", errors="ignore").merge(loc.drop_duplicates(), on=["subject", "seed"])
-    df["missed"] = df["dice"] == 0
     pd.set_option("display.width", 160)
+    by_location = _by_location(df).set_index(["set", "location", "weights"])[["n", "dice_mean", "missed"]]
     for set_name, g in df.groupby("set"):
         print(f"\n[{set_name}] fused mask, seeds 6363 + 7474 pooled")
         print(g.groupby("weights")[["dice", "lesion_f1"]].mean().round(3).to_string())
-        by = g.groupby(["location", "weights"]).agg(n=("dice", "size"), dice=("dice", "mean"),
-                                                    missed=("missed", "sum"))
-        print(by.round(3).to_string())
-        vb = g.groupby(["volume_bin", "weights"])["dice"].mean().round(3)
-        print(vb.to_string())
-    print("\npaired vs shipped, candidate networks with the shipped post-processing (bootstrap 10,000, seed 0):")
-    for (set_name, metric) in (("fresh", "dice"), ("fresh", "lesion_f1"), ("shifted", "dice"), ("shifted", "lesion_f1")):
-        g = df[df["set"] == set_name].pivot_table(index=["seed", "subject"], columns="weights", values=metric)
-        d = (g["candidate networks, shipped post-processing"] - g["shipped"]).dropna().to_numpy(float)
-        lo, hi = np.percentile(np.random.default_rng(0).choice(d, (10_000, d.size)).mean(axis=1), [2.5, 97.5])
-        print(f"  {set_name:<8} {metric:<9} gain {d.mean():+.3f} ({lo:+.3f} .. {hi:+.3f}), n {d.size}, "
-              f"{int((d > 0.01).sum())} better / {int((d < -0.01).sum())} worse")
+        print(by_location.loc[set_name].sort_index().round(3).to_string())
+        print(g.groupby(["volume_bin", "weights"])["dice"].mean().round(3).to_string())
+    print(f"\npaired vs {SHIPPED}, {CANDIDATE} (bench_quality.paired_gain: bootstrap 10,000, seed 0):")
+    for _, r in paired_gain(df, CANDIDATE, SHIPPED).iterrows():
+        print(f"  {r['set']:<8} {r['metric']:<9} gain {r['gain']:+.3f} ({r['ci_low']:+.3f} .. {r['ci_high']:+.3f}), "
+              f"n {int(r['n'])}, {int(r['better'])} better / {int(r['worse'])} worse")
 
 
 if __name__ == "__main__":
