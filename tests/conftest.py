@@ -1,6 +1,9 @@
 """Test-wide settings: quiet TensorFlow, CPU only, TensorFlow backend unless told otherwise."""
 
+import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -72,3 +75,21 @@ def run_stage(main, argv, capsys):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+
+
+@contextmanager
+def log_records(name: str, level: int = logging.WARNING) -> Iterator[list[logging.LogRecord]]:
+    """The log records of logger ``name`` at ``level`` or above, collected while the block runs (the raxnet
+    logger does not propagate to pytest's caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, old or level))
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)

@@ -533,26 +533,9 @@ def test_dataset_classes_are_loaded_on_first_use():
 
 # ------------------------------------------------------------------ hand-made inputs, known answers
 def _records(name: str = "raxnet.batches", level: int = 20):
-    """Collect the log records of ``name`` (the raxnet logger does not propagate to pytest's caplog)."""
-    import logging
-    from contextlib import contextmanager
+    from conftest import log_records
 
-    @contextmanager
-    def cm():
-        records: list = []
-        handler = logging.Handler(level)
-        handler.emit = records.append
-        logger = logging.getLogger(name)
-        old = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(min(level, old or level))
-        try:
-            yield records
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(old)
-
-    return cm()
+    return log_records(name, level)
 
 
 def test_bin_sort_key_reads_the_lower_edge_in_any_notation():

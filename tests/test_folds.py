@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -414,18 +413,10 @@ def test_fold_stats_every_row_recomputed(data, result):
 
 
 # ------------------------------------------------------------------ hand-made tables, known answers
-@contextmanager
 def _records(name: str = "raxnet.folds"):
-    """Log records of ``name`` (the raxnet logger does not propagate to pytest's caplog)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
+    from conftest import log_records
+
+    return log_records(name)
 
 
 def test_largest_remainder_small_totals_and_integer_result():
@@ -837,22 +828,12 @@ def test_make_folds_hands_the_search_the_documented_features(monkeypatch):
 
 
 def test_make_folds_logs_the_search_score(monkeypatch):
-    import logging
+    from conftest import log_records
 
     monkeypatch.setattr(folds, "assign_folds", lambda *a: (np.array([0, 1, 0, 1]), 0.1234))
     split, slices = _tiny()
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append
-    logger = logging.getLogger("raxnet.folds")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with log_records("raxnet.folds", logging.INFO) as records:
         make_folds(split, slices, 2, **FAST)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert [r.getMessage() for r in records if r.levelno == logging.INFO] == [
         "fold search: imbalance score 0.1234 (4 subjects, k=2)"]
 

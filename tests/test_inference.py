@@ -241,6 +241,8 @@ def test_tta_is_off_by_default():
 def test_model_cache_loads_once_without_compiling_and_forgets(tmp_path):
     import logging
 
+    from conftest import log_records
+
     from raxnet.errors import StageInputError
     from raxnet.inference import ModelCache, load_model
 
@@ -253,19 +255,9 @@ def test_model_cache_loads_once_without_compiling_and_forgets(tmp_path):
     assert getattr(keras.saving.load_model(a), "optimizer", None) is not None
     assert getattr(load_model(a), "optimizer", None) is None
     cache = ModelCache()
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append  # the raxnet logger does not propagate to pytest's caplog
-    logger = logging.getLogger("raxnet.inference")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with log_records("raxnet.inference", logging.INFO) as records:
         first = cache.get(a)
         assert cache.get(str(a)) is first
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert [r.getMessage() for r in records] == [f"loading {a}"]
     cache.get(b)
     cache.keep_only([b])
