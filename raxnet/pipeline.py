@@ -101,7 +101,7 @@ def run_demo(cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         predicted = _timed("raxnet predict (one hold-out scan)", _predict, timings)
         update_report(work, "predict")  # the run report links the prediction's own report
     summary = {"timings": timings, "work_dir": str(work), "predicted": predicted, "weights": str(weights_dir),
-               "init_weights": str(train_cfg["init_weights"])}
+               "init_weights": str(train_cfg["init_weights"]), "adopted": int(train_cfg["epochs"]) == 0}
     print_summary(work, summary)
     return summary
 
@@ -115,7 +115,10 @@ def print_summary(work: Path, summary: dict[str, Any]) -> None:
         if path.exists():
             print(f"  {folder:<22} {path}/")
     print(f"  {'weight set':<22} {summary['weights']}/")
-    if summary.get("init_weights"):
+    if summary.get("init_weights") and summary.get("adopted"):
+        print(f"\nThe plane networks are those of {summary['init_weights']}, adopted untrained ([train] epochs = 0); "
+              "stage 08 chose their post-processing on this run's out-of-fold subjects.")
+    elif summary.get("init_weights"):
         print(f"\nThe plane networks were fine-tuned from {summary['init_weights']} ([train] init_weights; "
               "configs/demo_scratch.toml trains from scratch).")
     fusion_summary = stage_dir(work, "fusion") / "summary.csv"

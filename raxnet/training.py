@@ -61,7 +61,9 @@ log = get_logger(__name__)
 DEFAULTS: dict[str, Any] = {
     "model": "raxnet",  # model(s) to train, comma-separated for compare mode (raxnet.models.MODEL_NAMES)
     "loss": DEFAULT_LOSS,  # loss(es), comma-separated for compare mode (raxnet.losses.LOSS_NAMES)
-    "epochs": 60,  # maximum epochs (early stopping usually ends sooner)
+    "epochs": 60,  # maximum epochs (early stopping usually ends sooner); 0 adopts the init_weights networks
+    # as they are, untrained: stage 08 then fuses them and chooses their post-processing on this run's
+    # out-of-fold subjects
     "validation_steps": 0,  # inner-validation batches per epoch; 0 = all
     "optimizer": "adamw",  # adam | adamw
     "learning_rate": 1e-3,  # initial learning rate
@@ -144,9 +146,11 @@ def settings(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"[train].schedule: {t['schedule']!r} not one of {', '.join(_SCHEDULES)}")
     if str(t["optimizer"]).lower() not in _OPTIMIZERS:
         raise ConfigError(f"[train].optimizer: {t['optimizer']!r} not one of {', '.join(_OPTIMIZERS)}")
-    for key in ("epochs",):
-        if int(t[key]) < 1:
-            raise ConfigError(f"[train].{key} must be >= 1")
+    if int(t["epochs"]) < 0:
+        raise ConfigError("[train].epochs must be >= 0")
+    if int(t["epochs"]) == 0 and not str(t["init_weights"]):
+        raise ConfigError("[train].epochs = 0 adopts the [train].init_weights networks without training: "
+                          "set init_weights to a weight set (raxnet export-weights), or epochs >= 1")
     for key in ("validation_steps", "patience", "lr_patience"):
         if int(t[key]) < 0:
             raise ConfigError(f"[train].{key} must be >= 0")
@@ -201,6 +205,8 @@ def _fingerprint(train: dict, model_cfg: dict, arrays: dict, model_name: str, lo
         key["augment"] = augment
     if init:  # a warm start is another run, and so are other starting weights (by content: the folder may move)
         key["init_sha256"] = init["sha256"]
+    if int(train["epochs"]) == 0:  # an adopted network is not a trained run cut short, nor the reverse
+        key["adopted"] = True
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -270,6 +276,43 @@ def check_init_inputs(weights_dir: str | Path, work_dir: str | Path) -> None:
     if differ:
         raise ConfigError(f"[train].init_weights: {Path(weights_dir) / 'weights.json'} was trained on inputs prepared "
                           f"otherwise than {convert_dir / 'convert.json'} ({'; '.join(differ)}): set [convert] to match")
+
+
+def _training_records(weights_dir: str | Path) -> Iterator[tuple[Path, list, list[str] | None]]:
+    """``(manifest, seeds, subjects or None)`` for a weight set and, through ``training_data.init_weights``, for
+    the weight sets it was fine-tuned from (``None``: that set's manifest is gone, its subjects unknown)."""
+    from raxnet.weights import read_manifest
+
+    data = read_manifest(weights_dir).get("training_data", {})
+    seeds = data.get("seed")
+    subjects = data.get("subjects_trained_on")
+    yield Path(weights_dir) / "weights.json", seeds if isinstance(seeds, list) else [seeds], subjects
+    for folder in sorted({str(e.get("weights", "")) for e in data.get("init_weights", {}).values()} - {""}):
+        if (Path(folder) / "weights.json").is_file():
+            yield from _training_records(folder)
+        else:
+            seeds = [e.get("training_data", {}).get("seed") for e in data["init_weights"].values()
+                     if str(e.get("weights", "")) == folder]
+            yield Path(folder) / "weights.json", seeds, None
+
+
+def check_adoptable(weights_dir: str | Path, seed: int, val_subjects: Sequence[str]) -> None:
+    """ConfigError when networks adopted without training (``epochs = 0``) would be evaluated on subjects they
+    were trained on: the weight set, or one it was fine-tuned from, records this run's seed and lists some of
+    these outer-validation subjects among its training subjects (the same synthetic subjects, or the same scans).
+    A starting weight set with this seed whose subject list is gone gets a warning: it cannot be checked."""
+    for manifest, seeds, subjects in _training_records(weights_dir):
+        if int(seed) not in seeds:
+            continue
+        if subjects is None:
+            log.warning("%s: trained on seed %d, like this run, and its subject list is not at hand: make sure "
+                        "it did not train on this fold's outer-validation subjects", manifest, seed)
+            continue
+        seen = sorted(set(map(str, subjects)) & set(map(str, val_subjects)))
+        if seen:
+            raise ConfigError(f"[train].init_weights: {manifest} was trained on seed {seed} and on {len(seen)} of "
+                              f"this fold's outer-validation subjects (e.g. {seen[0]}): adopting it would score and "
+                              "choose post-processing on its own training data")
 
 
 def initialise_from(model: Any, init: Mapping[str, Any]) -> None:
@@ -718,6 +761,7 @@ def train_one(
     fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment, init)
     inputs = input_digests(run["work_dir"], plane)
     epochs = int(train["epochs"])
+    adopt = epochs == 0  # settings() made sure init_weights names the networks to adopt
     tag = f"{run_name(model_name, loss_name)}/{plane}/fold_{fold}"
 
     removed = clean_temp_files(out, recursive=False)  # left by a killed run
@@ -776,6 +820,8 @@ def train_one(
     val_subjects = sorted(roles.loc[roles["role"] == "val", "subject"].astype(str))
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise StageInputError(f"{tag}: empty training or inner validation set")
+    if adopt:
+        check_adoptable(train["init_weights"], seed, val_subjects)
     input_shape = tuple(int(s) for s in sets.input_shape)
 
     with _precision(bool(train["mixed_precision"])), _strategy_scope():
@@ -792,31 +838,36 @@ def train_one(
             )
             if init:
                 initialise_from(model, init)
-                log.info("%s: initialised from %s (fine-tuning)", tag, init["file"])
-            model.compile(
-                optimizer=_optimizer(train, epochs * len(train_ds)),
-                loss=losses.get_loss(loss_name),
-                metrics=[losses.DiceMetric(name="dice")],
-            )
-        if train["xla"]:
+                log.info("%s: %s %s", tag, "adopted as is (epochs = 0, no training):" if adopt
+                         else "initialised from (fine-tuning)", init["file"])
+            if not adopt:  # an adopted network is only evaluated and saved
+                model.compile(
+                    optimizer=_optimizer(train, epochs * len(train_ds)),
+                    loss=losses.get_loss(loss_name),
+                    metrics=[losses.DiceMetric(name="dice")],
+                )
+        if train["xla"] and not adopt:
             model.jit_compile = True
         remaining = 0 if state["stopped_early"] else max(0, epochs - state["epoch"])
         log.info(
             "%s: %d params, input %s, %d train / %d inner-val batches per epoch, epochs %d..%d",
             tag, model.count_params(), input_shape, len(train_ds), len(val_ds), state["epoch"] + 1, epochs,
         )
+        from raxnet.datasets import as_tf_data
+
+        parallel = int(section(cfg, "arrays", batches.DEFAULTS)["workers"])
+        tf_feeds = keras.backend.backend() == "tensorflow"  # other backends read the PyDatasets themselves
+        val_feed = as_tf_data(val_ds, parallel=parallel) if tf_feeds else val_ds
+        if adopt:  # its inner-validation loss ranks it among folds as a trained model's best epoch does
+            model.compile(loss=losses.get_loss(loss_name))
+            state["best_val_loss"] = float(model.evaluate(val_feed, steps=len(val_ds), verbose=0))
+            log.info("%s: inner-validation loss of the adopted model %.4f", tag, state["best_val_loss"])
         if remaining:
             monitor = _monitor_class()(out, state, history, train)
             callbacks = [keras.callbacks.TerminateOnNaN()]
             if int(train["bn_recalibration_batches"]) > 0:
                 callbacks.append(_precise_bn_class()(train_ds, int(train["bn_recalibration_batches"])))
-            from raxnet.datasets import as_tf_data
-
-            parallel = int(section(cfg, "arrays", batches.DEFAULTS)["workers"])
-            feed, val_feed = train_ds, val_ds  # other backends (JAX, PyTorch) read the PyDatasets themselves
-            if keras.backend.backend() == "tensorflow":
-                feed = as_tf_data(train_ds, state["epoch"], epochs, parallel)
-                val_feed = as_tf_data(val_ds, parallel=parallel)
+            feed = as_tf_data(train_ds, state["epoch"], epochs, parallel) if tf_feeds else train_ds
             model.fit(
                 feed, steps_per_epoch=len(train_ds), validation_data=val_feed, epochs=epochs,
                 initial_epoch=state["epoch"],
@@ -826,7 +877,7 @@ def train_one(
                 shuffle=False,
             )
         write_curves(out, history, tag)
-        if state["best_epoch"] == 0:
+        if state["best_epoch"] == 0 and not adopt:
             raise RaxnetError(f"{tag}: no finite inner validation loss in {state['epoch']} epochs (diverged?)")
         if train["restore_best"] and state.get("best_weights") and (out / state["best_weights"]).is_file():
             model.load_weights(str(out / state["best_weights"]))
@@ -857,7 +908,7 @@ def train_one(
         "train_time_s": float(state["train_time_s"]), "time_to_best_s": float(state["time_to_best_s"]),
         "params": int(infer.count_params()), "flops_per_slice": flops,
         "input_shape": list(input_shape), "slice_shape": [int(s) for s in sets.slice_shape],
-        "seed": seed, "fingerprint": fp, "inputs": inputs, "init_weights": init,
+        "seed": seed, "fingerprint": fp, "inputs": inputs, "init_weights": init, "adopted": adopt,
         # stage 08 refuses a model.keras that is not this one (copied in from another run, say)
         "model_sha256": record.sha256_file(out / "model.keras"),
         "subjects": {r: int((roles["role"] == r).sum()) for r in ("train", "inner_val", "val")},
@@ -867,9 +918,9 @@ def train_one(
     }
     save_json(info, out / "run.json")
     log.info(
-        "%s: best epoch %d/%d, lesion-slice Dice %.3f, all-slice Dice %.3f, 3D Dice %.3f",
-        tag, info["best_epoch"], info["epochs_run"], summary["lesion_slice_dice"], summary["all_slice_dice"],
-        summary["dice_3d_mean"],
+        "%s: %s, lesion-slice Dice %.3f, all-slice Dice %.3f, 3D Dice %.3f", tag,
+        "adopted, not trained" if adopt else f"best epoch {info['best_epoch']}/{info['epochs_run']}",
+        summary["lesion_slice_dice"], summary["all_slice_dice"], summary["dice_3d_mean"],
     )
     return info
 
@@ -1023,7 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", help="outer validation fold: a number, a comma list or all")
     parser.add_argument("--model", help="model name(s), comma-separated (raxnet, unet, attention_unet, xception_unet)")
     parser.add_argument("--loss", help="loss name(s), comma-separated (default tversky_focal)")
-    parser.add_argument("--epochs", type=int, help="maximum epochs")
+    parser.add_argument("--epochs", type=int, help="maximum epochs; 0 with --init-weights adopts that weight set's networks untrained (evaluated, then fused and post-processed by stage 08)")
     parser.add_argument("--steps-per-epoch", type=int,
                         help="training batches per epoch ([arrays].steps_per_epoch; 0 = every lesion slice once)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,

@@ -163,12 +163,16 @@ def training_data(work_dir: Path, planes: dict[str, Any], chosen: dict[str, list
     inits = [chosen[p][0].run_info().get("init_weights") for p in planes]
     if any(inits):  # fine-tuned: the starting weights' training data counts as seen too
         record["init_weights"] = {p: i for p, i in zip(planes, inits) if i}
+    # adopted untrained (epochs = 0): this run's subjects only chose the post-processing; the seed stays recorded
+    trained = [p for p in planes if not chosen[p][0].run_info().get("adopted")]
+    if len(trained) < len(planes):
+        record["adopted"] = sorted(set(planes) - set(trained))
     try:
         folds = read_subject_folds(work_dir)
     except StageInputError:
         return record
     seen: set[str] = set()
-    for plane in planes:  # a plane model trained on every fold but its own outer-validation fold
+    for plane in trained:  # a plane model trained on every fold but its own outer-validation fold
         seen |= set(folds.loc[folds["fold"] != planes[plane]["fold"], "subject"].astype(str))
     seen_list = sorted(seen)
     record.update(n_subjects_trained_on=len(seen_list), subjects_trained_on=seen_list)

@@ -299,13 +299,16 @@ def test_parse_folds() -> None:
 
 def test_settings_validation() -> None:
     assert training.settings({})["loss"] == "tversky_focal"
-    for bad in ({"schedule": "step"}, {"optimizer": "sgd"}, {"epochs": 0}, {"lr_factor": 1.5}, {"bogus": 1}):
+    for bad in ({"schedule": "step"}, {"optimizer": "sgd"}, {"epochs": -1}, {"lr_factor": 1.5}, {"bogus": 1}):
         with pytest.raises(ConfigError):
             training.settings({"train": bad})
     with pytest.raises(ConfigError, match="unknown model"):
         training.model_names({"train": {"model": "raxnet,resnet"}})
     with pytest.raises(ConfigError, match="unknown loss"):
         training.loss_names({"train": {"loss": "dice,l2"}})
+    with pytest.raises(ConfigError, match="epochs = 0 adopts the .train.\\.init_weights networks"):
+        training.settings({"train": {"epochs": 0}})
+    assert training.settings({"train": {"epochs": 0, "init_weights": "weights/demo"}})["epochs"] == 0
     assert training.model_names({"train": {"model": "unet, raxnet,unet"}}) == ["unet", "raxnet"]
 
 
@@ -499,6 +502,67 @@ def test_init_weights_starts_from_the_weight_set_and_records_it(trained: dict, t
     with pytest.raises(ConfigError, match=r"axial\.keras: \[train\]\.init_weights model does not match"):
         training.train_one(wider, {**run, "work_dir": str(make_work_dir(tmp_path / "x"))}, PLANE, 1, MODEL,
                            "tversky_focal")
+
+
+def test_epochs_0_adopts_the_weight_set_untrained_and_evaluates_it(trained: dict, tmp_path: Path) -> None:
+    import keras
+
+    source = _weight_set(tmp_path / "ws", trained["out"] / "model.keras", seed=99)
+    work = make_work_dir(tmp_path / "w", seed=3)
+    run = {"work_dir": str(work), "seed": 7, "jobs": 1}
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    info = training.train_one(_cfg(0, init_weights=str(source)), run, PLANE, 1, MODEL, "tversky_focal")
+    assert info["adopted"] is True and info["epochs_run"] == 0 and info["best_epoch"] == 0
+    assert 0.0 < info["best_val_loss"] < 10.0  # its inner-validation loss: folds are ranked as trained ones are
+    assert info["model_sha256"] == record.sha256_file(out / "model.keras")
+    assert not (out / "history.csv").exists() and not (out / "state.json").exists()
+    src = keras.saving.load_model(str(source / "axial.keras"), compile=False).get_weights()
+    got = keras.saving.load_model(str(out / "model.keras"), compile=False).get_weights()
+    assert len(src) == len(got)
+    for a, b in zip(src, got):  # every weight, batch-norm statistics included, as in the weight set
+        np.testing.assert_array_equal(a, b)
+    # evaluated on fold 1's outer-validation subjects like a trained model
+    assert sorted(pd.read_csv(out / "subject_dice.csv")["subject"]) == SUBJECTS[:2]
+    assert 0.0 <= pd.read_csv(out / "metrics.csv")["dice_3d_mean"].iloc[0] <= 1.0
+    again = training.train_one(_cfg(0, init_weights=str(source)), run, PLANE, 1, MODEL, "tversky_focal")
+    assert again == info  # finished: skipped
+    # asking for training after adopting trains (a new run); going back to adopting is refused until --force
+    tuned = training.train_one(_cfg(1, init_weights=str(source), bn_recalibration_batches=0), run, PLANE, 1, MODEL,
+                               "tversky_focal")
+    assert tuned["adopted"] is False and tuned["epochs_run"] == 1
+    with pytest.raises(StageInputError, match="pass --force"):
+        training.train_one(_cfg(0, init_weights=str(source)), run, PLANE, 1, MODEL, "tversky_focal")
+
+
+def test_adopting_networks_on_their_own_training_subjects_is_refused(trained: dict, tmp_path: Path) -> None:
+    from conftest import log_records
+
+    source = _weight_set(tmp_path / "ws", trained["out"] / "model.keras", seed=7)
+    manifest = json.loads((source / "weights.json").read_text())
+    manifest["training_data"]["subjects_trained_on"] = SUBJECTS[1:]  # fold 1 is SUBJECTS[:2]
+    (source / "weights.json").write_text(json.dumps(manifest))
+    training.check_adoptable(source, 8, SUBJECTS[:2])  # another seed: other subjects under the same names
+    training.check_adoptable(source, 7, SUBJECTS[:1])  # the same seed, none of them trained on
+    with pytest.raises(ConfigError, match=r"weights\.json was trained on seed 7 and on 1 of this fold's"):
+        training.check_adoptable(source, 7, SUBJECTS[:2])
+    # fine-tuned (seed 99) from that set: its starting weights count too, and cannot be checked once gone
+    tuned = _weight_set(tmp_path / "tuned", trained["out"] / "model.keras", seed=99)
+    manifest = json.loads((tuned / "weights.json").read_text())
+    manifest["training_data"]["init_weights"] = {PLANE: {"weights": str(source), "training_data": {"seed": 7}}}
+    (tuned / "weights.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"ws/weights\.json was trained on seed 7"):
+        training.check_adoptable(tuned, 7, SUBJECTS[:2])
+    training.check_adoptable(tuned, 99, SUBJECTS[4:])  # its own seed, its subjects not recorded: nothing to compare
+    (source / "weights.json").rename(source / "gone.json")
+    with log_records("raxnet.training") as recs:
+        training.check_adoptable(tuned, 7, SUBJECTS[:2])
+    assert len(recs) == 1
+    assert "ws/weights.json: trained on seed 7, like this run, and its subject list is not at hand" in recs[0].getMessage()
+    (source / "gone.json").rename(source / "weights.json")
+    work = make_work_dir(tmp_path / "w")
+    with pytest.raises(ConfigError, match="sub-t02"):
+        training.train_one(_cfg(0, init_weights=str(source)), {"work_dir": str(work), "seed": 7, "jobs": 1}, PLANE,
+                           1, MODEL, "tversky_focal")
 
 
 def test_context_trains_and_evaluates_a_2p5d_model(trained: dict, tmp_path: Path) -> None:

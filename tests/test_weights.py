@@ -66,6 +66,24 @@ def test_manifest_records_the_subjects_the_models_trained_on(tmp_path):
     assert data == {"seed": 20261, "n_subjects_trained_on": 3, "subjects_trained_on": ["a", "c", "d"]}
 
 
+def test_manifest_of_adopted_networks_lists_no_run_subject_as_trained_on(tmp_path):
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
+    (work / "04_cross_validation").mkdir()
+    pd.DataFrame({"subject": ["a", "b", "c", "d"], "fold": [1, 2, 3, 3]}).to_csv(
+        work / "04_cross_validation" / "subject_folds.csv", index=False)
+    d = work / "07_train" / "raxnet" / "coronal" / "fold_2"
+    (d / "run.json").write_text(json.dumps({**json.loads((d / "run.json").read_text()), "adopted": True}))
+    data = read_manifest(export_weights(work, tmp_path / "w"))["training_data"]
+    # coronal was adopted untrained (stage 07 --epochs 0): only axial and sagittal trained on a, c, d
+    assert data["adopted"] == ["coronal"] and data["subjects_trained_on"] == ["a", "c", "d"]
+    for plane in ("axial", "sagittal"):
+        info = json.loads((work / "07_train" / "raxnet" / plane / "fold_2" / "run.json").read_text())
+        (work / "07_train" / "raxnet" / plane / "fold_2" / "run.json").write_text(json.dumps({**info, "adopted": True}))
+    data = read_manifest(export_weights(work, tmp_path / "w2"))["training_data"]
+    assert data == {"seed": 20261, "adopted": ["axial", "coronal", "sagittal"], "n_subjects_trained_on": 0,
+                    "subjects_trained_on": []}
+
+
 def test_manifest_errors(tmp_path):
     with pytest.raises(InputError, match="weight manifest not found"):
         read_manifest(tmp_path)
