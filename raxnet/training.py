@@ -1074,7 +1074,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", help="outer validation fold: a number, a comma list or all")
     parser.add_argument("--model", help="model name(s), comma-separated (raxnet, unet, attention_unet, xception_unet)")
     parser.add_argument("--loss", help="loss name(s), comma-separated (default tversky_focal)")
-    parser.add_argument("--epochs", type=int, help="maximum epochs; 0 with --init-weights adopts that weight set's networks untrained (evaluated, then fused and post-processed by stage 08)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs; 0 with --init-weights adopts that weight set's "
+                        "networks untrained (evaluated here, then fused and post-processed by stage 08)")
     parser.add_argument("--steps-per-epoch", type=int,
                         help="training batches per epoch ([arrays].steps_per_epoch; 0 = every lesion slice once)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,

@@ -557,7 +557,8 @@ def test_adopting_networks_on_their_own_training_subjects_is_refused(trained: di
     with log_records("raxnet.training") as recs:
         training.check_adoptable(tuned, 7, SUBJECTS[:2])
     assert len(recs) == 1
-    assert "ws/weights.json: trained on seed 7, like this run, and its subject list is not at hand" in recs[0].getMessage()
+    message = recs[0].getMessage()
+    assert "ws/weights.json: trained on seed 7, like this run, and its subject list is not at hand" in message
     (source / "gone.json").rename(source / "weights.json")
     work = make_work_dir(tmp_path / "w")
     with pytest.raises(ConfigError, match="sub-t02"):
