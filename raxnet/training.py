@@ -850,8 +850,9 @@ def train_one(
             model.jit_compile = True
         remaining = 0 if state["stopped_early"] else max(0, epochs - state["epoch"])
         log.info(
-            "%s: %d params, input %s, %d train / %d inner-val batches per epoch, epochs %d..%d",
-            tag, model.count_params(), input_shape, len(train_ds), len(val_ds), state["epoch"] + 1, epochs,
+            "%s: %d params, input %s, %d train / %d inner-val batches per epoch, %s", tag, model.count_params(),
+            input_shape, len(train_ds), len(val_ds),
+            "no training" if adopt else f"epochs {state['epoch'] + 1}..{epochs}",
         )
         from raxnet.datasets import as_tf_data
 
