@@ -209,12 +209,12 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     # subjects.csv stores image paths relative to the run's data root (its config.toml).
     first_t1 = resolve_data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
     ref = load_nifti(first_t1)
-    out_dir.mkdir(parents=True, exist_ok=True)
     planes: dict[str, Any] = {}
     # The same choice stage 08 makes: lowest inner-validation loss, never the reported outer fold.
     chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=False)
-    for plane in PLANES:  # every plane's file checked before any is copied
+    for plane in PLANES:  # every plane's file checked before any is copied (or the folder made)
         chosen[plane][0].check_file(work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for plane in PLANES:
         best = chosen[plane][0]
         info = best.run_info()
