@@ -156,20 +156,33 @@ def training_data(work_dir: Path, planes: dict[str, Any], chosen: dict[str, list
     """Which data the exported models saw: the run's seed and the subjects outside each model's outer fold.
 
     Lets a user check that an evaluation set shares no subject (and no generator seed) with training.
-    Without stage 04's fold table (an imported run) only the seed is recorded.
+    Without stage 04's fold table (an imported run) only the seed is recorded. Networks adopted untrained
+    from one weight set (stage 07 ``epochs = 0``) carry that set's record, plus the seed and outer-fold
+    subjects this run chose their post-processing on (``post_processing_chosen_on``).
     """
-    seeds = {chosen[p][0].run_info().get("seed") for p in planes}
+    infos = {p: chosen[p][0].run_info() for p in planes}
+    seeds = {infos[p].get("seed") for p in planes}
     record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
-    inits = [chosen[p][0].run_info().get("init_weights") for p in planes]
-    if any(inits):  # fine-tuned: the starting weights' training data counts as seen too
-        record["init_weights"] = {p: i for p, i in zip(planes, inits) if i}
-    # adopted untrained (epochs = 0): this run's subjects only chose the post-processing; the seed stays recorded
-    trained = [p for p in planes if not chosen[p][0].run_info().get("adopted")]
-    if len(trained) < len(planes):
-        record["adopted"] = sorted(set(planes) - set(trained))
     try:
         folds = read_subject_folds(work_dir)
     except StageInputError:
+        folds = None
+    # adopted untrained (stage 07 epochs = 0): the networks are another weight set's, this run only chose the
+    # post-processing (on each model's outer fold)
+    trained = [p for p in planes if not infos[p].get("adopted")]
+    sources = {str((infos[p].get("init_weights") or {}).get("weights", "")) for p in planes}
+    if not trained and len(sources) == 1 and (Path(src := sources.pop()) / MANIFEST).is_file():
+        chose = {"seed": record["seed"]}
+        if folds is not None:
+            oof = sorted(set(folds.loc[folds["fold"].isin([planes[p]["fold"] for p in planes]), "subject"].astype(str)))
+            chose.update(n_subjects=len(oof), subjects=oof)
+        return {**read_manifest(src).get("training_data", {}), "adopted_from": src, "post_processing_chosen_on": chose}
+    inits = [infos[p].get("init_weights") for p in planes]
+    if any(inits):  # fine-tuned: the starting weights' training data counts as seen too
+        record["init_weights"] = {p: i for p, i in zip(planes, inits) if i}
+    if len(trained) < len(planes):
+        record["adopted"] = sorted(set(planes) - set(trained))
+    if folds is None:
         return record
     seen: set[str] = set()
     for plane in trained:  # a plane model trained on every fold but its own outer-validation fold

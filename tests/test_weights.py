@@ -66,22 +66,33 @@ def test_manifest_records_the_subjects_the_models_trained_on(tmp_path):
     assert data == {"seed": 20261, "n_subjects_trained_on": 3, "subjects_trained_on": ["a", "c", "d"]}
 
 
-def test_manifest_of_adopted_networks_lists_no_run_subject_as_trained_on(tmp_path):
-    work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
+def test_manifest_of_adopted_networks_carries_their_training_data(tmp_path):
+    (tmp_path / "run").mkdir()
+    work = fake_run(tmp_path / "run", {1: 0.40, 2: 0.25, 3: 0.31})
     (work / "04_cross_validation").mkdir()
     pd.DataFrame({"subject": ["a", "b", "c", "d"], "fold": [1, 2, 3, 3]}).to_csv(
         work / "04_cross_validation" / "subject_folds.csv", index=False)
-    d = work / "07_train" / "raxnet" / "coronal" / "fold_2"
-    (d / "run.json").write_text(json.dumps({**json.loads((d / "run.json").read_text()), "adopted": True}))
+    # the weight set the networks are then adopted from (stage 07 --epochs 0): trained on a, c, d of seed 20261
+    source = export_weights(work, tmp_path / "source")
+    trained_on = {"seed": 20261, "n_subjects_trained_on": 3, "subjects_trained_on": ["a", "c", "d"]}
+    assert read_manifest(source)["training_data"] == trained_on
+
+    def adopt(plane, folder=source):
+        d = work / "07_train" / "raxnet" / plane / "fold_2"
+        info = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps({**info, "adopted": True, "init_weights": {"weights": str(folder)}}))
+
+    adopt("coronal")
     data = read_manifest(export_weights(work, tmp_path / "w"))["training_data"]
-    # coronal was adopted untrained (stage 07 --epochs 0): only axial and sagittal trained on a, c, d
+    # one plane adopted: axial and sagittal trained on a, c, d; the coronal network's data is its source's
     assert data["adopted"] == ["coronal"] and data["subjects_trained_on"] == ["a", "c", "d"]
-    for plane in ("axial", "sagittal"):
-        info = json.loads((work / "07_train" / "raxnet" / plane / "fold_2" / "run.json").read_text())
-        (work / "07_train" / "raxnet" / plane / "fold_2" / "run.json").write_text(json.dumps({**info, "adopted": True}))
+    assert data["init_weights"]["coronal"]["weights"] == str(source)
+    adopt("axial")
+    adopt("sagittal")
     data = read_manifest(export_weights(work, tmp_path / "w2"))["training_data"]
-    assert data == {"seed": 20261, "adopted": ["axial", "coronal", "sagittal"], "n_subjects_trained_on": 0,
-                    "subjects_trained_on": []}
+    # all three from one set: its record, and the run's fold-2 subject that chose the post-processing
+    assert data == {**trained_on, "adopted_from": str(source),
+                    "post_processing_chosen_on": {"seed": 20261, "n_subjects": 1, "subjects": ["b"]}}
 
 
 def test_manifest_errors(tmp_path):
