@@ -24,6 +24,11 @@ run (epoch budget reached or stopped early) is skipped unless ``force``; asking 
 a finished run. A checkpoint or finished run made with other settings or from other stage-03/04 tables
 is refused (``--force`` retrains it).
 
+``epochs = 0`` with ``init_weights`` adopts a weight set's networks untrained: each fold's model is that
+set's plane model, evaluated on the fold as above (its inner-validation loss recorded as ``best_val_loss``)
+and marked ``"adopted": true`` in ``run.json``, so that stage 08 can choose post-processing for existing
+networks on this run's out-of-fold subjects (:func:`check_adoptable` refuses subjects they trained on).
+
 Settings come from the run's configuration (:mod:`raxnet.record`): the model is the one stage 06
 described, and a flag that contradicts what an earlier stage used is refused.
 """
