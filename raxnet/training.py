@@ -843,8 +843,8 @@ def train_one(
             )
             if init:
                 initialise_from(model, init)
-                log.info("%s: %s %s", tag, "adopted as is (epochs = 0, no training):" if adopt
-                         else "initialised from (fine-tuning)", init["file"])
+                log.info("%s: %s", tag, f"adopted as is (epochs = 0, no training): {init['file']}" if adopt
+                         else f"initialised from {init['file']} (fine-tuning)")
             if not adopt:  # an adopted network is only evaluated and saved
                 model.compile(
                     optimizer=_optimizer(train, epochs * len(train_ds)),
