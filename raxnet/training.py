@@ -286,19 +286,19 @@ def check_init_inputs(weights_dir: str | Path, work_dir: str | Path) -> None:
 def _training_records(weights_dir: str | Path) -> Iterator[tuple[Path, list, list[str] | None]]:
     """``(manifest, seeds, subjects or None)`` for a weight set and, through ``training_data.init_weights``, for
     the weight sets it was fine-tuned from (``None``: that set's manifest is gone, its subjects unknown)."""
-    from raxnet.weights import read_manifest
+    from raxnet.weights import MANIFEST, read_manifest
 
     data = read_manifest(weights_dir).get("training_data", {})
     seeds = data.get("seed")
-    subjects = data.get("subjects_trained_on")
-    yield Path(weights_dir) / "weights.json", seeds if isinstance(seeds, list) else [seeds], subjects
-    for folder in sorted({str(e.get("weights", "")) for e in data.get("init_weights", {}).values()} - {""}):
-        if (Path(folder) / "weights.json").is_file():
+    yield Path(weights_dir) / MANIFEST, seeds if isinstance(seeds, list) else [seeds], data.get("subjects_trained_on")
+    starts: dict[str, list] = {}  # starting weight set -> the seeds its planes record
+    for entry in data.get("init_weights", {}).values():
+        starts.setdefault(str(entry.get("weights", "")), []).append(entry.get("training_data", {}).get("seed"))
+    for folder, seeds in sorted(starts.items()):
+        if folder and (Path(folder) / MANIFEST).is_file():
             yield from _training_records(folder)
-        else:
-            seeds = [e.get("training_data", {}).get("seed") for e in data["init_weights"].values()
-                     if str(e.get("weights", "")) == folder]
-            yield Path(folder) / "weights.json", seeds, None
+        elif folder:
+            yield Path(folder) / MANIFEST, seeds, None
 
 
 def check_adoptable(weights_dir: str | Path, seed: int, val_subjects: Sequence[str]) -> None:

@@ -152,15 +152,15 @@ def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], 
     }
 
 
-def training_data(work_dir: Path, planes: dict[str, Any], chosen: dict[str, list]) -> dict[str, Any]:
+def training_data(work_dir: Path, planes: dict[str, Any], infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Which data the exported models saw: the run's seed and the subjects outside each model's outer fold.
 
     Lets a user check that an evaluation set shares no subject (and no generator seed) with training.
     Without stage 04's fold table (an imported run) only the seed is recorded. Networks adopted untrained
     from one weight set (stage 07 ``epochs = 0``) carry that set's record, plus the seed and outer-fold
-    subjects this run chose their post-processing on (``post_processing_chosen_on``).
+    subjects this run chose their post-processing on (``post_processing_chosen_on``). ``infos``: each
+    exported model's ``run.json``.
     """
-    infos = {p: chosen[p][0].run_info() for p in planes}
     seeds = {infos[p].get("seed") for p in planes}
     record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
     try:
@@ -225,12 +225,12 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     planes: dict[str, Any] = {}
     # The same choice stage 08 makes: lowest inner-validation loss, never the reported outer fold.
     chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=False)
+    infos = {plane: chosen[plane][0].run_info() for plane in PLANES}
     for plane in PLANES:  # every plane's file checked before any is copied (or the folder made)
-        chosen[plane][0].check_file(work_dir)
+        chosen[plane][0].check_file(work_dir, infos[plane])
     out_dir.mkdir(parents=True, exist_ok=True)
     for plane in PLANES:
-        best = chosen[plane][0]
-        info = best.run_info()
+        best, info = chosen[plane][0], infos[plane]
         with atomic_path(out_dir / f"{plane}.keras") as tmp:
             shutil.copyfile(best.path, tmp)
         planes[plane] = {
@@ -242,7 +242,7 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
         }
     manifest = {
         "format": FORMAT_VERSION,
-        "training_data": training_data(work_dir, planes, chosen),
+        "training_data": training_data(work_dir, planes, infos),
         "model": model,
         "grid_shape": [int(s) for s in ref.shape[:3]],
         "affine": np.asarray(ref.affine).round(6).tolist(),
