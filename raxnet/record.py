@@ -15,6 +15,9 @@ Before a stage runs, :func:`begin` refuses (one ``error:`` line per problem):
 * an earlier stage that is out of date: it did not finish, one of its tables was changed after it wrote
   it, one of its inputs was rewritten after it ran, or the run's configuration changed under it.
 
+A refused command leaves ``config.toml`` as it was: the invocation's settings are stored only after the
+checks (stage 07's, of its trained folds, included) have passed.
+
 Stage-internal staleness (stage 03's stacks, stage 07's runs) uses the same fingerprints.
 """
 
@@ -311,6 +314,22 @@ class StageRun:
     extra: dict[str, Any] = field(default_factory=dict)
     #: ``(section, key)`` the user gave for this invocation (file or flag), as opposed to recorded/defaults.
     explicit: frozenset[tuple[str, str]] = frozenset()
+    #: the run configuration to store, its changes and whether it is the first (see :meth:`save_config`)
+    _pending: tuple[dict[str, dict[str, Any]], list[str], bool] | None = None
+
+    def save_config(self) -> None:
+        """Write this invocation's settings into the run's ``config.toml`` (once; nothing when unchanged)."""
+        if self._pending is None:
+            return
+        to_store, changes, first = self._pending
+        self._pending = None
+        if first:
+            _write_run_config(self.work, to_store, self.stage)
+            log.info("%s: the run's configuration (stage %s)", self.work / CONFIG_FILE, stage_number(self.stage))
+        elif changes:
+            _write_run_config(self.work, to_store, self.stage)
+            log.info("%s updated by stage %s: %s", self.work / CONFIG_FILE, stage_number(self.stage),
+                     "; ".join(changes))
 
     @property
     def folder(self) -> Path:
@@ -345,13 +364,17 @@ def _explicit(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> dict[tuple[str,
     return out
 
 
-def begin(stage: str, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> StageRun:
+def begin(stage: str, cfg: Mapping[str, Any], run: Mapping[str, Any], *, defer_config: bool = False) -> StageRun:
     """Start ``stage`` in ``run['work_dir']``: settle the run's configuration, refuse contradictions and
     out-of-date earlier stages, clean stale temporary files, mark the stage as running.
 
     ``cfg`` holds what the user gave (sections without defaults merged in, as :func:`raxnet.config.with_flags`
     builds them; an in-process caller's full sections count as given); ``run`` likewise (see
     :class:`raxnet.config.RunSettings`). Returns the effective configuration and ``[run]`` settings.
+
+    The run's ``config.toml`` takes this invocation's settings only once every check has passed, so that a
+    refused command leaves the run as it was; ``defer_config`` leaves that to the stage
+    (:meth:`StageRun.save_config`), for stages with checks of their own (stage 07's checkpoints).
     """
     if stage not in STAGES:
         raise KeyError(stage)
@@ -399,11 +422,7 @@ def begin(stage: str, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> StageRu
             to_store[name][key] = new
     if stored is None:
         to_store["run"]["data_root"] = str(Path(to_store["run"]["data_root"]).resolve())
-        _write_run_config(work, to_store, stage)
-        log.info("%s: the run's configuration (stage %s)", work / CONFIG_FILE, stage_number(stage))
-    elif changes:
-        _write_run_config(work, to_store, stage)
-        log.info("%s updated by stage %s: %s", work / CONFIG_FILE, stage_number(stage), "; ".join(changes))
+    pending = (to_store, changes, stored is None)
 
     # Earlier stages must be current: finished, tables untouched, inputs not rewritten since.
     inputs: dict[str, str] = {}
@@ -420,7 +439,9 @@ def begin(stage: str, cfg: Mapping[str, Any], run: Mapping[str, Any]) -> StageRu
     run_out = RunSettings({**effective["run"], "work_dir": str(run["work_dir"])}, explicit_run_keys(run))
     if "jobs" in run:
         run_out["jobs"] = run["jobs"]
-    st = StageRun(stage, work, effective, run_out, inputs, _now(), explicit=frozenset(explicit))
+    st = StageRun(stage, work, effective, run_out, inputs, _now(), explicit=frozenset(explicit), _pending=pending)
+    if not defer_config:
+        st.save_config()
     if stage != "train":  # stage 07 runs as parallel jobs: records and clean-up per run folder
         removed = clean_temp_files(st.folder)
         if removed:

@@ -744,6 +744,55 @@ def evaluate_fold(
 # -------------------------------------------------------------------------------------- training
 
 
+def _identity(cfg: dict[str, Any], run: dict[str, Any], plane: str, model_name: str, loss_name: str,
+              ) -> tuple[str, dict[str, str], dict[str, Any] | None]:
+    """A run's settings fingerprint, the digests of the stage-03/04 tables it reads and its warm start."""
+    from raxnet.augment import DEFAULTS as AUGMENT_DEFAULTS
+
+    train = settings(cfg)
+    model_cfg, arrays = _model_and_arrays(cfg)
+    augment = section(cfg, "augment", AUGMENT_DEFAULTS) if arrays.get("augment") else None
+    init = init_source(train["init_weights"], plane)
+    if init is not None:
+        check_init_inputs(train["init_weights"], run["work_dir"])
+    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, int(run["seed"]), augment, init)
+    return fp, input_digests(run["work_dir"], plane), init
+
+
+def _check_not_stale(out: Path, state: dict[str, Any] | None, fp: str, inputs: dict[str, str],
+                     epochs: int) -> dict[str, Any] | None:
+    """StageInputError when the run folder's checkpoint or finished run was made with other settings or
+    tables; the run.json of a finished run whose checkpoint was removed (it is skipped), else None."""
+    if state is None and (out / "run.json").is_file() and (out / "model.keras").is_file():
+        # A finished run whose checkpoint was removed (e.g. to save disk) is still finished.
+        info = json.loads((out / "run.json").read_text())
+        if info.get("stopped_early") or info.get("epochs_run", 0) >= epochs:
+            why = _stale_reason(info, fp, inputs)
+            if why:
+                raise StageInputError(f"{out}: this run was trained {why}; pass --force to retrain it, or start "
+                                      "a fresh run with another --work-dir")
+            return info
+    if state is not None:
+        why = _stale_reason(state, fp, inputs)
+        if why:
+            raise StageInputError(f"{out}: checkpoint was made {why}; pass --force to retrain it, or start a "
+                                  "fresh run with another --work-dir")
+    return None
+
+
+def check_runs(cfg: dict[str, Any], run: dict[str, Any], jobs: Sequence[tuple[str, int, str, str]],
+               *, force: bool = False) -> None:
+    """Refuse, before anything is trained or recorded, a job whose run folder holds a checkpoint or finished
+    run made with other settings or tables (what :func:`train_one` would refuse on reaching it)."""
+    if force or not settings(cfg)["resume"]:
+        return  # those runs start afresh
+    for plane, fold, model_name, loss_name in jobs:
+        out = run_dir(run["work_dir"], model_name, loss_name, plane, fold)
+        if out.is_dir():
+            fp, inputs, _ = _identity(cfg, run, plane, model_name, loss_name)
+            _check_not_stale(out, _read_state(out), fp, inputs, int(settings(cfg)["epochs"]))
+
+
 def train_one(
     cfg: dict[str, Any], run: dict[str, Any], plane: str, fold: int, model_name: str, loss_name: str,
     *, force: bool = False,
@@ -757,14 +806,7 @@ def train_one(
     model_cfg, arrays = _model_and_arrays(cfg)
     seed = int(run["seed"])
     out = make_dirs(run_dir(run["work_dir"], model_name, loss_name, plane, fold))
-    from raxnet.augment import DEFAULTS as AUGMENT_DEFAULTS
-
-    augment = section(cfg, "augment", AUGMENT_DEFAULTS) if arrays.get("augment") else None
-    init = init_source(train["init_weights"], plane)
-    if init is not None:
-        check_init_inputs(train["init_weights"], run["work_dir"])
-    fp = _fingerprint(train, model_cfg, arrays, model_name, loss_name, seed, augment, init)
-    inputs = input_digests(run["work_dir"], plane)
+    fp, inputs, init = _identity(cfg, run, plane, model_name, loss_name)
     epochs = int(train["epochs"])
     adopt = epochs == 0  # settings() made sure init_weights names the networks to adopt
     tag = f"{run_name(model_name, loss_name)}/{plane}/fold_{fold}"
@@ -776,21 +818,10 @@ def train_one(
     removed += remove_uncommitted(out, state)
     if removed:
         log.info("%s: removed %d stale or uncommitted file(s)", tag, len(removed))
-    if state is None and (out / "run.json").is_file() and (out / "model.keras").is_file():
-        # A finished run whose checkpoint was removed (e.g. to save disk) is still finished.
-        info = json.loads((out / "run.json").read_text())
-        if info.get("stopped_early") or info.get("epochs_run", 0) >= epochs:
-            why = _stale_reason(info, fp, inputs)
-            if why:
-                raise StageInputError(f"{out}: this run was trained {why}; pass --force to retrain it, or start "
-                                      "a fresh run with another --work-dir")
-            log.info("%s: finished (%d epochs, no checkpoint kept), skipped; --force retrains", tag, info["epochs_run"])
-            return info
-    if state is not None:
-        why = _stale_reason(state, fp, inputs)
-        if why:
-            raise StageInputError(f"{out}: checkpoint was made {why}; pass --force to retrain it, or start a "
-                                  "fresh run with another --work-dir")
+    info = _check_not_stale(out, state, fp, inputs, epochs)
+    if info is not None:
+        log.info("%s: finished (%d epochs, no checkpoint kept), skipped; --force retrains", tag, info["epochs_run"])
+        return info
     done = state is not None and (state["stopped_early"] or state["epoch"] >= epochs)
     if done and (out / "run.json").is_file() and (out / "model.keras").is_file():
         log.info("%s: finished (%d epochs), skipped; --force retrains", tag, state["epoch"])
@@ -1020,7 +1051,7 @@ def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dic
     ``{"planes": {plane: {"lesion_slice_dice", "dice_3d"}}`` for the first model/loss, ``"results"``
     (same, per run name), ``"runs"`` (run folders) and ``"comparison"`` (csv path, compare mode only).
     """
-    rec = record.begin("train", cfg, run)
+    rec = record.begin("train", cfg, run, defer_config=True)
     cfg, run = rec.cfg, rec.run
     train = settings(cfg)
     planes = parse_planes(train["planes"])
@@ -1037,6 +1068,8 @@ def run(cfg: dict[str, Any], run: dict[str, Any], *, force: bool = False) -> dic
                 f"(it built {', '.join(described.get('models', []))}); run 06_model/build_model.py --models "
                 f"{','.join(dict.fromkeys([*described.get('models', []), *missing]))} first")
     jobs = [(p, f, m, l) for p in planes for f in folds for m in models_ for l in losses_]
+    check_runs(cfg, run, jobs, force=force)
+    rec.save_config()  # only now: a refused stage 07 leaves the run's config.toml as it was
     compare = len(models_) * len(losses_) > 1
     infos: list[dict[str, Any]] = []
     for i, (plane, fold, model_name, loss_name) in enumerate(progress(jobs, desc="stage 07 runs", unit="run")):

@@ -119,10 +119,13 @@ def test_earlier_stage_out_of_date_is_refused(chain, tmp_path, capsys):
     work = _copy(chain, tmp_path)
     code, _, _ = run_stage(splitting.main, ["--work-dir", work, "--holdout-fraction", 0.5], capsys)
     assert code == 0
-    code, _, err = run_stage(batches.main, ["--work-dir", work], capsys)
+    stored = (work / record.CONFIG_FILE).read_bytes()
+    code, _, err = run_stage(batches.main, ["--work-dir", work, "--batch-size", 6], capsys)
     assert code == 2 and len(err) == 1
     assert "stage 03 is out of date" in err[0] and "split.csv was rewritten" in err[0]
     assert "re-run stage 03 (03_moving_converting/convert_to_2d.py) before stage 05" in err[0]
+    # the refused command's setting did not reach the run's configuration
+    assert (work / record.CONFIG_FILE).read_bytes() == stored
 
 
 def test_unfinished_stage_is_refused(chain, tmp_path, capsys):

@@ -238,6 +238,24 @@ def test_changed_settings_refuse_to_resume(trained: dict) -> None:
         training.train_one(_cfg(3, learning_rate=1e-2), trained["run"], PLANE, 1, MODEL, "tversky_focal")
 
 
+def test_refused_stage_07_leaves_the_run_as_it_was(trained: dict, tmp_path: Path) -> None:
+    """Settings that contradict a trained fold are refused before the run's config.toml records them (it
+    used to keep the refused learning rate, so the next plain command found the fold out of date)."""
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(trained["work"], work)
+    run = {**trained["run"], "work_dir": str(work)}
+    stored = (work / "config.toml").read_bytes()
+    with pytest.raises(StageInputError, match="with other settings.*--force"):
+        training.run(_cfg(3, learning_rate=1e-2), run)
+    assert (work / "config.toml").read_bytes() == stored
+    out = runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1)
+    stamp = (out / "run.json").stat().st_mtime_ns
+    training.run(_cfg(3), run)  # the run's own settings still find the fold finished
+    assert (out / "run.json").stat().st_mtime_ns == stamp
+
+
 def test_changed_fold_table_refuses_a_finished_run(trained: dict, tmp_path: Path) -> None:
     """Stale outputs: a finished run is not reused once the stage-04 tables it was trained from change."""
     import shutil
