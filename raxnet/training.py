@@ -782,15 +782,22 @@ def _check_not_stale(out: Path, state: dict[str, Any] | None, fp: str, inputs: d
 
 def check_runs(cfg: dict[str, Any], run: dict[str, Any], jobs: Sequence[tuple[str, int, str, str]],
                *, force: bool = False) -> None:
-    """Refuse, before anything is trained or recorded, a job whose run folder holds a checkpoint or finished
-    run made with other settings or tables (what :func:`train_one` would refuse on reaching it)."""
-    if force or not settings(cfg)["resume"]:
+    """Refuse, before anything is trained or recorded, what :func:`train_one` would refuse on reaching a job:
+    a run folder holding a checkpoint or finished run made with other settings or tables, or networks to adopt
+    that were trained on the fold's outer-validation subjects (:func:`check_adoptable`)."""
+    train = settings(cfg)
+    if int(train["epochs"]) == 0:
+        subject_folds = read_subject_folds(run["work_dir"])
+        for fold in sorted({f for _, f, _, _ in jobs}):
+            val = subject_folds.loc[subject_folds["fold"] == fold, "subject"].astype(str)
+            check_adoptable(train["init_weights"], int(run["seed"]), list(val))
+    if force or not train["resume"]:
         return  # those runs start afresh
     for plane, fold, model_name, loss_name in jobs:
         out = run_dir(run["work_dir"], model_name, loss_name, plane, fold)
         if out.is_dir():
             fp, inputs, _ = _identity(cfg, run, plane, model_name, loss_name)
-            _check_not_stale(out, _read_state(out), fp, inputs, int(settings(cfg)["epochs"]))
+            _check_not_stale(out, _read_state(out), fp, inputs, int(train["epochs"]))
 
 
 def train_one(

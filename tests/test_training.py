@@ -582,6 +582,12 @@ def test_adopting_networks_on_their_own_training_subjects_is_refused(trained: di
     with pytest.raises(ConfigError, match="sub-t02"):
         training.train_one(_cfg(0, init_weights=str(source)), {"work_dir": str(work), "seed": 7, "jobs": 1}, PLANE,
                            1, MODEL, "tversky_focal")
+    # stage 07 refuses before it records or builds anything
+    work = make_work_dir(tmp_path / "w2")
+    with pytest.raises(ConfigError, match="sub-t02"):
+        training.run(_cfg(0, init_weights=str(source)), {"work_dir": str(work), "seed": 7, "jobs": 1})
+    assert not (work / "config.toml").exists()
+    assert not runs.run_dir(work, MODEL, "tversky_focal", PLANE, 1).exists()
 
 
 def test_context_trains_and_evaluates_a_2p5d_model(trained: dict, tmp_path: Path) -> None:
