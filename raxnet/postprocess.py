@@ -252,16 +252,27 @@ def postprocess(probs: Mapping[str, np.ndarray], *, fusion: str, threshold: floa
     """The final mask of one setting: fuse, threshold, then remove lesions under ``min_lesion_mm3`` and,
     with ``min_peak`` > 0, lesions whose peak probability is below it; with ``large_mm3`` > 0, redraw the
     lesions of at least that volume at ``large_threshold`` (:func:`outline_large`; module doc)."""
-    mask = fuse(probs, fusion, threshold, weights)
-    prob = None
+    return postprocess_with_probability(
+        probs, fusion=fusion, threshold=threshold, min_lesion_mm3=min_lesion_mm3, spacing=spacing,
+        connectivity=connectivity, weights=weights, min_peak=min_peak, large_mm3=large_mm3,
+        large_threshold=large_threshold, large_fragment_mm3=large_fragment_mm3)[0]
+
+
+def postprocess_with_probability(
+    probs: Mapping[str, np.ndarray], *, fusion: str, threshold: float, min_lesion_mm3: float,
+    spacing: Sequence[float], connectivity: int = LESION_CONNECTIVITY, weights: Mapping[str, float] | None = None,
+    min_peak: float = 0.0, large_mm3: float = 0.0, large_threshold: float = 0.0, large_fragment_mm3: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`postprocess`'s mask and the fused probability map it was drawn from (computed once)."""
+    prob = fused_probability(probs, fusion, weights)
+    mask = fuse_vote({p: probs[p] for p in PLANES if p in probs}, threshold) if fusion == "vote" \
+        else binarise(prob, threshold)
     if min_peak <= 0 or not mask.any():
         mask = remove_small_lesions(mask, min_lesion_mm3, spacing, connectivity)
     else:
         labels, n = label(mask, connectivity)
-        prob = fused_probability(probs, fusion, weights)
         peaks = component_peaks(labels, n, prob)
         mask = keep_large_components(labels, n, min_voxels(min_lesion_mm3, spacing), peaks, float(min_peak))
     if large_mm3 <= 0 or large_threshold <= threshold or not mask.any():
-        return mask
-    prob = fused_probability(probs, fusion, weights) if prob is None else prob
-    return outline_large(mask, prob, spacing, large_mm3, large_threshold, large_fragment_mm3, connectivity)
+        return mask, prob
+    return outline_large(mask, prob, spacing, large_mm3, large_threshold, large_fragment_mm3, connectivity), prob

@@ -50,7 +50,7 @@ from raxnet.postprocess import (
     kept_labels,
     min_voxels,
     outline_large,
-    postprocess,
+    postprocess_with_probability,
 )
 
 #: Validation metrics a choice can be made on (higher is better for both).
@@ -240,10 +240,10 @@ def score_large_candidates(
     base threshold redraw nothing and are not candidates."""
     threshold = float(base["threshold"])
     # the base mask and its fused map are the same for every candidate: made once, then only redrawn
-    mask = postprocess(probs, fusion=base["fusion"], threshold=threshold, spacing=spacing,
-                       min_lesion_mm3=float(base["min_lesion_mm3"]), min_peak=float(base["min_peak"]),
-                       connectivity=connectivity, weights=weights)
-    prob = fused_probability(probs, base["fusion"], weights)
+    mask, prob = postprocess_with_probability(
+        probs, fusion=base["fusion"], threshold=threshold, spacing=spacing,
+        min_lesion_mm3=float(base["min_lesion_mm3"]), min_peak=float(base["min_peak"]),
+        connectivity=connectivity, weights=weights)
     truth = np.asarray(truth) != 0
     cands = [(0.0, 0.0, 0.0)] + [(float(v), float(t), float(f)) for v in large_mm3 if float(v) > 0
                                  for t in large_thresholds if float(t) > threshold
