@@ -854,7 +854,10 @@ def train_one(
 
     _seed_everything(seed, bool(train["deterministic"]))
     depth = int(model_cfg["depth"])
-    sets = batches.build_training_sets(cfg, run, plane, fold, depth)
+    # an adopted network trains on nothing: its training set only gives the input shape and the subjects' roles,
+    # so it is drawn as one pass over the lesion slices (no "steps_per_epoch < lesion slices" warning)
+    sets = batches.build_training_sets(with_flags(cfg, "arrays", steps_per_epoch=0) if adopt else cfg, run, plane,
+                                       fold, depth)
     train_ds = sets.train
     if state["epoch"] and hasattr(train_ds, "set_epoch"):
         train_ds.set_epoch(state["epoch"])  # epoch e's batches are drawn from (seed, e): same as uninterrupted
