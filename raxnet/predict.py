@@ -30,7 +30,7 @@ from raxnet.log import get_logger, progress, setup_console, stage_log
 from raxnet.planes import PLANES
 from raxnet.postprocess import ALL_METHODS, postprocess
 from raxnet.uncertainty import CONFIDENCE_COLUMNS, lesion_confidence, plane_spread
-from raxnet.weights import INFERENCE_KEYS, check_inference, default_weights_dir, read_manifest
+from raxnet.weights import INFERENCE_KEYS, check_inference, default_weights_dir, plane_files, read_manifest
 
 log = get_logger(__name__)
 
@@ -165,7 +165,8 @@ def back_to_input_grid(mask: np.ndarray, manifest: dict[str, Any], img: nib.Nift
 
 
 class Predictor:
-    """The three plane models of a weight set (loaded once) and its inference decisions.
+    """The plane models of a weight set (one per plane, or a fold ensemble; loaded once) and its inference
+    decisions.
 
     ``overrides`` (keys of :data:`raxnet.weights.INFERENCE_KEYS`; None values ignored) replace the
     manifest's decisions; the result is :attr:`settings`.
@@ -189,19 +190,20 @@ class Predictor:
         self._cache = ModelCache()
 
     @property
-    def model_files(self) -> dict[str, Path]:
-        return {p: self.weights_dir / self.manifest["planes"][p]["file"] for p in PLANES}
+    def model_files(self) -> dict[str, list[Path]]:
+        """Per plane, its model file(s): one, or one per fold of a fold ensemble (probabilities averaged)."""
+        return {p: [self.weights_dir / f for f in plane_files(self.manifest, p)] for p in PLANES}
 
     @property
-    def models(self) -> dict[str, Any]:
-        """The three plane models, loaded on first use (a bad input is refused before paying for it)."""
-        return {p: self._cache.get(path) for p, path in self.model_files.items()}
+    def models(self) -> dict[str, list[Any]]:
+        """The plane models, loaded on first use (a bad input is refused before paying for it)."""
+        return {p: [self._cache.get(path) for path in paths] for p, paths in self.model_files.items()}
 
     def probabilities(self, volume: np.ndarray, source: str = "volume") -> dict[str, np.ndarray]:
         """Per-plane probability volumes for a volume already on the weights' grid (not yet normalised)."""
         from raxnet.inference import predict_probabilities
 
-        return predict_probabilities(volume, {p: [path] for p, path in self.model_files.items()}, cache=self._cache,
+        return predict_probabilities(volume, self.model_files, cache=self._cache,
                                      batch_size=self.batch_size, tta=bool(self.settings["tta"]), source=source,
                                      affine=np.asarray(self.manifest["affine"], dtype=float),
                                      brain_mask_mm=self.settings["brain_mask_mm"],

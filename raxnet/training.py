@@ -244,13 +244,13 @@ def init_source(weights_dir: str | Path, plane: str) -> dict[str, Any] | None:
 
     ``None`` for ``""`` (random initialisation); else the plane's model file in the weight set, its SHA-256
     and the seed(s) that weight set was trained on (``training_data``), so that an evaluation of the
-    fine-tuned models can refuse those seeds too. ConfigError for a folder that is not a weight set or lacks
-    the plane.
+    fine-tuned models can refuse those seeds too. ConfigError for a folder that is not a weight set, lacks
+    the plane or holds a fold ensemble (several models for it).
     """
     if not str(weights_dir):
         return None
     from raxnet.record import sha256_file
-    from raxnet.weights import read_manifest
+    from raxnet.weights import plane_files, read_manifest
 
     try:
         manifest = read_manifest(weights_dir)
@@ -259,7 +259,11 @@ def init_source(weights_dir: str | Path, plane: str) -> dict[str, Any] | None:
     entry = manifest["planes"].get(plane)
     if entry is None:
         raise ConfigError(f"[train].init_weights: {Path(weights_dir) / 'weights.json'} has no {plane} model")
-    path = Path(weights_dir) / entry["file"]
+    files = plane_files(manifest, plane)
+    if len(files) > 1:
+        raise ConfigError(f"[train].init_weights: {Path(weights_dir) / 'weights.json'} holds {len(files)} {plane} "
+                          "models (a fold ensemble); a warm start needs one: export the run without --ensemble")
+    path = Path(weights_dir) / files[0]
     seed = manifest.get("training_data", {}).get("seed")
     return {"weights": str(weights_dir), "file": str(path), "sha256": sha256_file(path),
             "training_data": {"seed": seed} if seed is not None else {}}

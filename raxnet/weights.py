@@ -7,7 +7,9 @@ A weight set is a folder::
         axial.keras  sagittal.keras  coronal.keras
 
 :func:`export_weights` builds one from a training work directory (stage 07), choosing per plane the fold
-with the lowest inner-validation loss (never the reported outer-fold scores; :mod:`raxnet.runs`).
+with the lowest inner-validation loss (never the reported outer-fold scores; :mod:`raxnet.runs`) -- or, as
+nnU-Net ships its folds, every fold per plane (``<plane>_fold<k>.keras``, listed as the plane's ``files``),
+whose probabilities ``raxnet predict`` averages: what stage 08 evaluated on the hold-out with ``ensemble``.
 
 The manifest's ``inference`` block carries every decision ``raxnet predict`` makes after the networks
 (:data:`INFERENCE_KEYS`): the fusion method, the probability threshold (lesion where ``p >= threshold``),
@@ -78,11 +80,19 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     for key in ("grid_shape", "affine", "planes"):
         if key not in manifest:
             raise InputError(f"{path}: missing '{key}'")
-    for plane, entry in manifest["planes"].items():
-        if not (weights_dir / entry["file"]).is_file():
-            raise InputError(f"{weights_dir / entry['file']}: model file for plane {plane} not found")
+    for plane in manifest["planes"]:
+        for name in plane_files(manifest, plane):
+            if not (weights_dir / name).is_file():
+                raise InputError(f"{weights_dir / name}: model file for plane {plane} not found")
     manifest["inference"] = inference_settings(manifest, path)
     return manifest
+
+
+def plane_files(manifest: dict[str, Any], plane: str) -> list[str]:
+    """The model file names of ``plane`` in a weight set: its one ``file``, or the ``files`` of a fold ensemble
+    (whose probabilities are averaged)."""
+    entry = manifest["planes"][plane]
+    return [str(f) for f in entry["files"]] if "files" in entry else [str(entry["file"])]
 
 
 def inference_settings(manifest: dict[str, Any], path: str | Path = MANIFEST) -> dict[str, Any]:
@@ -152,16 +162,17 @@ def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], 
     }
 
 
-def training_data(work_dir: Path, planes: dict[str, Any], infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def training_data(work_dir: Path, planes: dict[str, Any], infos: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Which data the exported models saw: the run's seed and the subjects outside each model's outer fold.
 
     Lets a user check that an evaluation set shares no subject (and no generator seed) with training.
     Without stage 04's fold table (an imported run) only the seed is recorded. Networks adopted untrained
     from one weight set (stage 07 ``epochs = 0``) carry that set's record, plus the seed and outer-fold
-    subjects this run chose their post-processing on (``post_processing_chosen_on``). ``infos``: each
-    exported model's ``run.json``.
+    subjects this run chose their post-processing on (``post_processing_chosen_on``). ``infos``: per plane,
+    the ``run.json`` of each exported model (one per fold of an ensemble), in the order of its ``folds``.
     """
-    seeds = {infos[p].get("seed") for p in planes}
+    models = [(p, fold, info) for p in planes for fold, info in zip(_folds(planes[p]), infos[p])]
+    seeds = {info.get("seed") for _, _, info in models}
     record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
     try:
         folds = read_subject_folds(work_dir)
@@ -169,32 +180,53 @@ def training_data(work_dir: Path, planes: dict[str, Any], infos: dict[str, dict[
         folds = None
     # adopted untrained (stage 07 epochs = 0): the networks are another weight set's, this run only chose the
     # post-processing (on each model's outer fold)
-    trained = [p for p in planes if not infos[p].get("adopted")]
-    sources = {str((infos[p].get("init_weights") or {}).get("weights", "")) for p in planes}
+    trained = [(p, fold) for p, fold, info in models if not info.get("adopted")]
+    sources = {str((info.get("init_weights") or {}).get("weights", "")) for _, _, info in models}
     if not trained and len(sources) == 1 and (Path(src := sources.pop()) / MANIFEST).is_file():
         chose = {"seed": record["seed"]}
         if folds is not None:
-            oof = sorted(set(folds.loc[folds["fold"].isin([planes[p]["fold"] for p in planes]), "subject"].astype(str)))
+            oof = sorted(set(folds.loc[folds["fold"].isin([fold for _, fold, _ in models]), "subject"].astype(str)))
             chose.update(n_subjects=len(oof), subjects=oof)
         return {**read_manifest(src).get("training_data", {}), "adopted_from": src, "post_processing_chosen_on": chose}
-    inits = [infos[p].get("init_weights") for p in planes]
-    if any(inits):  # fine-tuned: the starting weights' training data counts as seen too
-        record["init_weights"] = {p: i for p, i in zip(planes, inits) if i}
-    if len(trained) < len(planes):
-        record["adopted"] = sorted(set(planes) - set(trained))
+    inits = {p: info.get("init_weights") for p, _, info in models if info.get("init_weights")}
+    if inits:  # fine-tuned: the starting weights' training data counts as seen too
+        record["init_weights"] = inits
+    adopted = sorted({p for p, _, info in models if info.get("adopted")})
+    if adopted:
+        record["adopted"] = adopted
     if folds is None:
         return record
     seen: set[str] = set()
-    for plane in trained:  # a plane model trained on every fold but its own outer-validation fold
-        seen |= set(folds.loc[folds["fold"] != planes[plane]["fold"], "subject"].astype(str))
+    for _, fold in trained:  # a model trained on every fold but its own outer-validation fold
+        seen |= set(folds.loc[folds["fold"] != fold, "subject"].astype(str))
     seen_list = sorted(seen)
     record.update(n_subjects_trained_on=len(seen_list), subjects_trained_on=seen_list)
     return record
 
 
+def _folds(entry: dict[str, Any]) -> list[int]:
+    """The fold(s) of a manifest's plane entry."""
+    return [int(f) for f in entry["folds"]] if "folds" in entry else [int(entry["fold"])]
+
+
+def hold_out_ensemble(work_dir: str | Path, model: str) -> bool:
+    """Whether stage 08 evaluated ``model``'s hold-out with several folds per plane (``08_fusion/fusion.json``
+    ``holdout_folds``, its ``ensemble`` setting); False when it has not run for this model."""
+    path = stage_dir(work_dir, "fusion") / "fusion.json"
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    return record.get("model") == model and any(len(f) > 1 for f in (record.get("holdout_folds") or {}).values())
+
+
 def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "",
-                   inference: dict[str, Any] | None = None) -> Path:
-    """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set.
+                   inference: dict[str, Any] | None = None, ensemble: bool | None = None) -> Path:
+    """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set; with
+    ``ensemble`` every fold's (``<plane>_fold<k>.keras``, averaged by ``raxnet predict``). ``ensemble`` None
+    follows stage 08: the folds it evaluated the hold-out with (:func:`hold_out_ensemble`).
 
     The manifest's inference decisions are ``inference`` (keys of :data:`INFERENCE_KEYS`) when given,
     else the post-processing stage 08 chose on validation data for this model
@@ -223,23 +255,28 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     first_t1 = resolve_data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
     ref = load_nifti(first_t1)
     planes: dict[str, Any] = {}
-    # The same choice stage 08 makes: lowest inner-validation loss, never the reported outer fold.
-    chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=False)
-    infos = {plane: chosen[plane][0].run_info() for plane in PLANES}
-    for plane in PLANES:  # every plane's file checked before any is copied (or the folder made)
-        chosen[plane][0].check_file(work_dir, infos[plane])
+    if ensemble is None:
+        ensemble = hold_out_ensemble(work_dir, model)
+    # The same choice stage 08 makes: lowest inner-validation loss (never the reported outer fold), or all folds.
+    chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=bool(ensemble))
+    infos = {plane: [m.run_info() for m in chosen[plane]] for plane in PLANES}
+    for plane in PLANES:  # every model file checked before any is copied (or the folder made)
+        for m, info in zip(chosen[plane], infos[plane]):
+            m.check_file(work_dir, info)
     out_dir.mkdir(parents=True, exist_ok=True)
     for plane in PLANES:
-        best, info = chosen[plane][0], infos[plane]
-        with atomic_path(out_dir / f"{plane}.keras") as tmp:
-            shutil.copyfile(best.path, tmp)
-        planes[plane] = {
-            "file": f"{plane}.keras",
-            "fold": best.fold,
-            "best_val_loss": info.get("best_val_loss"),
-            "best_epoch": info.get("best_epoch"),
-            "input_shape": info.get("input_shape"),
-        }
+        ms, info = chosen[plane], infos[plane]
+        names = [f"{plane}.keras"] if len(ms) == 1 else [f"{plane}_fold{m.fold}.keras" for m in ms]
+        for m, name in zip(ms, names):
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(m.path, tmp)
+        if len(ms) == 1:
+            planes[plane] = {"file": names[0], "fold": ms[0].fold, "best_val_loss": info[0].get("best_val_loss"),
+                             "best_epoch": info[0].get("best_epoch"), "input_shape": info[0].get("input_shape")}
+        else:
+            planes[plane] = {"files": names, "folds": [m.fold for m in ms],
+                             "best_val_loss": [i.get("best_val_loss") for i in info],
+                             "best_epoch": [i.get("best_epoch") for i in info], "input_shape": info[0].get("input_shape")}
     manifest = {
         "format": FORMAT_VERSION,
         "training_data": training_data(work_dir, planes, infos),

@@ -386,3 +386,37 @@ def test_whole_head_scan_gives_the_brain_only_mask() -> None:
     predictor.settings["brain_mask_mm"] = None
     c = predictor.mask(predictor.probabilities(head))
     assert dice(c, truth) < dice(b, truth) - 0.2
+
+
+def test_a_fold_ensemble_weight_set_averages_its_models(scan, tmp_path):
+    """A weight set with two models per plane (``files``, as ``export-weights --ensemble`` writes it) predicts
+    the mean of what its two members predict alone."""
+    import shutil
+
+    import keras
+
+    from raxnet.predict import Predictor, to_model_grid
+
+    manifest = read_manifest(WEIGHTS)
+    ens, other = tmp_path / "ensemble", tmp_path / "other"
+    ens.mkdir()
+    other.mkdir()
+    for p in ("axial", "sagittal", "coronal"):
+        shutil.copyfile(WEIGHTS / f"{p}.keras", ens / f"{p}_fold1.keras")
+        model = keras.saving.load_model(str(WEIGHTS / f"{p}.keras"), compile=False)
+        last = model.get_layer("head_logits")
+        kernel, bias = last.get_weights()
+        last.set_weights([kernel, bias - 1.5])  # another member: lower logits everywhere
+        model.save(str(ens / f"{p}_fold2.keras"))
+        shutil.copyfile(ens / f"{p}_fold2.keras", other / f"{p}.keras")
+    members = {p: {"files": [f"{p}_fold1.keras", f"{p}_fold2.keras"], "folds": [1, 2]} for p in manifest["planes"]}
+    (ens / "weights.json").write_text(json.dumps({**manifest, "planes": members}))
+    (other / "weights.json").write_text(json.dumps(manifest))
+
+    img = nib.load(str(scan[0]))
+    on_grid, _ = to_model_grid(np.asarray(img.dataobj, np.float32), img, read_manifest(WEIGHTS), str(scan[0]))
+    mean_of = Predictor(ens).probabilities(on_grid)
+    first, second = Predictor(WEIGHTS).probabilities(on_grid), Predictor(other).probabilities(on_grid)
+    for p in mean_of:
+        assert not np.allclose(first[p], second[p], atol=1e-3)
+        np.testing.assert_allclose(mean_of[p], (first[p] + second[p]) / 2, atol=1e-5)

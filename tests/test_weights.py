@@ -215,3 +215,45 @@ def test_export_takes_stage08_choice_for_its_model_only(tmp_path, capsys):
     # an explicit choice wins over stage 08's
     manifest = read_manifest(export_weights(work, tmp_path / "w3", inference={"threshold": 0.6}))
     assert manifest["inference"]["threshold"] == 0.6 and manifest["inference_source"]["from"] == "given to export_weights"
+
+
+def test_export_ensemble_ships_every_fold_and_follows_stage_08(tmp_path):
+    from raxnet.weights import plane_files
+
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25, 3: 0.31})
+    (work / "04_cross_validation").mkdir()
+    pd.DataFrame({"subject": ["a", "b", "c", "d"], "fold": [1, 2, 3, 3]}).to_csv(
+        work / "04_cross_validation" / "subject_folds.csv", index=False)
+    manifest = read_manifest(export_weights(work, tmp_path / "ens", ensemble=True))
+    for plane in ("axial", "sagittal", "coronal"):
+        entry = manifest["planes"][plane]
+        assert entry["folds"] == [1, 2, 3] and entry["best_val_loss"] == [0.40, 0.25, 0.31]
+        assert plane_files(manifest, plane) == [f"{plane}_fold{k}.keras" for k in (1, 2, 3)]
+        for k in (1, 2, 3):
+            assert (tmp_path / "ens" / f"{plane}_fold{k}.keras").read_bytes() == f"{plane}-{k}".encode()
+    # every subject is outside some fold's outer-validation fold: all four trained a model
+    assert manifest["training_data"]["subjects_trained_on"] == ["a", "b", "c", "d"]
+    # a member missing: one error naming it
+    (tmp_path / "ens" / "coronal_fold2.keras").unlink()
+    with pytest.raises(InputError, match=r"coronal_fold2.keras: model file for plane coronal not found"):
+        read_manifest(tmp_path / "ens")
+    # by default, what stage 08 evaluated the hold-out with: all folds (its ensemble) ...
+    (work / "08_fusion").mkdir()
+    record = {"model": "raxnet", "holdout_folds": {p: [1, 2, 3] for p in ("axial", "sagittal", "coronal")}}
+    (work / "08_fusion" / "fusion.json").write_text(json.dumps(record))
+    assert read_manifest(export_weights(work, tmp_path / "d1"))["planes"]["axial"]["folds"] == [1, 2, 3]
+    # ... or the best fold, also when stage 08 ran for another model
+    (work / "08_fusion" / "fusion.json").write_text(json.dumps({**record, "model": "unet"}))
+    assert read_manifest(export_weights(work, tmp_path / "d2"))["planes"]["axial"]["fold"] == 2
+    assert read_manifest(export_weights(work, tmp_path / "d3", ensemble=False))["planes"]["axial"]["fold"] == 2
+
+
+def test_a_fold_ensemble_cannot_start_fine_tuning(tmp_path):
+    from raxnet.errors import ConfigError
+    from raxnet.training import init_source
+
+    work = fake_run(tmp_path, {1: 0.40, 2: 0.25})
+    ens = export_weights(work, tmp_path / "ens", ensemble=True)
+    with pytest.raises(ConfigError, match=r"holds 2 axial models \(a fold ensemble\).*without --ensemble"):
+        init_source(ens, "axial")
+    assert init_source(export_weights(work, tmp_path / "one"), "axial")["file"].endswith("axial.keras")
