@@ -80,7 +80,9 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     for key in ("grid_shape", "affine", "planes"):
         if key not in manifest:
             raise InputError(f"{path}: missing '{key}'")
-    for plane in manifest["planes"]:
+    for plane, entry in manifest["planes"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("files", entry.get("file")), (str, list)):
+            raise InputError(f"{path}: plane {plane} names no model file ('file', or 'files' for a fold ensemble)")
         for name in plane_files(manifest, plane):
             if not (weights_dir / name).is_file():
                 raise InputError(f"{weights_dir / name}: model file for plane {plane} not found")

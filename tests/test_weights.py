@@ -101,6 +101,9 @@ def test_manifest_errors(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps({"grid_shape": [1, 1, 1], "affine": [], "planes": {"axial": {"file": "a.keras"}}}))
     with pytest.raises(InputError, match="a.keras: model file for plane axial not found"):
         read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"grid_shape": [1, 1, 1], "affine": [], "planes": {"axial": {"fold": 1}}}))
+    with pytest.raises(InputError, match=r"weights.json: plane axial names no model file \('file', or 'files'"):
+        read_manifest(tmp_path)
 
 
 def test_export_without_training_is_a_clear_error(tmp_path):
