@@ -211,24 +211,26 @@ def _folds(entry: dict[str, Any]) -> list[int]:
     return [int(f) for f in entry["folds"]] if "folds" in entry else [int(entry["fold"])]
 
 
-def hold_out_ensemble(work_dir: str | Path, model: str) -> bool:
-    """Whether stage 08 evaluated ``model``'s hold-out with several folds per plane (``08_fusion/fusion.json``
-    ``holdout_folds``, its ``ensemble`` setting); False when it has not run for this model."""
+def hold_out_folds(work_dir: str | Path, model: str) -> dict[str, list[int]] | None:
+    """The folds per plane stage 08 evaluated ``model``'s hold-out with (``08_fusion/fusion.json``
+    ``holdout_folds``: several with its ``ensemble`` setting); None when it has not run for this model."""
     path = stage_dir(work_dir, "fusion") / "fusion.json"
     if not path.is_file():
-        return False
+        return None
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON ({exc})") from None
-    return record.get("model") == model and any(len(f) > 1 for f in (record.get("holdout_folds") or {}).values())
+    if record.get("model") != model or not record.get("holdout_folds"):
+        return None
+    return {str(p): [int(f) for f in folds] for p, folds in record["holdout_folds"].items()}
 
 
 def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxnet", note: str = "",
                    inference: dict[str, Any] | None = None, ensemble: bool | None = None) -> Path:
     """Copy the best fold's model per plane from ``<work>/07_train/<model>/`` into a weight set; with
     ``ensemble`` every fold's (``<plane>_fold<k>.keras``, averaged by ``raxnet predict``). ``ensemble`` None
-    follows stage 08: the folds it evaluated the hold-out with (:func:`hold_out_ensemble`).
+    follows stage 08: the folds it evaluated the hold-out with (:func:`hold_out_folds`).
 
     The manifest's inference decisions are ``inference`` (keys of :data:`INFERENCE_KEYS`) when given,
     else the post-processing stage 08 chose on validation data for this model
@@ -257,10 +259,18 @@ def export_weights(work_dir: str | Path, out_dir: str | Path, model: str = "raxn
     first_t1 = resolve_data_path(pd.read_csv(subjects_csv)["t1_path"].iloc[0], run_data_root(work_dir) or ".")
     ref = load_nifti(first_t1)
     planes: dict[str, Any] = {}
+    evaluated = hold_out_folds(work_dir, model) if ensemble is None else None
     if ensemble is None:
-        ensemble = hold_out_ensemble(work_dir, model)
+        ensemble = evaluated is not None and any(len(f) > 1 for f in evaluated.values())
     # The same choice stage 08 makes: lowest inner-validation loss (never the reported outer fold), or all folds.
     chosen = select_models(train_dir(work_dir, model), PLANES, ensemble=bool(ensemble))
+    if ensemble and evaluated is not None:  # exactly the folds stage 08 evaluated, not folds trained since
+        for plane in PLANES:
+            missing = sorted(set(evaluated.get(plane, [])) - {m.fold for m in chosen[plane]})
+            if missing:
+                raise StageInputError(f"{train_dir(work_dir, model) / plane}: fold(s) {missing} that stage 08 "
+                                      "evaluated the hold-out with are gone; re-run stage 08 or pass --no-ensemble")
+            chosen[plane] = [m for m in chosen[plane] if m.fold in evaluated.get(plane, [])]
     infos = {plane: [m.run_info() for m in chosen[plane]] for plane in PLANES}
     for plane in PLANES:  # every model file checked before any is copied (or the folder made)
         for m, info in zip(chosen[plane], infos[plane]):

@@ -245,6 +245,16 @@ def test_export_ensemble_ships_every_fold_and_follows_stage_08(tmp_path):
     record = {"model": "raxnet", "holdout_folds": {p: [1, 2, 3] for p in ("axial", "sagittal", "coronal")}}
     (work / "08_fusion" / "fusion.json").write_text(json.dumps(record))
     assert read_manifest(export_weights(work, tmp_path / "d1"))["planes"]["axial"]["folds"] == [1, 2, 3]
+    # ... and only those: a fold trained after stage 08 ran is not shipped unevaluated
+    (work / "08_fusion" / "fusion.json").write_text(json.dumps(
+        {**record, "holdout_folds": {p: [1, 3] for p in ("axial", "sagittal", "coronal")}}))
+    assert read_manifest(export_weights(work, tmp_path / "d4"))["planes"]["axial"]["files"] == [
+        "axial_fold1.keras", "axial_fold3.keras"]
+    (work / "08_fusion" / "fusion.json").write_text(json.dumps(
+        {**record, "holdout_folds": {p: [1, 4] for p in ("axial", "sagittal", "coronal")}}))
+    with pytest.raises(StageInputError, match=r"fold\(s\) \[4\] that stage 08 evaluated the hold-out with are gone"):
+        export_weights(work, tmp_path / "d5")
+    (work / "08_fusion" / "fusion.json").write_text(json.dumps(record))
     # ... or the best fold, also when stage 08 ran for another model
     (work / "08_fusion" / "fusion.json").write_text(json.dumps({**record, "model": "unet"}))
     assert read_manifest(export_weights(work, tmp_path / "d2"))["planes"]["axial"]["fold"] == 2
