@@ -73,10 +73,7 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     path = weights_dir / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: weight manifest not found (expected a folder made by 'raxnet export-weights')")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    manifest = _read_json(path)
     for key in ("grid_shape", "affine", "planes"):
         if key not in manifest:
             raise InputError(f"{path}: missing '{key}'")
@@ -88,6 +85,14 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
                 raise InputError(f"{weights_dir / name}: model file for plane {plane} not found")
     manifest["inference"] = inference_settings(manifest, path)
     return manifest
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a weight set or of stage 08; InputError naming it when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc})") from None
 
 
 def plane_files(manifest: dict[str, Any], plane: str) -> list[str]:
@@ -149,10 +154,7 @@ def chosen_inference(work_dir: str | Path, model: str) -> tuple[dict[str, Any], 
     path = stage_dir(work_dir, "fusion") / "postprocessing.json"
     if not path.is_file():
         return {}, {"from": "defaults", "reason": f"{path} not found (stage 08 with select = true writes it)"}
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    record = _read_json(path)
     if record.get("model") != model:
         return {}, {"from": "defaults", "reason": f"{path} was chosen for model {record.get('model')!r}, not {model!r}"}
     if not record.get("inference"):
@@ -217,10 +219,7 @@ def hold_out_folds(work_dir: str | Path, model: str) -> dict[str, list[int]] | N
     path = stage_dir(work_dir, "fusion") / "fusion.json"
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    record = _read_json(path)
     if record.get("model") != model or not record.get("holdout_folds"):
         return None
     return {str(p): [int(f) for f in folds] for p, folds in record["holdout_folds"].items()}
