@@ -16,9 +16,9 @@ export KERAS_BACKEND ?= tensorflow
 # ANTsPy (predict --register) goes in with --no-deps: its numpy/scipy caps are stale (requirements-antspyx.txt).
 $(STAMP): requirements.txt requirements-dev.txt requirements-antspyx.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-antspyx.txt
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --no-cache-dir --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-cache-dir --disable-pip-version-check --no-deps -r requirements-antspyx.txt
+	$(BIN)/python -m pip install -q --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,7 +48,7 @@ bench: $(STAMP)
 # MUTATION_ARGS="--modules metrics,planes --label x" for a subset, "--max-children 1" for one worker.
 MUTMUT_STAMP := $(VENV)/.mutmut-installed
 $(MUTMUT_STAMP): $(STAMP) bench/mutation/requirements.txt
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r bench/mutation/requirements.txt
+	$(BIN)/python -m pip install -q --no-cache-dir --disable-pip-version-check -r bench/mutation/requirements.txt
 	touch $(MUTMUT_STAMP)
 
 mutation: $(MUTMUT_STAMP)
