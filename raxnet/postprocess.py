@@ -182,11 +182,12 @@ def method_names(methods: Iterable[str], min_size: int) -> list[str]:
 
 
 def fuse(probs: Mapping[str, np.ndarray], method: str, threshold: float = 0.5,
-         weights: Mapping[str, float] | None = None) -> np.ndarray:
-    """uint8 mask of one method of :data:`ALL_METHODS` from per-plane probability volumes."""
+         weights: Mapping[str, float] | None = None, *, prob: np.ndarray | None = None) -> np.ndarray:
+    """uint8 mask of one method of :data:`ALL_METHODS` from per-plane probability volumes; ``prob``, when the
+    caller already has it, is ``method``'s :func:`fused_probability` (not computed again)."""
     if method == "vote":
         return fuse_vote({p: probs[p] for p in PLANES if p in probs}, threshold)
-    return binarise(fused_probability(probs, method, weights), threshold)
+    return binarise(fused_probability(probs, method, weights) if prob is None else prob, threshold)
 
 
 def fused_probability(probs: Mapping[str, np.ndarray], method: str,
@@ -265,8 +266,7 @@ def postprocess_with_probability(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`postprocess`'s mask and the fused probability map it was drawn from (computed once)."""
     prob = fused_probability(probs, fusion, weights)
-    mask = fuse_vote({p: probs[p] for p in PLANES if p in probs}, threshold) if fusion == "vote" \
-        else binarise(prob, threshold)
+    mask = fuse(probs, fusion, threshold, weights, prob=prob)
     if min_peak <= 0 or not mask.any():
         mask = remove_small_lesions(mask, min_lesion_mm3, spacing, connectivity)
     else:

@@ -175,7 +175,7 @@ def training_data(work_dir: Path, planes: dict[str, Any], infos: dict[str, list[
     subjects this run chose their post-processing on (``post_processing_chosen_on``). ``infos``: per plane,
     the ``run.json`` of each exported model (one per fold of an ensemble), in the order of its ``folds``.
     """
-    models = [(p, fold, info) for p in planes for fold, info in zip(_folds(planes[p]), infos[p])]
+    models = [(p, fold, info) for p in planes for fold, info in zip(plane_folds(planes[p]), infos[p])]
     seeds = {info.get("seed") for _, _, info in models}
     record: dict[str, Any] = {"seed": seeds.pop() if len(seeds) == 1 else sorted(seeds, key=str)}
     try:
@@ -208,8 +208,8 @@ def training_data(work_dir: Path, planes: dict[str, Any], infos: dict[str, list[
     return record
 
 
-def _folds(entry: dict[str, Any]) -> list[int]:
-    """The fold(s) of a manifest's plane entry."""
+def plane_folds(entry: dict[str, Any]) -> list[int]:
+    """The fold(s) of a manifest's plane entry: its one ``fold``, or the ``folds`` of a fold ensemble."""
     return [int(f) for f in entry["folds"]] if "folds" in entry else [int(entry["fold"])]
 
 

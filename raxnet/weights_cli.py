@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from raxnet.weights import export_weights, read_manifest
+from raxnet.weights import export_weights, plane_folds, read_manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = export_weights(args.work_dir, args.out, model=args.model, note=args.note, ensemble=args.ensemble)
     manifest = read_manifest(out)
     decisions = ", ".join(f"{k} {v}" for k, v in manifest["inference"].items() if k != "weights")
-    folds = {p: e.get("folds", [e.get("fold")]) for p, e in manifest["planes"].items()}
+    folds = {p: plane_folds(e) for p, e in manifest["planes"].items()}
     print(f"weight set written to {out}/\nmodels: " + ", ".join(f"{p} fold {'+'.join(map(str, f))}" for p, f in folds.items())
           + f"\ninference: {decisions} (from {manifest['inference_source']['from']})")
     return 0
